@@ -1,0 +1,145 @@
+"""Settings: explicit argument > ``WHISPER_MODAL_*`` environment variable > default.
+
+All configuration is resolved by ``Settings.resolve`` in one place, so the rule is the same
+for every knob. Every field's environment variable is ``WHISPER_MODAL_`` + its upper-case
+name (``cache_dir`` -> ``WHISPER_MODAL_CACHE_DIR``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import attrs
+
+from whisper_modal.errors import ConfigurationError
+
+__all__ = ["ENV_PREFIX", "Settings", "default_cache_dir"]
+
+ENV_PREFIX = "WHISPER_MODAL_"
+
+BackendPolicy = Literal["modal", "local", "auto"]
+
+
+def default_cache_dir() -> Path:
+    """openai-whisper's own default (``$XDG_CACHE_HOME/whisper`` or ``~/.cache/whisper``)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "whisper"
+
+
+def _positive(_: Any, attribute: Any, value: float | int | None) -> None:
+    if value is not None and (not math.isfinite(value) or value <= 0):
+        raise ConfigurationError(f"setting {attribute.name} must be positive, got {value!r}")
+
+
+def _one_of(*choices: str) -> Any:
+    def check(_: Any, attribute: Any, value: str) -> None:
+        if value not in choices:
+            raise ConfigurationError(
+                f"setting {attribute.name} must be one of {', '.join(choices)}; got {value!r}"
+            )
+
+    return check
+
+
+def _path(value: str | os.PathLike[str]) -> Path:
+    return Path(value).expanduser()
+
+
+@attrs.frozen(kw_only=True)
+class Settings:
+    """Everything a client needs to know; immutable, built by ``Settings.resolve``."""
+
+    # -- where calls go
+    backend: BackendPolicy = attrs.field(default="auto", validator=_one_of("modal", "local", "auto"))
+    app_name: str = "whisper-modal"  # deployed Modal app name
+    class_name: str = "Transcriber"  # class inside that app
+    environment_name: str | None = None  # Modal environment (None: the profile's default)
+    # -- model and engine
+    model: str = "turbo"  # default Whisper model
+    cache_dir: Path = attrs.field(factory=default_cache_dir, converter=_path)
+    device: str = attrs.field(default="auto", validator=_one_of("auto", "cuda", "cpu"))
+    allow_cpu_fallback: bool = False  # may a failed Modal call run on the local CPU?
+    # -- limits
+    max_audio_seconds: float = attrs.field(default=4 * 3600.0, validator=_positive)
+    max_audio_bytes: int = attrs.field(default=2 * 1024**3, validator=_positive)
+    # -- deadlines (seconds)
+    connect_timeout: float = attrs.field(default=15.0, validator=_positive)  # lookup/first byte
+    call_timeout: float = attrs.field(default=1800.0, validator=_positive)  # one remote call
+    # -- retries and breaker
+    max_attempts: int = attrs.field(default=4, validator=_positive)
+    retry_max_seconds: float = attrs.field(default=60.0, validator=_positive)
+    breaker_failure_threshold: int = attrs.field(default=5, validator=_positive)
+    breaker_reset_seconds: float = attrs.field(default=30.0, validator=_positive)
+    # -- Modal app deployment knobs (read by whisper_modal.app at deploy time)
+    gpu: str = "A10G"
+    remote_timeout: int = attrs.field(default=3600, validator=_positive)  # container timeout
+    max_containers: int = attrs.field(default=10, validator=_positive)
+    scaledown_window: int = attrs.field(default=300, validator=_positive)
+    volume_name: str = "whisper-modal-weights"
+    secret_name: str | None = None  # modal.Secret holding AWS_* and WHISPER_MODAL_WEBHOOK_SECRET
+    # -- storage and webhooks
+    s3_endpoint_url: str | None = None  # R2 / MinIO / moto
+    s3_region: str | None = None
+    max_object_bytes: int = attrs.field(default=2 * 1024**3, validator=_positive)
+    webhook_secret: str | None = attrs.field(default=None, repr=False)  # never printed
+
+    @classmethod
+    def resolve(
+        cls, env: Mapping[str, str] | None = None, **overrides: Any
+    ) -> Settings:
+        """Build settings: explicit ``overrides`` > ``WHISPER_MODAL_*`` in ``env`` > default.
+
+        Args:
+            env: the environment to read (default ``os.environ``).
+            **overrides: explicit values; ``None`` means "not given".
+
+        Raises:
+            ConfigurationError: an unknown setting or a value of the wrong type.
+        """
+        env = os.environ if env is None else env
+        fields = attrs.fields_dict(cls)
+        unknown = sorted(set(overrides) - set(fields))
+        if unknown:
+            raise ConfigurationError(f"unknown setting(s): {', '.join(unknown)}")
+        values: dict[str, Any] = {}
+        for name, field in fields.items():
+            if overrides.get(name) is not None:
+                values[name] = overrides[name]
+                continue
+            raw = env.get(ENV_PREFIX + name.upper())
+            if raw is not None and raw != "":
+                values[name] = _parse(name, raw, field.type)
+        try:
+            return cls(**values)
+        except (TypeError, ValueError) as exc:
+            if isinstance(exc, ConfigurationError):
+                raise
+            raise ConfigurationError(f"invalid settings: {exc}") from exc
+
+    def replace(self, **changes: Any) -> Settings:
+        """Return a validated copy with some settings changed."""
+        return attrs.evolve(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+def _parse(name: str, raw: str, annotation: Any) -> Any:
+    text = str(annotation)
+    var = ENV_PREFIX + name.upper()
+    try:
+        if text.startswith("bool"):
+            lowered = raw.strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if text.startswith("int"):
+            return int(raw)
+        if text.startswith("float"):
+            return float(raw)
+    except ValueError as exc:
+        raise ConfigurationError(f"{var}={raw!r} is not a valid {text.split()[0]}") from exc
+    return raw

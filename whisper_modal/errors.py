@@ -1,0 +1,221 @@
+"""The exception tree of whisper_modal, and the one place foreign errors are mapped.
+
+    WhisperModalError
+    ├─ ConfigurationError      bad argument / setting; never retried
+    ├─ AudioError              unreadable, empty, undecodable, too long, too large; never retried
+    ├─ StorageError            S3 problems
+    │  ├─ StorageNotFound      NoSuchKey / NoSuchBucket (permanent)
+    │  ├─ StorageAccessDenied  AccessDenied / bad credentials (permanent)
+    │  ├─ StorageTooLarge      object over the configured size cap (permanent)
+    │  └─ StorageTransient     throttling, 5xx, connection reset (also a TransientError)
+    ├─ BackendError
+    │  ├─ TransientError       connection, timeout, throttling: the only class retried
+    │  ├─ BackendUnavailable   retries exhausted / not deployed / no credentials -> may fall back
+    │  ├─ CircuitOpenError     breaker refused the call -> may fall back
+    │  └─ RemoteExecutionError the engine failed inside the container (carries the remote message)
+    └─ JobError(job_id)
+       ├─ JobTimeout           result not ready in time (also a builtin TimeoutError)
+       ├─ JobCancelled
+       ├─ JobNotFound
+       └─ JobExpired           older than Modal's 7-day result retention
+
+Foreign exceptions (modal, botocore, torch, tenacity) never reach the user: each family
+is translated by exactly one function below (``map_*``), which callers use as
+``raise map_x_error(exc) from exc``. ``tests/test_errors.py`` checks the mappings.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AudioError",
+    "BackendError",
+    "BackendUnavailable",
+    "CircuitOpenError",
+    "ConfigurationError",
+    "JobCancelled",
+    "JobError",
+    "JobExpired",
+    "JobNotFound",
+    "JobTimeout",
+    "RemoteExecutionError",
+    "StorageAccessDenied",
+    "StorageError",
+    "StorageNotFound",
+    "StorageTooLarge",
+    "StorageTransient",
+    "TransientError",
+    "WhisperModalError",
+    "map_engine_error",
+    "map_modal_error",
+]
+
+
+class WhisperModalError(Exception):
+    """Base class of every error raised by whisper_modal."""
+
+
+class ConfigurationError(WhisperModalError, ValueError):
+    """A bad argument or setting; fix the call, retrying will not help."""
+
+
+class AudioError(WhisperModalError, ValueError):
+    """The audio is unreadable, empty, undecodable, too long or too large."""
+
+    def __init__(self, message: str, *, reason: str = "invalid") -> None:
+        super().__init__(message)
+        #: machine-readable cause: "empty", "not_audio", "truncated", "zero_length",
+        #: "non_finite", "not_found", "too_long", "too_large", "unsupported_type", "invalid"
+        self.reason = reason
+
+
+class StorageError(WhisperModalError):
+    """An object store (S3, R2, MinIO) request failed."""
+
+
+class StorageNotFound(StorageError):
+    """The bucket or key does not exist (permanent)."""
+
+
+class StorageAccessDenied(StorageError):
+    """The credentials may not read or write the object (permanent)."""
+
+
+class StorageTooLarge(StorageError):
+    """The object is larger than the configured size cap (permanent)."""
+
+
+class BackendError(WhisperModalError):
+    """The backend (Modal or the local engine) could not produce a result."""
+
+
+class TransientError(BackendError):
+    """A connection, timeout or throttling fault; the only class the retry policy retries."""
+
+
+class StorageTransient(StorageError, TransientError):
+    """Throttling, a 5xx answer or a dropped connection from the object store."""
+
+
+class BackendUnavailable(BackendError):
+    """Modal cannot be used now (not deployed, no credentials, retries exhausted)."""
+
+    def __init__(self, message: str, *, fix: str | None = None) -> None:
+        super().__init__(f"{message} (fix: {fix})" if fix else message)
+        #: a one-line action that makes the backend available, if one is known
+        self.fix = fix
+
+
+class CircuitOpenError(BackendError):
+    """The circuit breaker refused the call because the backend failed recently."""
+
+
+class RemoteExecutionError(BackendError):
+    """The engine failed inside the container; ``remote_type`` names the remote error."""
+
+    def __init__(self, message: str, *, remote_type: str | None = None) -> None:
+        super().__init__(message)
+        self.remote_type = remote_type
+
+
+class JobError(WhisperModalError):
+    """A problem with a submitted job; ``job_id`` says which."""
+
+    def __init__(self, message: str, *, job_id: str) -> None:
+        super().__init__(message)
+        self.job_id = job_id
+
+
+class JobTimeout(JobError, TimeoutError):
+    """The job's result was not ready within the timeout (the job keeps running)."""
+
+
+class JobCancelled(JobError):
+    """The job was cancelled before it produced a result."""
+
+
+class JobNotFound(JobError):
+    """No job with this id exists (or it belongs to another workspace)."""
+
+
+class JobExpired(JobError):
+    """The job's result is older than the backend's retention (7 days on Modal)."""
+
+
+# --------------------------------------------------------------------------- mapping
+
+# Remote errors raised *by our engine* inside the container arrive as their own class when
+# it is importable on the client (modal pickles exceptions); these keep their meaning.
+_PASSTHROUGH = (ConfigurationError, AudioError, StorageError, JobError)
+
+
+def map_engine_error(exc: BaseException) -> WhisperModalError:
+    """Translate an error raised while decoding or running the model (torch, numpy, whisper).
+
+    Errors that are already ours pass through unchanged; out-of-memory becomes a
+    ``RemoteExecutionError`` whose message says what to change; anything else becomes a
+    ``RemoteExecutionError`` naming the original type.
+    """
+    if isinstance(exc, WhisperModalError):
+        return exc
+    name = type(exc).__name__
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else name
+    if "OutOfMemory" in name or "out of memory" in text.lower():
+        return RemoteExecutionError(
+            f"the engine ran out of memory ({text}); use a smaller model or a larger GPU",
+            remote_type=name,
+        )
+    return RemoteExecutionError(f"the engine failed: {name}: {text}", remote_type=name)
+
+
+def map_modal_error(exc: BaseException, *, job_id: str | None = None) -> WhisperModalError:
+    """Translate an exception raised by the ``modal`` client library.
+
+    Args:
+        exc: the exception caught around a Modal call.
+        job_id: the FunctionCall id when the call concerned a job.
+
+    Returns:
+        The whisper_modal exception to raise (``raise map_modal_error(e) from e``).
+    """
+    if isinstance(exc, WhisperModalError):
+        return exc
+    import modal.exception as me  # the core dependency; imported lazily to keep import light
+
+    name = type(exc).__name__
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else name
+    jid = job_id or "?"
+    if isinstance(exc, me.AuthError):
+        return BackendUnavailable(f"Modal rejected the credentials: {text}", fix="modal token new")
+    if isinstance(exc, me.NotFoundError):
+        if job_id is not None:
+            return JobNotFound(f"no Modal job {job_id}: {text}", job_id=job_id)
+        return BackendUnavailable(
+            f"the Modal app is not deployed: {text}", fix="whisper-modal deploy"
+        )
+    if isinstance(exc, me.OutputExpiredError):
+        return JobExpired(f"the result of job {jid} has expired (Modal keeps 7 days)", job_id=jid)
+    if isinstance(exc, me.FunctionTimeoutError):
+        return RemoteExecutionError(
+            f"the container hit its timeout: {text}; raise WHISPER_MODAL_REMOTE_TIMEOUT",
+            remote_type=name,
+        )
+    if isinstance(exc, me.InputCancellation):
+        return JobCancelled(f"job {jid} was cancelled", job_id=jid)
+    if isinstance(exc, me.ResourceExhaustedError | me.InternalFailure | me.ConnectionError):
+        return TransientError(f"Modal is temporarily unavailable ({name}: {text})")
+    if isinstance(exc, me.RemoteError):
+        return RemoteExecutionError(f"the remote call failed: {text}", remote_type=name)
+    if isinstance(exc, TimeoutError | OSError):
+        return TransientError(f"Modal did not answer in time ({name}: {text})")
+    if isinstance(exc, me.InvalidError | me.ExecutionError):
+        return BackendUnavailable(f"Modal refused the call: {name}: {text}")
+    if _is_grpc_transport_error(exc):
+        return TransientError(f"the connection to Modal broke ({name}: {text})")
+    # Any other exception raised inside the container (a remote ValueError arrives as a
+    # ValueError) is an engine failure, reported with its remote type.
+    return RemoteExecutionError(f"the remote call failed: {name}: {text}", remote_type=name)
+
+
+def _is_grpc_transport_error(exc: BaseException) -> bool:
+    module = type(exc).__module__ or ""
+    return module.startswith(("grpclib", "h2", "ssl", "aiohttp"))

@@ -1,0 +1,174 @@
+"""Transcription options: one frozen, validated object that crosses the Modal boundary.
+
+Validation happens here, on the client, so a bad option fails fast with a
+``ConfigurationError`` before any audio is uploaded; the container validates again with the
+same code (``TranscribeOptions.from_dict``) because it must not trust its caller.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import attrs
+
+from whisper_modal.errors import ConfigurationError
+
+__all__ = [
+    "DEFAULT_TEMPERATURES",
+    "KNOWN_MODELS",
+    "LANGUAGES",
+    "TranscribeOptions",
+    "is_known_model",
+]
+
+#: every model name openai-whisper can download (its ``_MODELS`` keys, 20250625)
+KNOWN_MODELS: tuple[str, ...] = (
+    "tiny.en",
+    "tiny",
+    "base.en",
+    "base",
+    "small.en",
+    "small",
+    "medium.en",
+    "medium",
+    "large-v1",
+    "large-v2",
+    "large-v3",
+    "large",
+    "large-v3-turbo",
+    "turbo",
+)
+
+#: ISO 639-1 codes Whisper knows (kept in sync with ``whisper.tokenizer.LANGUAGES``)
+LANGUAGES: frozenset[str] = frozenset(
+    "en zh de es ru ko fr ja pt tr pl ca nl ar sv it id hi fi vi he uk el ms cs ro da hu ta "
+    "no th ur hr bg lt la mi ml cy sk te fa lv bn sr az sl kn et mk br eu is hy ne mn bs kk "
+    "sq sw gl mr pa si km sn yo so af oc ka be tg sd gu am yi lo uz fo ht ps tk nn mt sa lb "
+    "my bo tl mg as tt haw ln ha ba jw su yue".split()
+)
+
+#: openai-whisper's default temperature fallback schedule
+DEFAULT_TEMPERATURES: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+
+Task = Literal["transcribe", "translate"]
+Mode = Literal["sequential", "batched", "auto"]
+
+
+def is_known_model(name: str) -> bool:
+    """True for an official Whisper model name (the only names the container loads)."""
+    return name in KNOWN_MODELS
+
+
+def _temperatures(value: float | tuple[float, ...] | list[float]) -> tuple[float, ...]:
+    if isinstance(value, int | float):
+        return (float(value),)
+    return tuple(float(v) for v in value)
+
+
+def _check_model(_: Any, __: Any, value: str) -> None:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigurationError("model must be a non-empty string such as 'tiny.en' or 'turbo'")
+
+
+def _check_language(_: Any, __: Any, value: str | None) -> None:
+    if value is not None and value not in LANGUAGES:
+        raise ConfigurationError(
+            f"unknown language {value!r}; use an ISO 639-1 code Whisper knows (e.g. 'en')"
+        )
+
+
+def _check_task(_: Any, __: Any, value: str) -> None:
+    if value not in ("transcribe", "translate"):
+        raise ConfigurationError(f"task must be 'transcribe' or 'translate', not {value!r}")
+
+
+def _check_mode(_: Any, __: Any, value: str) -> None:
+    if value not in ("sequential", "batched", "auto"):
+        raise ConfigurationError(f"mode must be 'sequential', 'batched' or 'auto', not {value!r}")
+
+
+def _check_temperature(_: Any, __: Any, value: tuple[float, ...]) -> None:
+    if not value or any(not math.isfinite(t) or t < 0.0 or t > 1.0 for t in value):
+        raise ConfigurationError("temperature must be one value or a sequence in [0, 1]")
+
+
+def _check_positive_int_or_none(_: Any, attribute: Any, value: int | None) -> None:
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+        raise ConfigurationError(f"{attribute.name} must be a positive integer or None")
+
+
+def _check_prompt(_: Any, __: Any, value: str | None) -> None:
+    # Whisper keeps only the last 223 prompt tokens; a huge prompt is almost surely a bug.
+    if value is not None and (not isinstance(value, str) or len(value) > 4000):
+        raise ConfigurationError("initial_prompt must be a string of at most 4000 characters")
+
+
+def _check_optional_float(_: Any, attribute: Any, value: float | None) -> None:
+    if value is not None and not math.isfinite(value):
+        raise ConfigurationError(f"{attribute.name} must be a finite number or None")
+
+
+@attrs.frozen(kw_only=True)
+class TranscribeOptions:
+    """How to transcribe: the model and the decoding knobs openai-whisper exposes."""
+
+    # Whisper model name (see KNOWN_MODELS); local backends also accept a checkpoint path.
+    model: str = attrs.field(default="turbo", validator=_check_model)
+    # spoken language as an ISO code; None lets the model detect it from the first 30 s
+    language: str | None = attrs.field(default=None, validator=_check_language)
+    # "transcribe" keeps the spoken language; "translate" outputs English
+    task: Task = attrs.field(default="transcribe", validator=_check_task)
+    # text that conditions the first window (names, spelling, style)
+    initial_prompt: str | None = attrs.field(default=None, validator=_check_prompt)
+    # one temperature, or a fallback schedule tried when decoding looks like a failure
+    temperature: tuple[float, ...] = attrs.field(
+        default=DEFAULT_TEMPERATURES, converter=_temperatures, validator=_check_temperature
+    )
+    # beam search width at temperature 0 (None: greedy); best_of: samples at temperature > 0
+    beam_size: int | None = attrs.field(default=None, validator=_check_positive_int_or_none)
+    best_of: int | None = attrs.field(default=None, validator=_check_positive_int_or_none)
+    # per-word start/end times from cross-attention alignment (costs ~10-20% more time)
+    word_timestamps: bool = False
+    # feed the previous window's text as a prompt; off reduces repetition loops
+    condition_on_previous_text: bool = True
+    # failure thresholds that trigger the temperature fallback (openai-whisper defaults)
+    compression_ratio_threshold: float | None = attrs.field(
+        default=2.4, validator=_check_optional_float
+    )
+    logprob_threshold: float | None = attrs.field(default=-1.0, validator=_check_optional_float)
+    no_speech_threshold: float | None = attrs.field(default=0.6, validator=_check_optional_float)
+    # "sequential" is openai-whisper's loop; "batched" decodes silence-cut windows together
+    mode: Mode = attrs.field(default="auto", validator=_check_mode)
+
+    def __attrs_post_init__(self) -> None:
+        if self.model.endswith(".en") and self.language not in (None, "en"):
+            raise ConfigurationError(
+                f"{self.model} is English-only; drop language={self.language!r} or use a "
+                "multilingual model"
+            )
+        if self.model.endswith(".en") and self.task == "translate":
+            raise ConfigurationError(f"{self.model} is English-only and cannot translate")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the options as a plain dict (the wire form)."""
+        d = attrs.asdict(self)
+        d["temperature"] = list(self.temperature)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TranscribeOptions:
+        """Build and validate options from a plain dict; unknown keys are an error."""
+        known = attrs.fields_dict(cls)
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise ConfigurationError(f"unknown transcription option(s): {', '.join(unknown)}")
+        try:
+            return cls(**dict(data))
+        except TypeError as exc:
+            raise ConfigurationError(str(exc)) from exc
+
+    def replace(self, **changes: Any) -> TranscribeOptions:
+        """Return a validated copy with some options changed."""
+        return attrs.evolve(self, **changes)
