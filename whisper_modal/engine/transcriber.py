@@ -1,0 +1,192 @@
+"""The engine: audio bytes in, versioned transcript dict out.
+
+This one class runs both inside the Modal container and in the local backend, so the two
+produce the same result for the same input. It returns a plain dict (``Transcript.to_dict``)
+because only plain data crosses the Modal boundary.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from typing import Any
+
+import numpy as np
+
+from whisper_modal.errors import AudioError, ConfigurationError, map_engine_error
+from whisper_modal.options import TranscribeOptions
+from whisper_modal.results import Segment, Timings, Transcript, Word
+
+from .models import LoadedModel, ModelStore, load_model, require_local_extra
+
+__all__ = ["Engine"]
+
+SAMPLE_RATE = 16000  # Hz: Whisper's input rate
+
+
+class Engine:
+    """Decode audio and run openai-whisper; models are loaded once per process.
+
+    Args:
+        cache_dir: the model store directory.
+        device: "auto" (CUDA when present), "cuda" or "cpu".
+        allow_paths: accept checkpoint paths as model names (False in the container).
+        allow_download: download missing official checkpoints.
+        max_audio_seconds: refuse longer audio with ``AudioError(reason="too_long")``.
+        backend: the label put in results ("local" or "modal").
+    """
+
+    def __init__(
+        self,
+        *,
+        cache_dir: str | os.PathLike[str],
+        device: str = "auto",
+        allow_paths: bool = True,
+        allow_download: bool = True,
+        max_audio_seconds: float | None = None,
+        backend: str = "local",
+    ) -> None:
+        self.store = ModelStore(cache_dir)
+        self.device = device
+        self.allow_paths = allow_paths
+        self.allow_download = allow_download
+        self.max_audio_seconds = max_audio_seconds
+        self.backend = backend
+        self._loaded_once: set[str] = set()
+
+    def load(self, model: str) -> LoadedModel:
+        """Load (or fetch from the process cache) a model; see ``models.load_model``."""
+        return load_model(
+            model,
+            store=self.store,
+            device=self.device,
+            allow_paths=self.allow_paths,
+            allow_download=self.allow_download,
+        )
+
+    def decode(self, audio: bytes | np.ndarray, *, sample_rate: int | None = None) -> np.ndarray:
+        """Turn encoded bytes (or an array at ``sample_rate``) into 16 kHz mono float32."""
+        from whisper_modal import audio as audio_io
+
+        if isinstance(audio, np.ndarray):
+            if sample_rate is None:
+                raise ConfigurationError("a numpy array needs its sample_rate")
+            samples = audio_io.from_array(audio, sample_rate)
+            if self.max_audio_seconds and samples.shape[0] / SAMPLE_RATE > self.max_audio_seconds:
+                raise AudioError(
+                    f"audio is longer than the limit of {self.max_audio_seconds:g} s",
+                    reason="too_long",
+                )
+            return samples
+        return audio_io.decode_audio(bytes(audio), max_seconds=self.max_audio_seconds)
+
+    def transcribe(
+        self,
+        audio: bytes | np.ndarray,
+        options: TranscribeOptions,
+        *,
+        sample_rate: int | None = None,
+    ) -> dict[str, Any]:
+        """Transcribe one input and return ``Transcript.to_dict()``.
+
+        Raises:
+            AudioError: the audio cannot be decoded or breaks a limit.
+            ConfigurationError: unknown model or bad options.
+            RemoteExecutionError: the model failed (e.g. out of memory).
+        """
+        require_local_extra()
+        started = time.perf_counter()
+        samples = self.decode(audio, sample_rate=sample_rate)
+        decoded = time.perf_counter()
+        loaded = self.load(options.model)
+        cold = loaded.load_seconds > 0.0
+        try:
+            with loaded.lock:
+                began = time.perf_counter()
+                result = self._run(loaded, samples, options)
+                inference = time.perf_counter() - began
+        except Exception as exc:  # torch/whisper internals -> typed error
+            raise map_engine_error(exc) from exc
+        timings = Timings(
+            load=loaded.load_seconds,
+            decode=decoded - started,
+            inference=inference,
+            total=time.perf_counter() - started,
+        )
+        transcript = Transcript(
+            text=str(result["text"]).strip(),
+            language=str(result["language"]),
+            duration=samples.shape[0] / SAMPLE_RATE,
+            segments=tuple(_segment(s) for s in result["segments"]),
+            model=options.model,
+            backend=self.backend,
+            device=_device_label(loaded.device),
+            timings=timings,
+            language_probability=result.get("language_probability"),
+            cold_start=cold,
+        )
+        return transcript.to_dict()
+
+    def _run(
+        self, loaded: LoadedModel, samples: np.ndarray, options: TranscribeOptions
+    ) -> dict[str, Any]:
+        from whisper_modal.engine.decoding import run_whisper
+
+        return run_whisper(loaded, samples, options)
+
+    def health(self, model: str | None = None) -> dict[str, Any]:
+        """Versions, device and (optionally) whether ``model`` loads; plain dict."""
+        import torch
+        import whisper
+
+        info: dict[str, Any] = {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "whisper": getattr(whisper, "__version__", "unknown"),
+            "cuda": torch.cuda.is_available(),
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "cache_dir": str(self.store.cache_dir),
+            "models_on_disk": [m.name for m in self.store.list()],
+        }
+        if model is not None:
+            loaded = self.load(model)
+            info["model"] = model
+            info["model_loaded"] = True
+            info["device"] = loaded.device
+        return info
+
+
+def _device_label(device: str) -> str:
+    if device == "cuda":
+        import torch
+
+        return f"cuda:{torch.cuda.get_device_name(0)}"
+    return device
+
+
+def _segment(raw: dict[str, Any]) -> Segment:
+    words = tuple(
+        Word(
+            start=float(w["start"]),
+            end=float(w["end"]),
+            word=str(w["word"]),
+            probability=float(w.get("probability", 1.0)),
+        )
+        for w in raw.get("words") or ()
+    )
+    return Segment(
+        id=int(raw.get("id", 0)),
+        start=float(raw["start"]),
+        end=float(raw["end"]),
+        text=str(raw["text"]).strip(),
+        words=words,
+        avg_logprob=_opt(raw.get("avg_logprob")),
+        no_speech_prob=_opt(raw.get("no_speech_prob")),
+        compression_ratio=_opt(raw.get("compression_ratio")),
+        temperature=_opt(raw.get("temperature")),
+    )
+
+
+def _opt(value: Any) -> float | None:
+    return None if value is None else float(value)
