@@ -1,0 +1,54 @@
+"""The error tree and the engine-side mapping of foreign errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import whisper_modal.errors as errors
+from whisper_modal.errors import (
+    AudioError,
+    BackendError,
+    ConfigurationError,
+    JobTimeout,
+    RemoteExecutionError,
+    StorageTransient,
+    TransientError,
+    WhisperModalError,
+    map_engine_error,
+)
+
+
+def test_every_public_error_is_in_the_tree() -> None:
+    for name in errors.__all__:
+        obj = getattr(errors, name)
+        if isinstance(obj, type):
+            assert issubclass(obj, WhisperModalError), name
+            assert obj.__doc__, f"{name} needs a one-line docstring"
+
+
+def test_tree_shape() -> None:
+    assert issubclass(TransientError, BackendError)
+    assert issubclass(StorageTransient, TransientError)  # retried by the one retry rule
+    assert issubclass(JobTimeout, TimeoutError)
+    assert issubclass(AudioError, ValueError) and issubclass(ConfigurationError, ValueError)
+    assert JobTimeout("x", job_id="fc-1").job_id == "fc-1"
+
+
+def test_engine_errors_are_mapped() -> None:
+    oom = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
+    mapped = map_engine_error(oom)
+    assert isinstance(mapped, RemoteExecutionError)
+    assert "smaller model" in str(mapped) and mapped.remote_type == "OutOfMemoryError"
+    try:
+        torch.zeros(2, 3) @ torch.zeros(4, 5)
+    except RuntimeError as exc:
+        mapped = map_engine_error(exc)
+    assert isinstance(mapped, RemoteExecutionError) and mapped.remote_type == "RuntimeError"
+    ours = AudioError("empty", reason="empty")
+    assert map_engine_error(ours) is ours
+
+
+@pytest.mark.parametrize("exc", [ValueError(""), KeyError("k")])
+def test_mapping_never_returns_foreign_types(exc: Exception) -> None:
+    assert isinstance(map_engine_error(exc), WhisperModalError)
