@@ -1,5 +1,26 @@
-"""whisper_modal: GPU speech-to-text on Modal that feels like a local function call."""
+"""whisper_modal: GPU speech-to-text on Modal that feels like a local function call.
 
+    import whisper_modal as wm
+    t = wm.transcribe("meeting.mp3")            # -> Transcript
+    job = wm.submit(audio_bytes)                # -> Job; wm.Job.from_id(job.id).result()
+
+This module is the whole public contract: it only re-exports (``__all__`` is sorted and
+checked by ``tests/test_public_api.py``).
+"""
+
+from whisper_modal.backends.base import JobStatus
+from whisper_modal.client import (
+    Client,
+    asubmit,
+    atranscribe,
+    atranscribe_many,
+    configure,
+    default_client,
+    submit,
+    transcribe,
+    transcribe_many,
+)
+from whisper_modal.config import Settings
 from whisper_modal.errors import (
     AudioError,
     BackendError,
@@ -12,11 +33,59 @@ from whisper_modal.errors import (
     JobNotFound,
     JobTimeout,
     RemoteExecutionError,
+    StorageAccessDenied,
     StorageError,
+    StorageNotFound,
+    StorageTooLarge,
+    StorageTransient,
     TransientError,
     WhisperModalError,
 )
+from whisper_modal.jobs import Job
+from whisper_modal.metrics import Stats
 from whisper_modal.options import TranscribeOptions
 from whisper_modal.results import Segment, Timings, Transcript, Word
+from whisper_modal.storage import S3Object
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "AudioError",
+    "BackendError",
+    "BackendUnavailable",
+    "CircuitOpenError",
+    "Client",
+    "ConfigurationError",
+    "Job",
+    "JobCancelled",
+    "JobError",
+    "JobExpired",
+    "JobNotFound",
+    "JobStatus",
+    "JobTimeout",
+    "RemoteExecutionError",
+    "S3Object",
+    "Segment",
+    "Settings",
+    "Stats",
+    "StorageAccessDenied",
+    "StorageError",
+    "StorageNotFound",
+    "StorageTooLarge",
+    "StorageTransient",
+    "Timings",
+    "TranscribeOptions",
+    "Transcript",
+    "TransientError",
+    "WhisperModalError",
+    "Word",
+    "__version__",
+    "asubmit",
+    "atranscribe",
+    "atranscribe_many",
+    "configure",
+    "default_client",
+    "submit",
+    "transcribe",
+    "transcribe_many",
+]

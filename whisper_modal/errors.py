@@ -45,6 +45,7 @@ __all__ = [
     "StorageTransient",
     "TransientError",
     "WhisperModalError",
+    "map_boto_error",
     "map_engine_error",
     "map_modal_error",
 ]
@@ -219,3 +220,49 @@ def map_modal_error(exc: BaseException, *, job_id: str | None = None) -> Whisper
 def _is_grpc_transport_error(exc: BaseException) -> bool:
     module = type(exc).__module__ or ""
     return module.startswith(("grpclib", "h2", "ssl", "aiohttp"))
+
+
+_S3_NOT_FOUND = {"NoSuchKey", "NoSuchBucket", "NoSuchVersion", "NotFound", "404"}
+_S3_DENIED = {
+    "AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled",
+    "ExpiredToken", "InvalidToken", "AccountProblem",
+}  # fmt: skip
+_S3_TRANSIENT = {
+    "SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed",
+    "InternalError", "ServiceUnavailable", "503", "500", "502", "504",
+}  # fmt: skip
+
+
+def map_boto_error(exc: BaseException, *, uri: str = "") -> WhisperModalError:
+    """Translate a botocore/boto3 exception raised while talking to an object store.
+
+    NoSuchKey/NoSuchBucket -> ``StorageNotFound``; AccessDenied and credential problems ->
+    ``StorageAccessDenied``; throttling, 5xx and dropped connections -> ``StorageTransient``
+    (retried); anything else -> ``StorageError``.
+    """
+    if isinstance(exc, WhisperModalError):
+        return exc
+    where = f" ({uri})" if uri else ""
+    name = type(exc).__name__
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        code = str(response.get("Error", {}).get("Code", ""))
+        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        message = response.get("Error", {}).get("Message") or code
+        if code in _S3_NOT_FOUND or status == 404:
+            return StorageNotFound(f"object store: not found{where}: {message}")
+        if code in _S3_DENIED or status == 403:
+            return StorageAccessDenied(f"object store: access denied{where}: {message}")
+        if code in _S3_TRANSIENT or (isinstance(status, int) and status >= 500):
+            return StorageTransient(f"object store is busy or failing{where}: {code or status}")
+        return StorageError(f"object store error{where}: {code}: {message}")
+    if name in ("NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError"):
+        return StorageAccessDenied(f"no usable S3 credentials{where}: {exc}")
+    transient_names = (
+        "EndpointConnectionError", "ConnectionClosedError", "ReadTimeoutError",
+        "ConnectTimeoutError", "ResponseStreamingError", "IncompleteReadError",
+        "ProtocolError", "ConnectionError", "HTTPClientError",
+    )  # fmt: skip
+    if name in transient_names or isinstance(exc, ConnectionError | TimeoutError):
+        return StorageTransient(f"object store unreachable{where}: {name}")
+    return StorageError(f"object store error{where}: {name}: {exc}")

@@ -1,0 +1,1 @@
+"""The engine shared by the Modal container and the local backend."""

@@ -65,7 +65,7 @@ class Engine:
             allow_download=self.allow_download,
         )
 
-    def decode(self, audio: bytes | np.ndarray, *, sample_rate: int | None = None) -> np.ndarray:
+    def decode(self, audio: bytes | bytearray | np.ndarray, *, sample_rate: int | None = None) -> np.ndarray:
         """Turn encoded bytes (or an array at ``sample_rate``) into 16 kHz mono float32."""
         from whisper_modal import audio as audio_io
 
@@ -79,11 +79,11 @@ class Engine:
                     reason="too_long",
                 )
             return samples
-        return audio_io.decode_audio(bytes(audio), max_seconds=self.max_audio_seconds)
+        return audio_io.decode_audio(audio, max_seconds=self.max_audio_seconds)
 
     def transcribe(
         self,
-        audio: bytes | np.ndarray,
+        audio: bytes | bytearray | np.ndarray,
         options: TranscribeOptions,
         *,
         sample_rate: int | None = None,

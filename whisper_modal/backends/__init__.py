@@ -1,0 +1,1 @@
+"""Interchangeable backends behind one protocol (``base.Backend``)."""

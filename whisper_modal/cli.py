@@ -1,0 +1,181 @@
+"""``whisper-modal``: a thin command line over the public API.
+
+    whisper-modal transcribe FILE [--model M] [--language L] [--format F] [--output PATH]
+    whisper-modal submit FILE            prints a job id
+    whisper-modal result JOB_ID [--format F] [--timeout S]
+    whisper-modal models list | import DIR --name NAME
+    whisper-modal health | deploy
+
+Exit codes: 0 success, 1 transcription/back-end failure, 2 bad input or usage,
+3 job not finished yet (``result --timeout``). Errors are one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from whisper_modal.errors import (
+    AudioError,
+    ConfigurationError,
+    JobTimeout,
+    StorageError,
+    WhisperModalError,
+)
+
+__all__ = ["main"]
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PENDING = 0, 1, 2, 3
+
+_FORMATS = ("srt", "vtt", "txt", "tsv", "json", "md")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="whisper-modal", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def audio_command(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("file", help="audio file path, '-' for stdin, or s3://bucket/key")
+        p.add_argument("--model", help="Whisper model (default: WHISPER_MODAL_MODEL or turbo)")
+        p.add_argument("--language", help="ISO code; omit to detect")
+        p.add_argument("--task", choices=("transcribe", "translate"))
+        p.add_argument("--word-timestamps", action="store_true", default=None)
+        p.add_argument("--prompt", dest="initial_prompt", help="initial prompt text")
+        p.add_argument("--mode", choices=("auto", "sequential", "batched"))
+        p.add_argument("--backend", choices=("auto", "modal", "local"))
+        return p
+
+    p = audio_command("transcribe", "transcribe a file and print or write the result")
+    p.add_argument("--format", "-f", choices=_FORMATS, default=None, help="default: from --output or txt")
+    p.add_argument("--output", "-o", help="write here instead of stdout")
+    audio_command("submit", "submit a file and print the job id")
+
+    p = sub.add_parser("result", help="fetch a submitted job's result")
+    p.add_argument("job_id")
+    p.add_argument("--format", "-f", choices=_FORMATS, default="txt")
+    p.add_argument("--timeout", type=float, default=None, help="seconds to wait (default: forever)")
+
+    models = sub.add_parser("models", help="list or import model checkpoints").add_subparsers(
+        dest="models_command", required=True
+    )
+    models.add_parser("list", help="checkpoints in the cache")
+    imp = models.add_parser("import", help="import a CTranslate2/faster-whisper directory")
+    imp.add_argument("directory")
+    imp.add_argument("--name", required=True, help="name to load it by, e.g. tiny.en")
+
+    p = sub.add_parser("health", help="check the deployed Modal app (or --local)")
+    p.add_argument("--local", action="store_true", help="check the local engine instead")
+    p.add_argument("--model")
+    sub.add_parser("deploy", help="deploy the bundled Modal app (modal deploy -m whisper_modal.app)")
+    return parser
+
+
+def _read_input(path: str) -> object:
+    if path == "-":
+        return sys.stdin.buffer.read()
+    return path
+
+
+def _option_kwargs(args: argparse.Namespace) -> dict[str, object]:
+    from whisper_modal.client import default_client
+
+    keys = ("model", "language", "task", "word_timestamps", "initial_prompt", "mode")
+    given = {k: getattr(args, k, None) for k in keys}
+    return {"options": default_client().make_options(None, **given)}
+
+
+def _run(args: argparse.Namespace) -> int:
+    import whisper_modal as wm
+
+    if args.command == "transcribe":
+        from whisper_modal.formats import format_from_path, write
+
+        fmt = args.format or (format_from_path(args.output) if args.output else None) or "txt"
+        transcript = wm.transcribe(
+            _read_input(args.file), backend=args.backend, **_option_kwargs(args)
+        )
+        text = write(transcript, fmt)
+        if args.output:
+            Path(args.output).write_text(text, encoding="utf-8")
+            print(f"wrote {args.output} ({transcript.backend}, {transcript.duration:.1f} s audio)", file=sys.stderr)
+        else:
+            sys.stdout.write(text if text.endswith("\n") or not text else text + "\n")
+        return EXIT_OK
+    if args.command == "submit":
+        job = wm.submit(_read_input(args.file), backend=args.backend, **_option_kwargs(args))
+        print(job.id)
+        return EXIT_OK
+    if args.command == "result":
+        from whisper_modal.formats import write
+
+        try:
+            transcript = wm.Job.from_id(args.job_id).result(timeout=args.timeout)
+        except JobTimeout as exc:
+            print(f"whisper-modal: {exc}", file=sys.stderr)
+            return EXIT_PENDING
+        sys.stdout.write(write(transcript, args.format))
+        return EXIT_OK
+    if args.command == "models":
+        return _models(args)
+    if args.command == "health":
+        return _health(args)
+    if args.command == "deploy":
+        from whisper_modal.app import deploy
+        from whisper_modal.config import Settings
+
+        deploy(Settings.resolve())
+        return EXIT_OK
+    raise ConfigurationError(f"unknown command {args.command}")  # pragma: no cover
+
+
+def _models(args: argparse.Namespace) -> int:
+    from whisper_modal.config import Settings
+    from whisper_modal.engine.models import ModelStore
+
+    store = ModelStore(Settings.resolve().cache_dir)
+    if args.models_command == "list":
+        found = store.list()
+        if not found:
+            print(f"no models in {store.cache_dir}", file=sys.stderr)
+        for info in found:
+            print(f"{info.name}\t{info.source}\t{info.size_bytes / 1e6:.0f} MB\t{info.path}")
+        return EXIT_OK
+    info = store.import_ct2(args.directory, args.name)
+    print(f"imported {info.name} -> {info.path} ({info.size_bytes / 1e6:.0f} MB)")
+    return EXIT_OK
+
+
+def _health(args: argparse.Namespace) -> int:
+    import json
+
+    from whisper_modal.client import default_client
+
+    client = default_client()
+    if args.local:
+        report = client.local_backend().engine.health(args.model)
+    else:
+        report = client.modal_backend().health(timeout=client.settings.connect_timeout + 60)
+    print(json.dumps(report, indent=2, default=str))
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``whisper-modal`` command; returns the exit code."""
+    args = _parser().parse_args(argv)
+    try:
+        return _run(args)
+    except (ConfigurationError, AudioError, StorageError) as exc:
+        print(f"whisper-modal: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except WhisperModalError as exc:
+        print(f"whisper-modal: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,174 @@
+"""Writers: SRT, WebVTT, TXT, TSV, JSON and Markdown, as pure functions plus a registry.
+
+Subtitle rules that real parsers (pysrt, webvtt-py, ffmpeg) rely on:
+* a blank line ends a cue, so blank lines inside text are collapsed;
+* ``-->`` inside text would read as a timing line, so it becomes ``→``;
+* WebVTT text is HTML-like: ``&``, ``<`` and ``>`` are escaped;
+* the hours field grows past 99 (``100:00:00,000``) instead of wrapping;
+* times are rounded to whole milliseconds once, and ``end >= start`` is enforced.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from whisper_modal.errors import ConfigurationError
+from whisper_modal.results import Segment, Transcript
+
+__all__ = [
+    "FORMATS",
+    "WRITERS",
+    "format_from_path",
+    "to_json",
+    "to_markdown",
+    "to_srt",
+    "to_tsv",
+    "to_txt",
+    "to_vtt",
+    "write",
+]
+
+_BLANK_LINES = re.compile(r"\n\s*\n+")
+
+
+def _ms(seconds: float) -> int:
+    return max(0, round(seconds * 1000))
+
+
+def _clock(ms: int, sep: str) -> str:
+    hours, rest = divmod(ms, 3_600_000)
+    minutes, rest = divmod(rest, 60_000)
+    secs, millis = divmod(rest, 1000)
+    return f"{hours:02d}:{minutes:02d}:{secs:02d}{sep}{millis:03d}"
+
+
+def _cue_text(text: str) -> str:
+    text = text.replace("\r\n", "\n").replace("\r", "\n").strip()
+    text = _BLANK_LINES.sub("\n", text)
+    return text.replace("-->", "→")
+
+
+def _cues(t: Transcript) -> list[tuple[int, int, str]]:
+    cues = []
+    for seg in t.segments:
+        text = _cue_text(seg.text)
+        if not text:
+            continue
+        start = _ms(seg.start)
+        cues.append((start, max(start, _ms(seg.end)), text))
+    return cues
+
+
+def to_srt(t: Transcript) -> str:
+    """SubRip: numbered cues with ``HH:MM:SS,mmm --> HH:MM:SS,mmm`` times."""
+    blocks = [
+        f"{i}\n{_clock(start, ',')} --> {_clock(end, ',')}\n{text}\n"
+        for i, (start, end, text) in enumerate(_cues(t), start=1)
+    ]
+    return "\n".join(blocks)
+
+
+def _vtt_escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def to_vtt(t: Transcript) -> str:
+    """WebVTT: ``WEBVTT`` header, cues with ``HH:MM:SS.mmm`` times, escaped text."""
+    blocks = ["WEBVTT\n"]
+    blocks += [
+        f"{_clock(start, '.')} --> {_clock(end, '.')}\n{_vtt_escape(text)}\n"
+        for start, end, text in _cues(t)
+    ]
+    return "\n".join(blocks)
+
+
+def to_txt(t: Transcript) -> str:
+    """Plain text, one segment per line."""
+    lines = [" ".join(s.text.split()) for s in t.segments if s.text.strip()]
+    if not lines and t.text.strip():
+        lines = [t.text.strip()]
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
+def to_tsv(t: Transcript) -> str:
+    """Tab-separated ``start``, ``end`` (integer milliseconds) and ``text``, with a header."""
+    rows = ["start\tend\ttext"]
+    for seg in t.segments:
+        text = " ".join(seg.text.replace("\t", " ").split())
+        if text:
+            rows.append(f"{_ms(seg.start)}\t{max(_ms(seg.start), _ms(seg.end))}\t{text}")
+    return "\n".join(rows) + "\n"
+
+
+def to_json(t: Transcript, *, indent: int | None = 2) -> str:
+    """Exactly ``Transcript.to_dict()`` as JSON."""
+    return json.dumps(t.to_dict(), indent=indent, ensure_ascii=False) + "\n"
+
+
+def _mmss(seconds: float) -> str:
+    total = int(seconds)
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
+
+
+def _md_cell(text: str) -> str:
+    return text.strip().replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+
+
+def _segment_line(seg: Segment) -> str:
+    return f"- **[{_mmss(seg.start)} - {_mmss(seg.end)}]** {' '.join(seg.text.split())}"
+
+
+def to_markdown(t: Transcript) -> str:
+    """Markdown: title, metadata, full text, timestamped segments, optional word table."""
+    meta = f"*Language:* {t.language or 'unknown'} · *Duration:* {_mmss(t.duration)}"
+    if t.model:
+        meta += f" · *Model:* {t.model}"
+    parts = ["# Transcript", "", meta, "", t.text.strip() or "_(no speech)_", ""]
+    segments = [s for s in t.segments if s.text.strip()]
+    if segments:
+        parts += ["## Segments", "", *(_segment_line(s) for s in segments), ""]
+    if t.words:
+        parts += ["## Words", "", "| start | end | word | probability |", "|---:|---:|---|---:|"]
+        parts += [
+            f"| {w.start:.2f} | {w.end:.2f} | {_md_cell(w.word)} | {w.probability:.2f} |"
+            for w in t.words
+        ]
+        parts.append("")
+    return "\n".join(parts)
+
+
+WRITERS: Mapping[str, Callable[[Transcript], str]] = {
+    "srt": to_srt,
+    "vtt": to_vtt,
+    "txt": to_txt,
+    "tsv": to_tsv,
+    "json": to_json,
+    "md": to_markdown,
+    "markdown": to_markdown,
+}
+#: canonical format names (``markdown`` is an alias of ``md``)
+FORMATS: tuple[str, ...] = ("srt", "vtt", "txt", "tsv", "json", "md")
+
+_SUFFIXES = {".srt": "srt", ".vtt": "vtt", ".txt": "txt", ".tsv": "tsv", ".json": "json", ".md": "md", ".markdown": "md"}
+
+
+def write(t: Transcript, fmt: str) -> str:
+    """Render ``t`` in ``fmt``.
+
+    Raises:
+        ConfigurationError: unknown format.
+    """
+    try:
+        return WRITERS[fmt.lower()](t)
+    except KeyError as exc:
+        raise ConfigurationError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}") from exc
+
+
+def format_from_path(path: str | Path) -> str | None:
+    """The format implied by a file name's suffix, or None."""
+    return _SUFFIXES.get(Path(path).suffix.lower())
