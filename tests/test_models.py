@@ -139,7 +139,7 @@ def test_truncated_and_foreign_ct2_files(ct2_dir: Path, tmp_path: Path) -> None:
     (truncated / "model.bin").write_bytes(data[: len(data) // 3])
     with pytest.raises(ConfigurationError, match="truncated"):
         read_ct2_model(truncated)
-    with pytest.raises(ConfigurationError, match="no model.bin"):
+    with pytest.raises(ConfigurationError, match=r"no model\.bin"):
         read_ct2_model(tmp_path)
     split = tmp_path / "split"
     split.mkdir()
@@ -153,12 +153,18 @@ def test_truncated_and_foreign_ct2_files(ct2_dir: Path, tmp_path: Path) -> None:
 
 
 def test_cli_import_and_list(
-    ct2_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    ct2_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     monkeypatch.setenv("WHISPER_MODAL_CACHE_DIR", str(tmp_path))
     assert cli_main(["models", "import", str(ct2_dir), "--name", "tiny.en"]) == 0
     assert cli_main(["models", "list"]) == 0
     out = capsys.readouterr().out
     assert "tiny.en\timported" in out
-    assert torch.load(tmp_path / "imported" / "tiny.en.pt", weights_only=True)["dims"]["n_vocab"] == 51864
+    assert (
+        torch.load(tmp_path / "imported" / "tiny.en.pt", weights_only=True)["dims"]["n_vocab"]
+        == 51864
+    )
     assert cli_main(["models", "import", str(tmp_path / "nope"), "--name", "x"]) == 2

@@ -88,7 +88,14 @@ def test_request_wire_round_trip_and_validation() -> None:
     req = Request(options=opts, audio=b"RIFF....", formats=["srt"], client_job_id="wm-1")
     wire = req.to_wire()
     assert wire["wire_version"] == WIRE_VERSION
-    assert set(type(v).__name__ for v in wire.values()) <= {"int", "dict", "bytes", "NoneType", "list", "str"}
+    assert set(type(v).__name__ for v in wire.values()) <= {
+        "int",
+        "dict",
+        "bytes",
+        "NoneType",
+        "list",
+        "str",
+    }
     assert Request.from_wire(wire) == req
     assert "RIFF" not in repr(req)
     with pytest.raises(ConfigurationError, match="exactly one"):

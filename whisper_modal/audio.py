@@ -70,7 +70,9 @@ def read_audio_bytes(source: Any, *, max_bytes: int | None = None) -> bytes:
             data = fh.read()
     elif hasattr(source, "read"):
         if isinstance(source, io.TextIOBase):
-            raise AudioError("the file object is in text mode; open it with 'rb'", reason="unsupported_type")
+            raise AudioError(
+                "the file object is in text mode; open it with 'rb'", reason="unsupported_type"
+            )
         chunk = source.read() if max_bytes is None else source.read(max_bytes + 1)
         if not isinstance(chunk, bytes | bytearray):
             raise AudioError("the file object did not return bytes", reason="unsupported_type")
@@ -107,7 +109,9 @@ def _check_length(seconds: float, max_seconds: float | None) -> None:
         )
 
 
-def _decode_soundfile(data: bytes | bytearray | memoryview, max_seconds: float | None) -> tuple[np.ndarray, int] | None:
+def _decode_soundfile(
+    data: bytes | bytearray | memoryview, max_seconds: float | None
+) -> tuple[np.ndarray, int] | None:
     sf = _need("soundfile")
     try:
         with sf.SoundFile(io.BytesIO(data)) as f:
@@ -134,20 +138,24 @@ def _decode_soundfile(data: bytes | bytearray | memoryview, max_seconds: float |
 def _looks_foreign(data: bytes | bytearray | memoryview) -> bool:
     # Containers libsndfile does not handle: let PyAV try them.
     head = bytes(data[:16])
-    return head[4:8] == b"ftyp" or head[:4] == b"\x1a\x45\xdf\xa3" or head[:2] in (b"\xff\xf1", b"\xff\xf9")
+    return (
+        head[4:8] == b"ftyp"
+        or head[:4] == b"\x1a\x45\xdf\xa3"
+        or head[:2] in (b"\xff\xf1", b"\xff\xf9")
+    )
 
 
 def _raise_truncated(exc: BaseException) -> tuple[np.ndarray, int]:
     raise AudioError(f"audio is truncated or corrupt: {exc}", reason="truncated") from exc
 
 
-def _decode_av(data: bytes | bytearray | memoryview, max_seconds: float | None) -> tuple[np.ndarray, int]:
+def _decode_av(
+    data: bytes | bytearray | memoryview, max_seconds: float | None
+) -> tuple[np.ndarray, int]:
     try:
         import av
     except ImportError as exc:
-        raise AudioError(
-            f"this format needs PyAV to decode: {_EXTRA}", reason="not_audio"
-        ) from exc
+        raise AudioError(f"this format needs PyAV to decode: {_EXTRA}", reason="not_audio") from exc
     try:
         with av.open(io.BytesIO(data), mode="r") as container:
             if not container.streams.audio:
@@ -173,7 +181,9 @@ def _decode_av(data: bytes | bytearray | memoryview, max_seconds: float | None) 
     return np.concatenate(chunks).astype(np.float32, copy=False)[:, None], SAMPLE_RATE
 
 
-def decode_audio(data: bytes | bytearray | memoryview, *, max_seconds: float | None = None) -> np.ndarray:
+def decode_audio(
+    data: bytes | bytearray | memoryview, *, max_seconds: float | None = None
+) -> np.ndarray:
     """Decode encoded audio bytes to 16 kHz mono float32 without touching the disk.
 
     Args:
@@ -194,7 +204,9 @@ def decode_audio(data: bytes | bytearray | memoryview, *, max_seconds: float | N
     return _finish(samples, rate, max_seconds)
 
 
-def from_array(array: np.ndarray, sample_rate: int, *, max_seconds: float | None = None) -> np.ndarray:
+def from_array(
+    array: np.ndarray, sample_rate: int, *, max_seconds: float | None = None
+) -> np.ndarray:
     """Validate samples, mix to mono and resample to 16 kHz float32.
 
     Accepts shape (n,), (n, channels) or (channels, n) with few channels.
@@ -213,7 +225,9 @@ def from_array(array: np.ndarray, sample_rate: int, *, max_seconds: float | None
     if arr.dtype.kind in "iu":
         arr = arr.astype(np.float32) / float(np.iinfo(arr.dtype).max)
     samples = arr.astype(np.float32, copy=False)
-    return _finish(samples if samples.ndim == 2 else samples[:, None], int(sample_rate), max_seconds)
+    return _finish(
+        samples if samples.ndim == 2 else samples[:, None], int(sample_rate), max_seconds
+    )
 
 
 def _finish(samples: np.ndarray, rate: int, max_seconds: float | None) -> np.ndarray:

@@ -49,7 +49,9 @@ def _parser() -> argparse.ArgumentParser:
         return p
 
     p = audio_command("transcribe", "transcribe a file and print or write the result")
-    p.add_argument("--format", "-f", choices=_FORMATS, default=None, help="default: from --output or txt")
+    p.add_argument(
+        "--format", "-f", choices=_FORMATS, default=None, help="default: from --output or txt"
+    )
     p.add_argument("--output", "-o", help="write here instead of stdout")
     audio_command("submit", "submit a file and print the job id")
 
@@ -69,7 +71,9 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("health", help="check the deployed Modal app (or --local)")
     p.add_argument("--local", action="store_true", help="check the local engine instead")
     p.add_argument("--model")
-    sub.add_parser("deploy", help="deploy the bundled Modal app (modal deploy -m whisper_modal.app)")
+    sub.add_parser(
+        "deploy", help="deploy the bundled Modal app (modal deploy -m whisper_modal.app)"
+    )
     return parser
 
 
@@ -100,7 +104,10 @@ def _run(args: argparse.Namespace) -> int:
         text = write(transcript, fmt)
         if args.output:
             Path(args.output).write_text(text, encoding="utf-8")
-            print(f"wrote {args.output} ({transcript.backend}, {transcript.duration:.1f} s audio)", file=sys.stderr)
+            print(
+                f"wrote {args.output} ({transcript.backend}, {transcript.duration:.1f} s audio)",
+                file=sys.stderr,
+            )
         else:
             sys.stdout.write(text if text.endswith("\n") or not text else text + "\n")
         return EXIT_OK

@@ -38,9 +38,9 @@ from whisper_modal.results import Transcript
 __all__ = [
     "AudioLike",
     "Client",
+    "asubmit",
     "atranscribe",
     "atranscribe_many",
-    "asubmit",
     "configure",
     "default_client",
     "submit",
@@ -59,7 +59,12 @@ AudioLike = bytes | bytearray | memoryview | str | os.PathLike[str] | IO[bytes] 
 # Rough CPU real-time cost (seconds of compute per second of audio, fp32, 8 cores) used only
 # for the fallback warning; measured tiny.en ~0.1 here, the rest scaled by parameter count.
 _CPU_COST_PER_AUDIO_SECOND = {
-    "tiny": 0.1, "base": 0.2, "small": 0.6, "medium": 1.8, "large": 3.5, "turbo": 1.2,
+    "tiny": 0.1,
+    "base": 0.2,
+    "small": 0.6,
+    "medium": 1.8,
+    "large": 3.5,
+    "turbo": 1.2,
 }
 
 
@@ -93,9 +98,7 @@ class Client:
         breaker: CircuitBreaker | None = None,
         **overrides: Any,
     ) -> None:
-        self.settings = (
-            settings.replace(**overrides) if settings else Settings.resolve(**overrides)
-        )
+        self.settings = settings.replace(**overrides) if settings else Settings.resolve(**overrides)
         s = self.settings
         self.metrics = Metrics()
         self.breaker = breaker or CircuitBreaker(
@@ -116,13 +119,20 @@ class Client:
     # ------------------------------------------------------------------ plumbing
 
     def _on_transition(self, frm: Any, to: Any) -> None:
-        self.metrics.record_breaker_transition(str(getattr(frm, "value", frm)), str(getattr(to, "value", to)))
+        self.metrics.record_breaker_transition(
+            str(getattr(frm, "value", frm)), str(getattr(to, "value", to))
+        )
 
     def _on_retry(self, attempt: int, exc: BaseException, delay: float) -> None:
         self.metrics.record_retry()
         log.info(
             "retrying after transient error",
-            extra={"event": "retry", "attempt": attempt, "error": type(exc).__name__, "delay": delay},
+            extra={
+                "event": "retry",
+                "attempt": attempt,
+                "error": type(exc).__name__,
+                "delay": delay,
+            },
         )
 
     def modal_backend(self) -> Any:
@@ -153,7 +163,9 @@ class Client:
 
     # ------------------------------------------------------------------ requests
 
-    def make_options(self, options: TranscribeOptions | None = None, **kw: Any) -> TranscribeOptions:
+    def make_options(
+        self, options: TranscribeOptions | None = None, **kw: Any
+    ) -> TranscribeOptions:
         """Merge explicit keyword options over ``options`` over the settings' model."""
         given = {k: v for k, v in kw.items() if v is not None}
         if options is None:
@@ -186,7 +198,7 @@ class Client:
             from whisper_modal.storage import parse_s3_uri
 
             parse_s3_uri(output)  # malformed prefixes fail before any upload
-        common = {
+        common: dict[str, Any] = {
             "options": options,
             "output": output,
             "webhook_url": webhook_url,
@@ -218,7 +230,10 @@ class Client:
     # ------------------------------------------------------------------ resilience
 
     def _call_modal(self, op: Callable[[], T]) -> T:
-        return self.retry.call(self.breaker.call, op)
+        # retry (transient only) around the breaker: each attempt is one breaker call, and
+        # an open breaker raises CircuitOpenError, which is not retried.
+        result: T = self.retry.call(self.breaker.call, op)
+        return result
 
     async def _acall_modal(self, op: Callable[[], Awaitable[T]]) -> T:
         return await self.retry.acall(self.breaker.acall, op)
@@ -330,16 +345,26 @@ class Client:
             RemoteExecutionError: the engine failed.
         """
         opts = self.make_options(
-            options, model=model, language=language, task=task,
-            word_timestamps=word_timestamps, initial_prompt=initial_prompt,
+            options,
+            model=model,
+            language=language,
+            task=task,
+            word_timestamps=word_timestamps,
+            initial_prompt=initial_prompt,
         )
         request = self.make_request(
-            audio, options=opts, sample_rate=sample_rate, output=output,
-            webhook_url=webhook_url, formats=formats,
+            audio,
+            options=opts,
+            sample_rate=sample_rate,
+            output=output,
+            webhook_url=webhook_url,
+            formats=formats,
         )
         return self.run(request, backend=backend, timeout=timeout)
 
-    def run(self, request: Request, *, backend: str | None = None, timeout: float | None = None) -> Transcript:
+    def run(
+        self, request: Request, *, backend: str | None = None, timeout: float | None = None
+    ) -> Transcript:
         """Run a prepared ``Request`` through the policy chain (see ``transcribe``)."""
         policy = self._policy(backend)
         limit = timeout or self.settings.call_timeout
@@ -350,7 +375,9 @@ class Client:
                 data = self.local_backend().transcribe(request, timeout=limit)
                 return self._finish(data, started=started, backend="local", fallback_reason=None)
             try:
-                data = self._call_modal(lambda: self.modal_backend().transcribe(request, timeout=limit))
+                data = self._call_modal(
+                    lambda: self.modal_backend().transcribe(request, timeout=limit)
+                )
                 return self._finish(data, started=started, backend="modal", fallback_reason=None)
             except (BackendUnavailable, CircuitOpenError) as exc:
                 if policy != "auto":
@@ -382,12 +409,21 @@ class Client:
     ) -> Transcript:
         """Async twin of ``transcribe``: file reads and local inference run on threads."""
         opts = self.make_options(
-            options, model=model, language=language, task=task,
-            word_timestamps=word_timestamps, initial_prompt=initial_prompt,
+            options,
+            model=model,
+            language=language,
+            task=task,
+            word_timestamps=word_timestamps,
+            initial_prompt=initial_prompt,
         )
         request = await asyncio.to_thread(
-            self.make_request, audio, options=opts, sample_rate=sample_rate, output=output,
-            webhook_url=webhook_url, formats=formats,
+            self.make_request,
+            audio,
+            options=opts,
+            sample_rate=sample_rate,
+            output=output,
+            webhook_url=webhook_url,
+            formats=formats,
         )
         return await self.arun(request, backend=backend, timeout=timeout)
 
@@ -443,12 +479,20 @@ class Client:
         ``client_job_id``; the returned Job is the attempt that was acknowledged.
         """
         opts = self.make_options(
-            options, model=model, language=language, task=task,
-            word_timestamps=word_timestamps, initial_prompt=initial_prompt,
+            options,
+            model=model,
+            language=language,
+            task=task,
+            word_timestamps=word_timestamps,
+            initial_prompt=initial_prompt,
         )
         request = self.make_request(
-            audio, options=opts, sample_rate=sample_rate, output=output,
-            webhook_url=webhook_url, formats=formats,
+            audio,
+            options=opts,
+            sample_rate=sample_rate,
+            output=output,
+            webhook_url=webhook_url,
+            formats=formats,
         )
         return self.submit_request(request, backend=backend)
 
@@ -484,12 +528,21 @@ class Client:
     ) -> Job:
         """Async twin of ``submit``."""
         opts = self.make_options(
-            options, model=model, language=language, task=task,
-            word_timestamps=word_timestamps, initial_prompt=initial_prompt,
+            options,
+            model=model,
+            language=language,
+            task=task,
+            word_timestamps=word_timestamps,
+            initial_prompt=initial_prompt,
         )
         request = await asyncio.to_thread(
-            self.make_request, audio, options=opts, sample_rate=sample_rate, output=output,
-            webhook_url=webhook_url, formats=formats,
+            self.make_request,
+            audio,
+            options=opts,
+            sample_rate=sample_rate,
+            output=output,
+            webhook_url=webhook_url,
+            formats=formats,
         )
         policy = self._policy(backend)
         if policy == "local":
@@ -501,7 +554,9 @@ class Client:
             if policy != "auto":
                 raise
             local, reason = self._fallback_backend(request, exc)
-            return Job(await local.asubmit(request), client=self, backend="local", fallback_reason=reason)
+            return Job(
+                await local.asubmit(request), client=self, backend="local", fallback_reason=reason
+            )
 
     def get_job(self, job_id: str) -> Job:
         """A handle for an existing job id (no network call)."""
@@ -521,7 +576,9 @@ class Client:
         started = time.monotonic()
         data = self.retry.call(lambda: backend.result(job.id, timeout=timeout))
         data.setdefault("job_id", job.id)
-        return self._finish(data, started=started, backend=job.backend, fallback_reason=job.fallback_reason)
+        return self._finish(
+            data, started=started, backend=job.backend, fallback_reason=job.fallback_reason
+        )
 
     async def ajob_result(self, job: Job, *, timeout: float | None) -> Transcript:
         """Async twin of ``job_result``."""
@@ -529,7 +586,9 @@ class Client:
         started = time.monotonic()
         data = await self.retry.acall(lambda: backend.aresult(job.id, timeout=timeout))
         data.setdefault("job_id", job.id)
-        return self._finish(data, started=started, backend=job.backend, fallback_reason=job.fallback_reason)
+        return self._finish(
+            data, started=started, backend=job.backend, fallback_reason=job.fallback_reason
+        )
 
     def job_cancel(self, job: Job) -> None:
         """Cancel ``job``."""
@@ -567,9 +626,13 @@ class Client:
         results: list[Transcript | WhisperModalError | None] = [None] * len(items)
         with (
             progress_bar(len(items), "transcribing", enabled=progress) as bar,
-            cf.ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="whisper-modal-batch") as pool,
+            cf.ThreadPoolExecutor(
+                max_workers=concurrency, thread_name_prefix="whisper-modal-batch"
+            ) as pool,
         ):
-            futures = {pool.submit(self.transcribe, item, **kwargs): i for i, item in enumerate(items)}
+            futures = {
+                pool.submit(self.transcribe, item, **kwargs): i for i, item in enumerate(items)
+            }
             try:
                 for future in cf.as_completed(futures):
                     index = futures[future]
@@ -685,7 +748,9 @@ async def asubmit(audio: AudioLike, **kwargs: Any) -> Job:
     return await default_client().asubmit(audio, **kwargs)
 
 
-def transcribe_many(inputs: Iterable[AudioLike], **kwargs: Any) -> list[Transcript | WhisperModalError]:
+def transcribe_many(
+    inputs: Iterable[AudioLike], **kwargs: Any
+) -> list[Transcript | WhisperModalError]:
     """``default_client().transcribe_many(inputs, **kwargs)``."""
     return default_client().transcribe_many(inputs, **kwargs)
 

@@ -54,7 +54,9 @@ class Settings:
     """Everything a client needs to know; immutable, built by ``Settings.resolve``."""
 
     # -- where calls go
-    backend: BackendPolicy = attrs.field(default="auto", validator=_one_of("modal", "local", "auto"))
+    backend: BackendPolicy = attrs.field(
+        default="auto", validator=_one_of("modal", "local", "auto")
+    )
     app_name: str = "whisper-modal"  # deployed Modal app name
     class_name: str = "Transcriber"  # class inside that app
     environment_name: str | None = None  # Modal environment (None: the profile's default)
@@ -88,9 +90,7 @@ class Settings:
     webhook_secret: str | None = attrs.field(default=None, repr=False)  # never printed
 
     @classmethod
-    def resolve(
-        cls, env: Mapping[str, str] | None = None, **overrides: Any
-    ) -> Settings:
+    def resolve(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Build settings: explicit ``overrides`` > ``WHISPER_MODAL_*`` in ``env`` > default.
 
         Args:

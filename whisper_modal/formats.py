@@ -154,7 +154,15 @@ WRITERS: Mapping[str, Callable[[Transcript], str]] = {
 #: canonical format names (``markdown`` is an alias of ``md``)
 FORMATS: tuple[str, ...] = ("srt", "vtt", "txt", "tsv", "json", "md")
 
-_SUFFIXES = {".srt": "srt", ".vtt": "vtt", ".txt": "txt", ".tsv": "tsv", ".json": "json", ".md": "md", ".markdown": "md"}
+_SUFFIXES = {
+    ".srt": "srt",
+    ".vtt": "vtt",
+    ".txt": "txt",
+    ".tsv": "tsv",
+    ".json": "json",
+    ".md": "md",
+    ".markdown": "md",
+}
 
 
 def write(t: Transcript, fmt: str) -> str:
@@ -166,7 +174,9 @@ def write(t: Transcript, fmt: str) -> str:
     try:
         return WRITERS[fmt.lower()](t)
     except KeyError as exc:
-        raise ConfigurationError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}") from exc
+        raise ConfigurationError(
+            f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}"
+        ) from exc
 
 
 def format_from_path(path: str | Path) -> str | None:

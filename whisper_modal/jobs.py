@@ -117,7 +117,9 @@ class Job:
                     return self.result(timeout=None)
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
-                    raise JobTimeout(f"job {self.id} not finished after {timeout} s", job_id=self.id)
+                    raise JobTimeout(
+                        f"job {self.id} not finished after {timeout} s", job_id=self.id
+                    )
                 try:
                     step = poll_interval if remaining is None else min(poll_interval, remaining)
                     return self.result(timeout=step)

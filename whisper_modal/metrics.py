@@ -141,7 +141,9 @@ class Metrics:
             )
 
 
-_SECRET_KEY = re.compile(r"secret|token|password|passwd|signature|credential|authorization|api[_-]?key", re.I)
+_SECRET_KEY = re.compile(
+    r"secret|token|password|passwd|signature|credential|authorization|api[_-]?key", re.I
+)
 _URL_QUERY = re.compile(r"(https?://[^\s?#]+)\?[^\s#]*")
 _SIGNED = re.compile(r"X-Amz-(Signature|Credential|Security-Token)=[^&\s]+", re.I)
 

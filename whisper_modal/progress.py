@@ -17,7 +17,7 @@ __all__ = ["Bar", "interactive", "progress_bar", "status_bar"]
 def interactive() -> bool:
     """True on a terminal or inside a Jupyter/IPython kernel."""
     try:
-        shell = sys.modules["IPython"].get_ipython()  # type: ignore[attr-defined]
+        shell = sys.modules["IPython"].get_ipython()
         if shell is not None and "IPKernelApp" in getattr(shell, "config", {}):
             return True
     except (KeyError, AttributeError):

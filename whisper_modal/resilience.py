@@ -49,7 +49,9 @@ T = TypeVar("T")
 # ------------------------------------------------------------------------------ retry
 
 
-def _map_tenacity_error(exc: tenacity.RetryError, attempts: int, elapsed: float) -> BackendUnavailable:
+def _map_tenacity_error(
+    exc: tenacity.RetryError, attempts: int, elapsed: float
+) -> BackendUnavailable:
     """The one place tenacity's exhaustion error is translated."""
     last = exc.last_attempt.exception() if exc.last_attempt.failed else None
     return BackendUnavailable(
@@ -318,7 +320,10 @@ class CircuitBreaker:
 
     # -- internals (called with the lock held)
     def _maybe_half_open(self) -> tuple[BreakerState, BreakerState] | None:
-        if self._state is BreakerState.OPEN and self.clock() - self._opened_at >= self.reset_timeout:
+        if (
+            self._state is BreakerState.OPEN
+            and self.clock() - self._opened_at >= self.reset_timeout
+        ):
             return self._move(BreakerState.HALF_OPEN)
         return None
 
@@ -363,9 +368,16 @@ class CircuitBreaker:
         log.log(
             level,
             "circuit %s: %s -> %s",
-            self.name, old.value, new.value,
-            extra={"event": "breaker_transition", "breaker": self.name, "from": old.value, "to": new.value},
-        )  # fmt: skip
+            self.name,
+            old.value,
+            new.value,
+            extra={
+                "event": "breaker_transition",
+                "breaker": self.name,
+                "from": old.value,
+                "to": new.value,
+            },
+        )
         if self.on_transition is not None:
             self.on_transition(old, new)
 

@@ -41,7 +41,9 @@ class Service:
             )
         return self._store
 
-    def handle(self, wire: dict[str, Any] | Request, *, job_id: str | None = None) -> dict[str, Any]:
+    def handle(
+        self, wire: dict[str, Any] | Request, *, job_id: str | None = None
+    ) -> dict[str, Any]:
         """Run one request and return the transcript dict.
 
         A webhook (when asked for) is sent on success and on failure; the original error

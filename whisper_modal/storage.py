@@ -18,9 +18,22 @@ from urllib.parse import parse_qs, unquote
 
 import attrs
 
-from whisper_modal.errors import ConfigurationError, StorageTooLarge, StorageTransient, map_boto_error
+from whisper_modal.errors import (
+    ConfigurationError,
+    StorageTooLarge,
+    StorageTransient,
+    map_boto_error,
+)
 
-__all__ = ["S3Object", "S3Store", "is_s3_uri", "parse_s3_uri", "result_keys", "safe_name", "write_results"]
+__all__ = [
+    "S3Object",
+    "S3Store",
+    "is_s3_uri",
+    "parse_s3_uri",
+    "result_keys",
+    "safe_name",
+    "write_results",
+]
 
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
 _SAFE = re.compile(r"^[A-Za-z0-9._\-]{1,200}$")
@@ -97,7 +110,9 @@ def parse_prefix(uri: str) -> tuple[str, str]:
 def safe_name(name: str) -> str:
     """Return ``name`` if it is safe as one key segment, else raise ConfigurationError."""
     if not _SAFE.match(name) or name in (".", "..") or name.startswith("."):
-        raise ConfigurationError(f"{name!r} is not a safe name (use letters, digits, '.', '_', '-')")
+        raise ConfigurationError(
+            f"{name!r} is not a safe name (use letters, digits, '.', '_', '-')"
+        )
     return name
 
 
@@ -146,7 +161,9 @@ class S3Store:
                 import boto3
                 from botocore.config import Config
             except ImportError as exc:
-                raise ConfigurationError("S3 support needs boto3: pip install 'whisper-modal[s3]'") from exc
+                raise ConfigurationError(
+                    "S3 support needs boto3: pip install 'whisper-modal[s3]'"
+                ) from exc
             config = Config(
                 retries={"mode": "standard", "max_attempts": 1},  # our RetryPolicy owns retries
                 connect_timeout=self.connect_timeout,
@@ -207,10 +224,14 @@ class S3Store:
         # bytes(buffer) would copy it; the decoder reads any buffer, so hand the bytearray on.
         return buffer
 
-    def put_bytes(self, obj: S3Object, data: bytes, content_type: str = "application/octet-stream") -> None:
+    def put_bytes(
+        self, obj: S3Object, data: bytes, content_type: str = "application/octet-stream"
+    ) -> None:
         """Write an object."""
         try:
-            self.client.put_object(Bucket=obj.bucket, Key=obj.key, Body=data, ContentType=content_type)
+            self.client.put_object(
+                Bucket=obj.bucket, Key=obj.key, Body=data, ContentType=content_type
+            )
         except Exception as exc:
             raise map_boto_error(exc, uri=obj.uri) from exc
 
@@ -242,6 +263,10 @@ def write_results(
     document = dict(transcript, output_location=location)
     parsed = Transcript.from_dict(document)
     for fmt, obj in keys.items():
-        body = json.dumps(document, ensure_ascii=False, indent=2) if fmt == "json" else write(parsed, fmt)
+        body = (
+            json.dumps(document, ensure_ascii=False, indent=2)
+            if fmt == "json"
+            else write(parsed, fmt)
+        )
         store.put_bytes(obj, body.encode("utf-8"), _CONTENT_TYPES[fmt])
     return location

@@ -185,7 +185,7 @@ class WebhookSender:
             headers = {"Content-Type": "application/json", **sign(body, self._secret)}
             request = urllib.request.Request(url, data=body, headers=headers, method="POST")
             try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310
+                with urllib.request.urlopen(request, timeout=self.timeout) as response:
                     status = int(response.status)
                 return DeliveryResult(True, attempt, status, tuple(delays))
             except urllib.error.HTTPError as exc:
@@ -195,11 +195,18 @@ class WebhookSender:
             except (urllib.error.URLError, TimeoutError, OSError) as exc:
                 status, error = None, type(getattr(exc, "reason", exc)).__name__
             if attempt < self.max_attempts:
-                delay = self.rng.uniform(0.5, 1.0) * min(self.max_backoff, self.initial_backoff * 2 ** (attempt - 1))
+                delay = self.rng.uniform(0.5, 1.0) * min(
+                    self.max_backoff, self.initial_backoff * 2 ** (attempt - 1)
+                )
                 delays.append(delay)
                 self.sleep(delay)
         log.warning(
             "webhook delivery failed",
-            extra={"event": "webhook_failed", "url": _safe_url(url), "status": status, "error": error},
+            extra={
+                "event": "webhook_failed",
+                "url": _safe_url(url),
+                "status": status,
+                "error": error,
+            },
         )
         return DeliveryResult(False, len(delays) + 1, status, tuple(delays), error)

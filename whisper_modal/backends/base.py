@@ -52,7 +52,9 @@ class Request:
     """
 
     options: TranscribeOptions
-    audio: bytes | None = attrs.field(default=None, repr=lambda b: f"<{len(b)} bytes>" if b else "None")
+    audio: bytes | None = attrs.field(
+        default=None, repr=lambda b: f"<{len(b)} bytes>" if b else "None"
+    )
     s3_uri: str | None = None
     output: str | None = None
     webhook_url: str | None = attrs.field(default=None, repr=False)  # may hold tokens
@@ -62,7 +64,9 @@ class Request:
     def __attrs_post_init__(self) -> None:
         if (self.audio is None) == (self.s3_uri is None):
             raise ConfigurationError("a request needs exactly one of audio bytes or an s3:// URI")
-        if self.webhook_url is not None and not self.webhook_url.startswith(("http://", "https://")):
+        if self.webhook_url is not None and not self.webhook_url.startswith(
+            ("http://", "https://")
+        ):
             raise ConfigurationError("webhook_url must be an http:// or https:// URL")
 
     @property

@@ -36,7 +36,9 @@ def _executor() -> cf.ThreadPoolExecutor:
     global _EXECUTOR
     with _LOCK:
         if _EXECUTOR is None:
-            _EXECUTOR = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="whisper-modal-local")
+            _EXECUTOR = cf.ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="whisper-modal-local"
+            )
         return _EXECUTOR
 
 

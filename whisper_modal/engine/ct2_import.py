@@ -201,7 +201,9 @@ def to_whisper_checkpoint(ct2: CT2Model) -> dict[str, Any]:
     state["encoder.positional_embedding"] = ct2.array("encoder/position_encodings/encodings")
     for i in range(enc_layers):
         src, dst = f"encoder/layer_{i}", f"encoder.blocks.{i}"
-        _split_qkv(ct2, f"{src}/self_attention/linear_0", f"{dst}.attn", ("query", "key", "value"), state)
+        _split_qkv(
+            ct2, f"{src}/self_attention/linear_0", f"{dst}.attn", ("query", "key", "value"), state
+        )
         _linear(ct2, f"{src}/self_attention/linear_1", f"{dst}.attn.out", state)
         _norm(ct2, f"{src}/self_attention/layer_norm", f"{dst}.attn_ln", state)
         _linear(ct2, f"{src}/ffn/linear_0", f"{dst}.mlp.0", state)
@@ -213,7 +215,9 @@ def to_whisper_checkpoint(ct2: CT2Model) -> dict[str, Any]:
     state["decoder.positional_embedding"] = ct2.array("decoder/position_encodings/encodings")
     for i in range(dec_layers):
         src, dst = f"decoder/layer_{i}", f"decoder.blocks.{i}"
-        _split_qkv(ct2, f"{src}/self_attention/linear_0", f"{dst}.attn", ("query", "key", "value"), state)
+        _split_qkv(
+            ct2, f"{src}/self_attention/linear_0", f"{dst}.attn", ("query", "key", "value"), state
+        )
         _linear(ct2, f"{src}/self_attention/linear_1", f"{dst}.attn.out", state)
         _norm(ct2, f"{src}/self_attention/layer_norm", f"{dst}.attn_ln", state)
         _linear(ct2, f"{src}/attention/linear_0", f"{dst}.cross_attn.query", state)

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import pickle
 import os
+import pickle
 import threading
 import time
 from pathlib import Path
@@ -173,7 +173,9 @@ class ModelStore:
             # corrupt file once; it writes only to download_root.
             path = whisper._download(whisper._MODELS[name], str(self.cache_dir), False)
         except (OSError, RuntimeError) as exc:  # urllib errors are OSErrors
-            raise ConfigurationError(self._missing_message(name, f"download failed: {exc}")) from exc
+            raise ConfigurationError(
+                self._missing_message(name, f"download failed: {exc}")
+            ) from exc
         return Path(str(path))
 
     def _missing_message(self, name: str, why: str) -> str:
@@ -230,7 +232,7 @@ def import_ct2_model(
 
     if not name or not set(name) <= _SAFE_NAME or name.startswith("."):
         raise ConfigurationError(f"model name {name!r} may use only letters, digits, '.', '-', '_'")
-    checkpoint = to_whisper_checkpoint(read_ct2_model(directory))
+    checkpoint = to_whisper_checkpoint(read_ct2_model(Path(directory)))
     checkpoint["model_state_dict"] = {
         k: torch.from_numpy(v.copy()) for k, v in checkpoint["model_state_dict"].items()
     }
@@ -308,7 +310,9 @@ def _checkpoint_path(
     if allow_paths and candidate.is_file():
         return candidate
     if not allow_paths and (os.sep in name or name.endswith(".pt")):
-        raise ConfigurationError(f"checkpoint paths are not accepted here; use one of {KNOWN_MODELS}")
+        raise ConfigurationError(
+            f"checkpoint paths are not accepted here; use one of {KNOWN_MODELS}"
+        )
     return store.ensure(name, allow_download=allow_download)  # raises with the known names
 
 
@@ -323,7 +327,15 @@ def _load_checkpoint(path: Path, name: str, device: str) -> Whisper:
         dims = ModelDimensions(**checkpoint["dims"])
         model = Whisper(dims)
         model.load_state_dict(checkpoint["model_state_dict"])
-    except (OSError, EOFError, RuntimeError, KeyError, TypeError, ValueError, pickle.UnpicklingError) as exc:
+    except (
+        OSError,
+        EOFError,
+        RuntimeError,
+        KeyError,
+        TypeError,
+        ValueError,
+        pickle.UnpicklingError,
+    ) as exc:
         # weights_only=True refuses any pickle that would build an object (UnpicklingError)
         raise ConfigurationError(f"cannot load checkpoint {path}: {exc}") from exc
     heads = checkpoint.get("alignment_heads")

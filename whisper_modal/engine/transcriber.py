@@ -65,7 +65,9 @@ class Engine:
             allow_download=self.allow_download,
         )
 
-    def decode(self, audio: bytes | bytearray | np.ndarray, *, sample_rate: int | None = None) -> np.ndarray:
+    def decode(
+        self, audio: bytes | bytearray | np.ndarray, *, sample_rate: int | None = None
+    ) -> np.ndarray:
         """Turn encoded bytes (or an array at ``sample_rate``) into 16 kHz mono float32."""
         from whisper_modal import audio as audio_io
 
