@@ -575,7 +575,7 @@ class Client:
         backend = self.backend_for_job(job.backend)
         started = time.monotonic()
         data = self.retry.call(lambda: backend.result(job.id, timeout=timeout))
-        data.setdefault("job_id", job.id)
+        data["job_id"] = job.id  # the id the caller holds is the one to report
         return self._finish(
             data, started=started, backend=job.backend, fallback_reason=job.fallback_reason
         )
@@ -585,7 +585,7 @@ class Client:
         backend = self.backend_for_job(job.backend)
         started = time.monotonic()
         data = await self.retry.acall(lambda: backend.aresult(job.id, timeout=timeout))
-        data.setdefault("job_id", job.id)
+        data["job_id"] = job.id  # the id the caller holds is the one to report
         return self._finish(
             data, started=started, backend=job.backend, fallback_reason=job.fallback_reason
         )

@@ -205,10 +205,15 @@ def map_modal_error(exc: BaseException, *, job_id: str | None = None) -> Whisper
     if isinstance(exc, me.ResourceExhaustedError | me.InternalFailure | me.ConnectionError):
         return TransientError(f"Modal is temporarily unavailable ({name}: {text})")
     if isinstance(exc, me.RemoteError):
+        # A cancelled (terminated) input comes back as a RemoteError from FunctionCall.get.
+        if job_id is not None and "cancel" in text.lower():
+            return JobCancelled(f"job {job_id} was cancelled", job_id=job_id)
+        return RemoteExecutionError(f"the remote call failed: {text}", remote_type=name)
+    if isinstance(exc, me.ExecutionError):  # e.g. a remote exception we cannot unpickle
         return RemoteExecutionError(f"the remote call failed: {text}", remote_type=name)
     if isinstance(exc, TimeoutError | OSError):
         return TransientError(f"Modal did not answer in time ({name}: {text})")
-    if isinstance(exc, me.InvalidError | me.ExecutionError):
+    if isinstance(exc, me.InvalidError):
         return BackendUnavailable(f"Modal refused the call: {name}: {text}")
     if _is_grpc_transport_error(exc):
         return TransientError(f"the connection to Modal broke ({name}: {text})")

@@ -1,0 +1,295 @@
+"""An in-process fake of the Modal services, injected at the backend's lookup seam.
+
+``FakeModal.cls_lookup`` stands in for ``modal.Cls.from_name`` and ``call_lookup`` for
+``modal.FunctionCall.from_id``. Method calls delegate to the *real*
+``whisper_modal.app.Transcriber`` through Modal's own ``.local()`` (which runs the real
+sync ``@modal.enter`` hook), so the real container code and the real tiny.en engine run.
+
+Fault injection (``fake.faults``) makes the next calls raise real ``modal.exception``
+types, builtin timeouts or remote errors, or hang until released, so the client's
+deadlines, retries, breaker and fallback can be driven deterministically. Counters record
+every lookup, call, spawn and execution, so tests can prove nothing was lost or run twice.
+
+A ``handler`` can replace the real class for throughput tests (1,000 submits): it still
+receives the real wire dict and must return a transcript dict.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures as cf
+import itertools
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import modal.exception as me
+
+Handler = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+class _Dual:
+    """A callable with an ``.aio`` twin, like Modal's synchronicity-wrapped methods."""
+
+    def __init__(self, sync: Callable[..., Any], aio: Callable[..., Any]) -> None:
+        self._sync = sync
+        self.aio = aio
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._sync(*args, **kwargs)
+
+
+class Fault:
+    """One injected behaviour for one call."""
+
+    def __init__(self, *, raises: BaseException | None = None, hang: float | None = None) -> None:
+        self.raises = raises
+        self.hang = hang
+
+
+class FaultPlan:
+    """A queue of faults per operation ("lookup", "remote", "spawn", "get"), or a rule."""
+
+    def __init__(self) -> None:
+        self._queues: dict[str, collections.deque[Fault]] = collections.defaultdict(
+            collections.deque
+        )
+        self._rules: dict[str, Callable[[int], Fault | None]] = {}
+        self._counts: collections.Counter[str] = collections.Counter()
+        self._lock = threading.Lock()
+        self.release = threading.Event()  # set() ends every hang at once
+
+    def fail_next(self, op: str, exc: BaseException, times: int = 1) -> None:
+        """Make the next ``times`` calls of ``op`` raise ``exc``."""
+        with self._lock:
+            self._queues[op].extend(Fault(raises=exc) for _ in range(times))
+
+    def hang_next(self, op: str, seconds: float, times: int = 1) -> None:
+        """Make the next calls of ``op`` hang (until ``release`` or ``seconds``)."""
+        with self._lock:
+            self._queues[op].extend(Fault(hang=seconds) for _ in range(times))
+
+    def rule(self, op: str, decide: Callable[[int], Fault | None]) -> None:
+        """Decide per call number (1-based) of ``op``: a fault or None."""
+        with self._lock:
+            self._rules[op] = decide
+
+    def clear(self) -> None:
+        """Remove every planned fault."""
+        with self._lock:
+            self._queues.clear()
+            self._rules.clear()
+
+    def take(self, op: str) -> Fault | None:
+        with self._lock:
+            self._counts[op] += 1
+            if self._queues[op]:
+                return self._queues[op].popleft()
+            rule = self._rules.get(op)
+            return rule(self._counts[op]) if rule else None
+
+
+def _apply(fault: Fault | None, release: threading.Event) -> None:
+    if fault is None:
+        return
+    if fault.hang is not None:
+        release.wait(fault.hang)
+        raise me.ConnectionError("fake: connection dropped after hanging")
+    if fault.raises is not None:
+        raise fault.raises
+
+
+class FakeFunctionCall:
+    """Stands in for ``modal.FunctionCall``."""
+
+    def __init__(self, fake: FakeModal, object_id: str, future: cf.Future[dict[str, Any]]) -> None:
+        self._fake = fake
+        self.object_id = object_id
+        self._future = future
+        self.cancelled = False
+        self.get = _Dual(self._get, self._aget)
+        self.cancel = _Dual(self._cancel, self._acancel)
+        self.get_call_graph = _Dual(self._graph, self._agraph)
+
+    def _get(self, timeout: float | None = None, *, index: int = 0) -> dict[str, Any]:
+        _apply(self._fake.faults.take("get"), self._fake.faults.release)
+        if self.cancelled:
+            raise me.RemoteError("Input was cancelled by user")  # what a terminated input gives
+        try:
+            return self._future.result(timeout=timeout)
+        except cf.TimeoutError:
+            raise TimeoutError() from None  # modal raises the builtin TimeoutError here
+        except cf.CancelledError:
+            raise me.RemoteError("Input was cancelled by user") from None
+
+    async def _aget(self, timeout: float | None = None, *, index: int = 0) -> dict[str, Any]:
+        return await asyncio.to_thread(self._get, timeout, index=index)
+
+    def _cancel(self, terminate_containers: bool = False) -> None:
+        self.cancelled = True
+        self._future.cancel()
+
+    async def _acancel(self, terminate_containers: bool = False) -> None:
+        self._cancel(terminate_containers)
+
+    def _graph(self) -> list[Any]:
+        running = self._future.running() or self._future.done()
+        info = collections.namedtuple("InputInfo", "input_id function_call_id task_id status")
+        return [info("in-1", self.object_id, "ta-fake" if running else "", 0)]
+
+    async def _agraph(self) -> list[Any]:
+        return self._graph()
+
+
+class FakeMethod:
+    """``Transcriber(model=...).transcribe`` with remote/spawn and their ``.aio`` twins."""
+
+    def __init__(self, fake: FakeModal, model: str, name: str) -> None:
+        self._fake = fake
+        self._model = model
+        self._name = name
+        self.remote = _Dual(self._remote, self._aremote)
+        self.spawn = _Dual(self._spawn, self._aspawn)
+
+    def _execute(self, *args: Any) -> dict[str, Any]:
+        fake = self._fake
+        with fake._lock:
+            fake.in_flight += 1
+            fake.max_in_flight = max(fake.max_in_flight, fake.in_flight)
+        try:
+            if args and isinstance(args[0], dict):
+                with fake._lock:
+                    fake.executions[args[0].get("client_job_id")] += 1
+            if fake.handler is not None and self._name == "transcribe":
+                return fake.handler(*args)
+            return getattr(fake.instance(self._model), self._name).local(*args)
+        finally:
+            with fake._lock:
+                fake.in_flight -= 1
+
+    def _remote(self, *args: Any) -> Any:
+        self._fake.count("remote")
+        _apply(self._fake.faults.take("remote"), self._fake.faults.release)
+        return self._execute(*args)
+
+    async def _aremote(self, *args: Any) -> Any:
+        return await asyncio.to_thread(self._remote, *args)
+
+    def _spawn(self, *args: Any) -> FakeFunctionCall:
+        fake = self._fake
+        fake.count("spawn")
+        _apply(fake.faults.take("spawn"), fake.faults.release)
+        call_id = f"fc-fake{next(fake._ids):06d}"
+        call = FakeFunctionCall(fake, call_id, fake.pool.submit(self._execute, *args))
+        with fake._lock:
+            fake.function_calls[call_id] = call
+        return call
+
+    async def _aspawn(self, *args: Any) -> FakeFunctionCall:
+        return await asyncio.to_thread(self._spawn, *args)
+
+
+class FakeObj:
+    def __init__(self, fake: FakeModal, model: str) -> None:
+        self._fake = fake
+        self._model = model
+
+    def __getattr__(self, name: str) -> FakeMethod:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return FakeMethod(self._fake, self._model, name)
+
+
+class FakeCls:
+    """Stands in for the ``modal.Cls`` returned by ``Cls.from_name``."""
+
+    def __init__(self, fake: FakeModal) -> None:
+        self._fake = fake
+        self.hydrate = _Dual(self._hydrate, self._ahydrate)
+        self.options: dict[str, Any] = {}
+
+    def _hydrate(self) -> FakeCls:
+        self._fake.count("hydrate")
+        _apply(self._fake.faults.take("lookup"), self._fake.faults.release)
+        if not self._fake.deployed:
+            raise me.NotFoundError(
+                "Lookup failed for Cls 'Transcriber' from the 'whisper-modal' app"
+            )
+        return self
+
+    async def _ahydrate(self) -> FakeCls:
+        return await asyncio.to_thread(self._hydrate)
+
+    def with_options(self, **options: Any) -> FakeCls:
+        clone = FakeCls(self._fake)
+        clone.options = {**self.options, **options}
+        return clone
+
+    def __call__(self, **params: Any) -> FakeObj:
+        return FakeObj(self._fake, params.get("model", "turbo"))
+
+
+class FakeModal:
+    """The fake Modal: lookups, calls, faults and counters (see the module docstring)."""
+
+    def __init__(self, *, handler: Handler | None = None, workers: int = 4) -> None:
+        self.handler = handler
+        self.deployed = True
+        self.faults = FaultPlan()
+        self.pool = cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fake-modal")
+        self.function_calls: dict[str, FakeFunctionCall] = {}
+        self.executions: collections.Counter[Any] = collections.Counter()
+        self.calls: collections.Counter[str] = collections.Counter()
+        self.lookups: list[tuple[str, str, str | None]] = []
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self._instances: dict[str, Any] = {}
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
+
+    def count(self, op: str) -> None:
+        with self._lock:
+            self.calls[op] += 1
+
+    def instance(self, model: str) -> Any:
+        """The real app class instance for ``model`` (created once, like a warm container)."""
+        from whisper_modal.app import Transcriber
+
+        with self._lock:
+            if model not in self._instances:
+                self._instances[model] = Transcriber(model=model)
+            return self._instances[model]
+
+    # -- the seam
+    def cls_lookup(
+        self, app_name: str, name: str, *, environment_name: str | None = None
+    ) -> FakeCls:
+        """Stands in for ``modal.Cls.from_name`` (lazy, like the real one)."""
+        with self._lock:
+            self.lookups.append((app_name, name, environment_name))
+        return FakeCls(self)
+
+    def call_lookup(self, function_call_id: str) -> FakeFunctionCall:
+        """Stands in for ``modal.FunctionCall.from_id``."""
+        with self._lock:
+            call = self.function_calls.get(function_call_id)
+        if call is None:
+            raise me.NotFoundError(f"FunctionCall {function_call_id} not found")
+        return call
+
+    def close(self) -> None:
+        """Release hangs and stop the worker pool."""
+        self.faults.release.set()
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 30.0) -> bool:
+    """Poll ``predicate`` until true or ``timeout`` (tests only)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return predicate()

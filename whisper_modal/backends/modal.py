@@ -1,0 +1,293 @@
+"""The Modal backend: look the deployed class up by name and call it under SDK deadlines.
+
+Modal's client retries an unreachable server for about a minute and waits on a hung one
+for minutes, with no public knob; so every call here is an ``.aio`` coroutine wrapped in
+``asyncio.wait_for``. Sync methods run that coroutine on a private event-loop thread and
+wait for it, so a hung call never blocks a caller past its deadline, and an abandoned call
+is cancelled.
+
+The lookup seam is ``cls_lookup`` (``modal.Cls.from_name``) and ``call_lookup``
+(``modal.FunctionCall.from_id``): tests inject the in-process fake there.
+
+Batch: ``Client.transcribe_many`` runs one ``.remote`` per item on a bounded thread pool
+instead of ``.map``, so every item gets the same deadline, retry, breaker and fallback as a
+single call, and results keep input order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures as cf
+import threading
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
+
+from whisper_modal.backends.base import JobStatus, Request
+from whisper_modal.config import Settings
+from whisper_modal.errors import (
+    BackendUnavailable,
+    JobCancelled,
+    JobTimeout,
+    TransientError,
+    WhisperModalError,
+    map_modal_error,
+)
+
+__all__ = ["ModalBackend"]
+
+T = TypeVar("T")
+_RESULT_CACHE = 256  # finished results kept per backend (status() then result() = one fetch)
+
+
+class _LoopThread:
+    """A private asyncio loop on a daemon thread, for running coroutines from sync code."""
+
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._lock = threading.Lock()
+
+    def _ensure(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._loop is None or self._loop.is_closed():
+                loop = asyncio.new_event_loop()
+                threading.Thread(
+                    target=loop.run_forever, name="whisper-modal-loop", daemon=True
+                ).start()
+                self._loop = loop
+            return self._loop
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float | None) -> T:
+        future = asyncio.run_coroutine_threadsafe(coro, self._ensure())
+        done, _ = cf.wait([future], timeout)
+        if not done:  # the inner deadline should fire first; this is a backstop
+            future.cancel()
+            raise TransientError(f"no answer from Modal within {timeout:g} s")
+        return future.result()  # re-raises the coroutine's own error (JobTimeout included)
+
+
+class ModalBackend:
+    """Calls the deployed ``Transcriber`` class; see the module docstring.
+
+    Args:
+        settings: app/class/environment names and deadlines.
+        cls_lookup: ``modal.Cls.from_name`` or a fake with the same signature.
+        call_lookup: ``modal.FunctionCall.from_id`` or a fake.
+    """
+
+    name = "modal"
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        cls_lookup: Callable[..., Any] | None = None,
+        call_lookup: Callable[[str], Any] | None = None,
+    ) -> None:
+        import modal
+
+        self.settings = settings
+        self._cls_lookup = cls_lookup or modal.Cls.from_name
+        self._call_lookup = call_lookup or modal.FunctionCall.from_id
+        self._lock = threading.Lock()
+        self._handle: Any = None
+        self._hydrated = False
+        self._instances: dict[str, Any] = {}
+        self._results: collections.OrderedDict[str, dict[str, Any]] = collections.OrderedDict()
+        self._runner = _LoopThread()
+
+    # ------------------------------------------------------------------ lookup
+
+    def _cls(self) -> Any:
+        with self._lock:
+            if self._handle is None:
+                s = self.settings
+                self._handle = self._cls_lookup(
+                    s.app_name, s.class_name, environment_name=s.environment_name
+                )
+            return self._handle
+
+    async def _hydrate(self) -> Any:
+        handle = self._cls()
+        if not self._hydrated:
+            try:
+                await asyncio.wait_for(handle.hydrate.aio(), self.settings.connect_timeout)
+            except TimeoutError as exc:
+                # Modal's client is still retrying behind this: retrying it again would only
+                # multiply the wait, so report "unavailable" (falls back in auto mode).
+                raise BackendUnavailable(
+                    f"Modal did not answer the lookup of {self.settings.app_name!r} within "
+                    f"{self.settings.connect_timeout:g} s",
+                    fix="check the network / MODAL_SERVER_URL, or use backend='local'",
+                ) from exc
+            self._hydrated = True
+        return handle
+
+    async def _method(self, model: str, method: str) -> Any:
+        handle = await self._hydrate()
+        with self._lock:
+            instance = self._instances.get(model)
+            if instance is None:
+                instance = self._instances[model] = handle(model=model)
+        return getattr(instance, method)
+
+    async def _guard(self, work: Awaitable[T], *, job_id: str | None = None) -> T:
+        try:
+            return await work
+        except WhisperModalError:
+            raise
+        except Exception as exc:
+            raise map_modal_error(exc, job_id=job_id) from exc
+
+    def _sync(self, coro: Coroutine[Any, Any, T], timeout: float | None) -> T:
+        backstop = None if timeout is None else timeout + self.settings.connect_timeout + 5.0
+        return self._runner.run(coro, backstop)
+
+    # ------------------------------------------------------------------ calls
+
+    async def atranscribe(self, request: Request, *, timeout: float) -> dict[str, Any]:
+        """Run one request remotely (``.remote.aio``) within ``timeout`` seconds."""
+
+        async def work() -> dict[str, Any]:
+            method = await self._method(request.options.model, "transcribe")
+            try:
+                result: dict[str, Any] = await asyncio.wait_for(
+                    method.remote.aio(request.to_wire()), timeout
+                )
+            except TimeoutError as exc:
+                raise TransientError(f"no result from Modal within {timeout:g} s") from exc
+            return result
+
+        return await self._guard(work())
+
+    def transcribe(self, request: Request, *, timeout: float) -> dict[str, Any]:
+        """Sync twin of ``atranscribe`` (runs on the private loop, same deadline)."""
+        return self._sync(self.atranscribe(request, timeout=timeout), timeout)
+
+    async def asubmit(self, request: Request) -> str:
+        """Spawn the request and return the FunctionCall id."""
+
+        async def work() -> str:
+            method = await self._method(request.options.model, "transcribe")
+            try:
+                call = await asyncio.wait_for(
+                    method.spawn.aio(request.to_wire()), self.settings.connect_timeout + 60.0
+                )
+            except TimeoutError as exc:
+                raise TransientError("Modal did not accept the job in time") from exc
+            return str(call.object_id)
+
+        return await self._guard(work())
+
+    def submit(self, request: Request) -> str:
+        """Sync twin of ``asubmit``."""
+        return self._sync(self.asubmit(request), self.settings.connect_timeout + 60.0)
+
+    # ------------------------------------------------------------------ jobs
+
+    def _remember(self, job_id: str, result: dict[str, Any]) -> dict[str, Any]:
+        with self._lock:
+            self._results[job_id] = result
+            while len(self._results) > _RESULT_CACHE:
+                self._results.popitem(last=False)
+        return result
+
+    def _cached(self, job_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            return self._results.get(job_id)
+
+    async def aresult(self, job_id: str, *, timeout: float | None) -> dict[str, Any]:
+        """Wait up to ``timeout`` seconds for the job (0 polls; None waits forever)."""
+        cached = self._cached(job_id)
+        if cached is not None:
+            return cached
+
+        async def work() -> dict[str, Any]:
+            call = self._call_lookup(job_id)
+            try:
+                # ``get`` has its own timeout; ours is a backstop against a hung connection.
+                backstop = None if timeout is None else timeout + self.settings.connect_timeout
+                result: dict[str, Any] = await asyncio.wait_for(
+                    call.get.aio(timeout=timeout), backstop
+                )
+            except TimeoutError as exc:
+                if type(exc) is not TimeoutError:  # modal.exception.TimeoutError subclasses
+                    raise
+                raise JobTimeout(
+                    f"job {job_id} not finished after {timeout} s", job_id=job_id
+                ) from exc
+            return self._remember(job_id, result)
+
+        return await self._guard(work(), job_id=job_id)
+
+    def result(self, job_id: str, *, timeout: float | None) -> dict[str, Any]:
+        """Sync twin of ``aresult``."""
+        return self._sync(self.aresult(job_id, timeout=timeout), timeout)
+
+    async def astatus(self, job_id: str) -> JobStatus:
+        """Poll the job once: finished (with its outcome) or still waiting/running."""
+        try:
+            await self.aresult(job_id, timeout=0)
+        except JobTimeout:
+            return await self._running_or_pending(job_id)
+        except JobCancelled:
+            return JobStatus.CANCELLED
+        except WhisperModalError as exc:
+            from whisper_modal.errors import JobExpired, JobNotFound
+
+            if isinstance(exc, JobExpired):
+                return JobStatus.EXPIRED
+            if isinstance(exc, JobNotFound | BackendUnavailable | TransientError):
+                raise
+            return JobStatus.FAILED
+        return JobStatus.SUCCEEDED
+
+    async def _running_or_pending(self, job_id: str) -> JobStatus:
+        # The call graph says whether a container took the input (task id set). It is
+        # best-effort on Modal's side, so any problem just means "pending".
+        try:
+            call = self._call_lookup(job_id)
+            graph = await asyncio.wait_for(call.get_call_graph.aio(), self.settings.connect_timeout)
+        except Exception:
+            return JobStatus.PENDING
+        return (
+            JobStatus.RUNNING
+            if any(getattr(i, "task_id", "") for i in graph)
+            else JobStatus.PENDING
+        )
+
+    def status(self, job_id: str) -> JobStatus:
+        """Sync twin of ``astatus``."""
+        return self._sync(self.astatus(job_id), 2 * self.settings.connect_timeout)
+
+    async def acancel(self, job_id: str) -> None:
+        """Cancel the job's input (a finished job is left alone)."""
+
+        async def work() -> None:
+            call = self._call_lookup(job_id)
+            await asyncio.wait_for(call.cancel.aio(), self.settings.connect_timeout)
+
+        await self._guard(work(), job_id=job_id)
+
+    def cancel(self, job_id: str) -> None:
+        """Sync twin of ``acancel``."""
+        self._sync(self.acancel(job_id), self.settings.connect_timeout)
+
+    # ------------------------------------------------------------------ health
+
+    async def ahealth(self, *, model: str | None = None, timeout: float = 120.0) -> dict[str, Any]:
+        """Ask a container for its health report (starts one if none is warm)."""
+
+        async def work() -> dict[str, Any]:
+            method = await self._method(model or self.settings.model, "health")
+            try:
+                report: dict[str, Any] = await asyncio.wait_for(method.remote.aio(), timeout)
+            except TimeoutError as exc:
+                raise TransientError(f"no health report within {timeout:g} s") from exc
+            return report
+
+        return await self._guard(work())
+
+    def health(self, *, model: str | None = None, timeout: float = 120.0) -> dict[str, Any]:
+        """Sync twin of ``ahealth``."""
+        return self._sync(self.ahealth(model=model, timeout=timeout), timeout)
