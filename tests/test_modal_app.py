@@ -106,8 +106,8 @@ def test_real_class_runs_locally(monkeypatch: pytest.MonkeyPatch) -> None:
     assert t.backend == "modal" and "weekly planning meeting" in t.text.lower()
     report = obj.health.local()
     assert report["model_loaded"] is True and report["model"] == "tiny.en"
+    bad = dict(wire, options={**wire["options"], "model": "/etc/passwd"})
     with pytest.raises(Exception, match="only known Whisper models"):
-        bad = dict(wire, options={**wire["options"], "model": "/etc/passwd"})
         obj.transcribe.local(bad)
 
 

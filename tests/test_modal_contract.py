@@ -71,8 +71,8 @@ def test_app_building_blocks() -> None:
 
 def test_exceptions_the_mapper_knows_exist() -> None:
     for name in (
-        "AuthError", "NotFoundError", "OutputExpiredError", "FunctionTimeoutError", "InputCancellation",
-        "ResourceExhaustedError", "InternalFailure", "ConnectionError", "RemoteError", "ExecutionError",
-        "InvalidError",
+        "AuthError", "NotFoundError", "OutputExpiredError", "FunctionTimeoutError",
+        "InputCancellation", "ResourceExhaustedError", "InternalFailure", "ConnectionError",
+        "RemoteError", "ExecutionError", "InvalidError",
     ):  # fmt: skip
         assert isinstance(getattr(me, name), type), name

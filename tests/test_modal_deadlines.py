@@ -43,9 +43,9 @@ def test_unreachable_server_hits_the_connect_deadline(mode: str) -> None:
 
 @pytest.mark.slow
 def test_unreachable_modal_falls_back_to_the_local_engine() -> None:
-    from tests.models_cache import tiny_en_cache
-
     import os
+
+    from tests.models_cache import tiny_en_cache
 
     os.environ["WHISPER_MODAL_CACHE_DIR"] = str(tiny_en_cache())
     try:
