@@ -76,6 +76,9 @@ def main() -> None:
     out["seconds"] = round(time.monotonic() - started, 3)
     print(json.dumps(out))
     sys.stdout.flush()
+    import shutil
+
+    shutil.rmtree(home, ignore_errors=True)
     os._exit(0)  # do not wait for modal's background retries to wind down
 
 

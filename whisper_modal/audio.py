@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import struct
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -109,24 +110,69 @@ def _check_length(seconds: float, max_seconds: float | None) -> None:
         )
 
 
+def _declared_wav_shortfall(data: bytes | bytearray | memoryview) -> int:
+    """Bytes a RIFF/WAVE file's ``data`` chunk promises beyond what is present (0 if none).
+
+    libsndfile quietly clamps a truncated WAV to the bytes it finds, so truncation is
+    detected here from the header. Streamed WAVs (size 0 or 0xFFFFFFFF) promise nothing.
+    """
+    head = bytes(data[:12])
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return 0
+    offset = 12
+    while offset + 8 <= len(data):
+        chunk_id = bytes(data[offset : offset + 4])
+        (size,) = struct.unpack("<I", bytes(data[offset + 4 : offset + 8]))
+        if chunk_id == b"data":
+            if size in (0, 0xFFFFFFFF):
+                return 0
+            return max(0, size - (len(data) - offset - 8))
+        offset += 8 + size + (size & 1)
+    return 0
+
+
 def _decode_soundfile(
     data: bytes | bytearray | memoryview, max_seconds: float | None
 ) -> tuple[np.ndarray, int] | None:
     sf = _need("soundfile")
+    shortfall = _declared_wav_shortfall(data)
+    if shortfall:
+        raise AudioError(f"WAV audio is truncated: {shortfall} bytes missing", reason="truncated")
     try:
         with sf.SoundFile(io.BytesIO(data)) as f:
             rate = int(f.samplerate)
-            if f.frames > 0 and rate > 0:
+            # Streamed files (e.g. FLAC written to a pipe) report no or absurd frame counts:
+            # trust the header only when it is plausible for the byte count.
+            plausible = 0 < f.frames < len(data) * 64
+            if plausible and rate > 0:
                 _check_length(f.frames / rate, max_seconds)
-            samples = f.read(dtype="float32", always_2d=True)
-            expected = f.frames
+            blocks: list[np.ndarray] = []
+            total = 0
+            for block in f.blocks(blocksize=1 << 18, dtype="float32", always_2d=True):
+                blocks.append(block)
+                total += block.shape[0]
+                if rate > 0:
+                    _check_length(total / rate, max_seconds)
+            expected = f.frames if plausible else 0
     except AudioError:
         raise
-    except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
-        if "unknown format" in str(exc).lower() or "format not recognised" in str(exc).lower():
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
+        text = str(exc).lower()
+        if "unknown format" in text or "not recognised" in text or "format not" in text:
             return None
-        # libsndfile recognised the container but could not read it: truncated/corrupt
-        return None if _looks_foreign(data) else _raise_truncated(exc)
+        if _looks_foreign(data):
+            return None
+        # libsndfile knows the container but cannot finish it: truncated or corrupt, or a
+        # stream it cannot seek in (FLAC written to a pipe). PyAV decides which.
+        try:
+            return _decode_av(data, max_seconds)
+        except AudioError as av_error:
+            if av_error.reason == "too_long":
+                raise
+        return _raise_truncated(exc)
+    if not blocks:
+        raise AudioError("the audio has no samples", reason="zero_length")
+    samples = np.concatenate(blocks) if len(blocks) > 1 else blocks[0]
     if expected > 0 and samples.shape[0] < expected * 0.99:
         raise AudioError(
             f"audio is truncated: header promises {expected} frames, found {samples.shape[0]}",

@@ -1,0 +1,72 @@
+"""Typed results: one serialisation path, immutability, forward compatibility."""
+
+from __future__ import annotations
+
+import attrs
+import pytest
+
+from whisper_modal.errors import ConfigurationError
+from whisper_modal.results import SCHEMA_VERSION, Segment, Timings, Transcript, Word
+
+
+def sample() -> Transcript:
+    words = [Word(0.0, 0.4, " Hello", 0.9), Word(0.4, 0.9, " there", 0.8)]
+    return Transcript(
+        text="Hello there. Bye.",
+        language="en",
+        duration=2.5,
+        segments=[
+            Segment(0, 0.0, 0.9, "Hello there.", words, avg_logprob=-0.2, no_speech_prob=0.01),
+            Segment(1, 1.0, 2.0, "Bye.", compression_ratio=1.1, temperature=0.0),
+        ],
+        model="tiny.en",
+        backend="modal",
+        device="cuda:NVIDIA A10G",
+        timings=Timings(load=1.5, decode=0.01, inference=0.3, total=1.9),
+        language_probability=None,
+        fallback_reason=None,
+        cold_start=True,
+        job_id="fc-123",
+    )
+
+
+def test_round_trip_is_exact() -> None:
+    t = sample()
+    d = t.to_dict()
+    assert d["schema_version"] == SCHEMA_VERSION
+    assert Transcript.from_dict(d) == t
+    assert isinstance(t.segments, tuple) and isinstance(t.segments[0].words, tuple)
+
+
+def test_words_flatten_in_order() -> None:
+    assert [w.word for w in sample().words] == [" Hello", " there"]
+
+
+def test_results_are_frozen() -> None:
+    t = sample()
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        t.text = "changed"  # type: ignore[misc]
+    assert t.with_changes(text="changed").text == "changed" and t.text != "changed"
+
+
+def test_newer_schema_is_refused_and_unknown_keys_ignored() -> None:
+    d = sample().to_dict()
+    with pytest.raises(ConfigurationError, match="upgrade"):
+        Transcript.from_dict({**d, "schema_version": SCHEMA_VERSION + 1})
+    assert Transcript.from_dict({**d, "speakers": ["A"]}) == sample()
+    with pytest.raises(ConfigurationError):
+        Transcript.from_dict({"language": "en"})
+
+
+def test_openai_whisper_segment_dicts_are_accepted() -> None:
+    raw = {
+        "id": 3,
+        "seek": 0,
+        "start": 1.0,
+        "end": 2.0,
+        "text": " hi",
+        "tokens": [1, 2],
+        "temperature": 0.0,
+    }
+    seg = Segment.from_dict(raw)
+    assert seg.id == 3 and seg.text == " hi" and seg.words == ()
