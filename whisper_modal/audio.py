@@ -126,7 +126,7 @@ def _declared_wav_shortfall(data: bytes | bytearray | memoryview) -> int:
         if chunk_id == b"data":
             if size in (0, 0xFFFFFFFF):
                 return 0
-            return max(0, size - (len(data) - offset - 8))
+            return max(0, int(size) - (len(data) - offset - 8))
         offset += 8 + size + (size & 1)
     return 0
 
