@@ -78,11 +78,16 @@ class RetryPolicy:
     rng: random.Random = attrs.field(factory=random.Random, eq=False)
     on_retry: Callable[[int, BaseException, float], None] | None = None
 
-    def _wait(self, state: tenacity.RetryCallState) -> float:
+    def _wait(self, state: tenacity.RetryCallState, started: float) -> float:
         ceiling = min(self.max_backoff, self.initial_backoff * 2 ** (state.attempt_number - 1))
         delay = self.rng.uniform(0, ceiling)
-        remaining = self.max_seconds - (self.clock() - state.start_time)
+        remaining = self.max_seconds - (self.clock() - started)
         return max(0.0, min(delay, remaining))
+
+    def _stop(self, state: tenacity.RetryCallState, started: float) -> bool:
+        # Our own clock, not tenacity's time.monotonic, so the budget is testable.
+        spent = self.clock() - started
+        return state.attempt_number >= self.max_attempts or spent >= self.max_seconds
 
     def _before_sleep(self, state: tenacity.RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
@@ -90,12 +95,11 @@ class RetryPolicy:
         if self.on_retry is not None and exc is not None:
             self.on_retry(state.attempt_number, exc, delay)
 
-    def _kwargs(self) -> dict[str, Any]:
+    def _kwargs(self, started: float) -> dict[str, Any]:
         return {
             "retry": tenacity.retry_if_exception_type(TransientError),
-            "stop": tenacity.stop_after_attempt(self.max_attempts)
-            | tenacity.stop_after_delay(self.max_seconds),
-            "wait": self._wait,
+            "stop": lambda state: self._stop(state, started),
+            "wait": lambda state: self._wait(state, started),
             "before_sleep": self._before_sleep,
             "reraise": False,
         }
@@ -107,9 +111,8 @@ class RetryPolicy:
             BackendUnavailable: attempts or time exhausted (``__cause__`` is the last error).
             Exception: any non-transient error, at once and unchanged.
         """
-        retrying = tenacity.Retrying(sleep=self.sleep, **self._kwargs())
-        retrying.statistics  # noqa: B018  (initialise per-call statistics)
         started = self.clock()
+        retrying = tenacity.Retrying(sleep=self.sleep, **self._kwargs(started))
         try:
             result: T = retrying(fn, *args, **kwargs)
             return result
@@ -121,8 +124,8 @@ class RetryPolicy:
 
     async def acall(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
         """Async twin of ``call`` (waits with the injectable ``asleep``)."""
-        retrying = tenacity.AsyncRetrying(sleep=self.asleep, **self._kwargs())
         started = self.clock()
+        retrying = tenacity.AsyncRetrying(sleep=self.asleep, **self._kwargs(started))
 
         async def invoke() -> T:
             # tenacity only awaits coroutine *functions*; a lambda returning an awaitable
