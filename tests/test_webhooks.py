@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from pathlib import Path
@@ -116,7 +117,7 @@ def test_real_retry_timings() -> None:
     with WebhookReceiver(SECRET, fail_first=2) as receiver:
         result = WebhookSender(SECRET, initial_backoff=0.05).send(receiver.url, {"x": 1})
     times = [r["at"] for r in receiver.requests]
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     assert result.ok and len(gaps) == 2
     assert 0.02 <= gaps[0] <= 0.5 and 0.04 <= gaps[1] <= 0.8
 
