@@ -14,7 +14,7 @@ from whisper_modal.options import TranscribeOptions
 
 from .models import LoadedModel
 
-__all__ = ["detect_language", "run_whisper", "whisper_kwargs"]
+__all__ = ["choose_mode", "detect_language", "run_whisper", "whisper_kwargs"]
 
 
 def whisper_kwargs(options: TranscribeOptions, *, device: str) -> dict[str, Any]:
@@ -59,20 +59,39 @@ def detect_language(loaded: LoadedModel, samples: np.ndarray) -> tuple[str, floa
     return str(language), float(probs[language])
 
 
+def choose_mode(options: TranscribeOptions, samples: np.ndarray) -> str:
+    """Resolve ``mode="auto"``: batched for audio longer than one 30 s window.
+
+    Measured here (tiny.en, CPU, 5-minute clip): batched is faster at equal WER; for a
+    single window both paths do the same work, and sequential keeps openai-whisper's
+    exact behaviour.
+    """
+    if options.mode != "auto":
+        return options.mode
+    return "batched" if samples.shape[0] > 30 * 16000 else "sequential"
+
+
 def run_whisper(
     loaded: LoadedModel, samples: np.ndarray, options: TranscribeOptions
 ) -> dict[str, Any]:
-    """Transcribe sequentially (openai-whisper's own 30 s sliding loop).
+    """Transcribe ``samples``: openai-whisper's sequential loop, or batched windows.
 
-    Returns openai-whisper's result dict plus ``language_probability``.
+    Returns openai-whisper's result dict plus ``language_probability`` and ``mode``.
     """
     import whisper
 
     language, probability = options.language, None
     if language is None:
         language, probability = detect_language(loaded, samples)
-    kwargs = whisper_kwargs(options, device=loaded.device)
-    result: dict[str, Any] = whisper.transcribe(loaded.model, samples, language=language, **kwargs)
+    mode = choose_mode(options, samples)
+    if mode == "batched":
+        from .batching import transcribe_batched
+
+        result = transcribe_batched(loaded, samples, options, language=language)
+    else:
+        kwargs = whisper_kwargs(options, device=loaded.device)
+        result = whisper.transcribe(loaded.model, samples, language=language, **kwargs)
     result["language"] = language
     result["language_probability"] = probability
+    result["mode"] = mode
     return result
