@@ -151,7 +151,8 @@ def test_breaker_opens_falls_back_and_recovers(monkeypatch: pytest.MonkeyPatch) 
         assert "BackendUnavailable" in reasons[0]
         assert "CircuitOpenError" in reasons[1] and "CircuitOpenError" in reasons[2]
         remote_calls = fake.calls["remote"]
-        client.transcribe(SAMPLE, language="en")
+        with pytest.warns(RuntimeWarning, match="CircuitOpenError"):
+            client.transcribe(SAMPLE, language="en")
         assert fake.calls["remote"] == remote_calls  # open: Modal not called
         fake.faults.clear()  # Modal recovers
         clock.now += 30

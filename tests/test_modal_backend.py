@@ -173,3 +173,29 @@ def test_backend_never_leaks_modal_exceptions(
         fake.faults.fail_next("lookup", exc)
         with pytest.raises(wm.WhisperModalError):
             asyncio.run(backend.ahealth(timeout=5))
+
+
+def test_long_audio_fans_out_over_containers(
+    fake: FakeModal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests import speech
+    from tests.wer import wer as word_error_rate
+
+    samples, reference = speech.make_clip(speech.SENTENCES[:12], gap_seconds=0.7)
+    client = fake_client(fake, monkeypatch, fanout_seconds=30, fanout_chunk_seconds=25)
+    before = fake.calls["remote"]
+    fake.max_in_flight = 0
+    t = client.transcribe(samples, sample_rate=16000, language="en")
+    chunks = fake.calls["remote"] - before
+    assert chunks >= 3 and fake.max_in_flight >= 2  # several containers at once
+    assert t.backend == "modal" and t.duration == pytest.approx(len(samples) / 16000, abs=0.5)
+    assert word_error_rate(reference, t.text) <= 0.12
+    starts = [s.start for s in t.segments]
+    assert starts == sorted(starts) and t.segments[-1].end > t.duration - 8
+    assert [s.id for s in t.segments] == list(range(len(t.segments)))
+    # the same audio without splitting: one call
+    whole = client.run(
+        client.make_request(samples, options=client.make_options(language="en"), sample_rate=16000),
+        split=False,
+    )
+    assert fake.calls["remote"] - before == chunks + 1 and whole.text

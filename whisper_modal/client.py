@@ -363,10 +363,24 @@ class Client:
         return self.run(request, backend=backend, timeout=timeout)
 
     def run(
-        self, request: Request, *, backend: str | None = None, timeout: float | None = None
+        self,
+        request: Request,
+        *,
+        backend: str | None = None,
+        timeout: float | None = None,
+        split: bool = True,
     ) -> Transcript:
-        """Run a prepared ``Request`` through the policy chain (see ``transcribe``)."""
+        """Run a prepared ``Request`` through the policy chain (see ``transcribe``).
+
+        ``split=False`` sends long audio as one call instead of fanning it out.
+        """
         policy = self._policy(backend)
+        if split and policy != "local":
+            from whisper_modal.fanout import plan_fanout
+
+            chunks = plan_fanout(request, self.settings)
+            if chunks:
+                return self._run_fanout(request, chunks, backend=backend, timeout=timeout)
         limit = timeout or self.settings.call_timeout
         started = time.monotonic()
         name = "local" if policy == "local" else "modal"
@@ -389,6 +403,31 @@ class Client:
         except BaseException as exc:
             self._failed(exc, started=started, backend=name)
             raise
+
+    def _run_fanout(
+        self, request: Request, chunks: list[Any], *, backend: str | None, timeout: float | None
+    ) -> Transcript:
+        from whisper_modal.progress import progress_bar
+
+        workers = min(len(chunks), self.settings.max_containers)
+        parts: list[Transcript | None] = [None] * len(chunks)
+        with (
+            progress_bar(len(chunks), "chunks", enabled=None) as bar,
+            cf.ThreadPoolExecutor(workers, thread_name_prefix="whisper-modal-fanout") as pool,
+        ):
+            futures = {
+                pool.submit(self.run, c.request, backend=backend, timeout=timeout, split=False): i
+                for i, c in enumerate(chunks)
+            }
+            try:
+                for future in cf.as_completed(futures):
+                    parts[futures[future]] = future.result()
+                    bar.update()
+            except BaseException:
+                for future in futures:
+                    future.cancel()
+                raise
+        return _merged(request, chunks, [p for p in parts if p is not None])
 
     async def atranscribe(
         self,
@@ -428,10 +467,30 @@ class Client:
         return await self.arun(request, backend=backend, timeout=timeout)
 
     async def arun(
-        self, request: Request, *, backend: str | None = None, timeout: float | None = None
+        self,
+        request: Request,
+        *,
+        backend: str | None = None,
+        timeout: float | None = None,
+        split: bool = True,
     ) -> Transcript:
-        """Async twin of ``run``."""
+        """Async twin of ``run`` (fan-out runs the chunks as concurrent tasks)."""
         policy = self._policy(backend)
+        if split and policy != "local":
+            from whisper_modal.fanout import plan_fanout
+
+            chunks = await asyncio.to_thread(plan_fanout, request, self.settings)
+            if chunks:
+                gate = asyncio.Semaphore(self.settings.max_containers)
+
+                async def one(chunk_request: Request) -> Transcript:
+                    async with gate:
+                        return await self.arun(
+                            chunk_request, backend=backend, timeout=timeout, split=False
+                        )
+
+                parts = await asyncio.gather(*(one(c.request) for c in chunks))
+                return _merged(request, chunks, list(parts))
         limit = timeout or self.settings.call_timeout
         started = time.monotonic()
         name = "local" if policy == "local" else "modal"
@@ -680,6 +739,21 @@ class Client:
                         bar.update()
 
             return list(await asyncio.gather(*(one(i) for i in items)))
+
+
+def _merged(request: Request, chunks: list[Any], parts: list[Transcript]) -> Transcript:
+    """One transcript from fanned-out chunk transcripts (see ``whisper_modal.fanout``)."""
+    from whisper_modal.fanout import merge
+
+    data = merge(chunks, [p.to_dict() for p in parts])
+    backends = sorted({p.backend for p in parts})
+    reasons = [p.fallback_reason for p in parts if p.fallback_reason]
+    data.update(
+        backend="+".join(backends),
+        fallback_reason=reasons[0] if reasons else None,
+        job_id=request.client_job_id,
+    )
+    return Transcript.from_dict(data)
 
 
 def _s3_uri(audio: Any) -> str | None:

@@ -71,6 +71,9 @@ class Settings:
     # -- deadlines (seconds)
     connect_timeout: float = attrs.field(default=15.0, validator=_positive)  # lookup/first byte
     call_timeout: float = attrs.field(default=1800.0, validator=_positive)  # one remote call
+    # -- long-audio fan-out over many containers (Modal backend, needs the [local] decoder)
+    fanout_seconds: float = attrs.field(default=900.0, validator=_positive)  # longer: split
+    fanout_chunk_seconds: float = attrs.field(default=300.0, validator=_positive)
     # -- retries and breaker
     max_attempts: int = attrs.field(default=4, validator=_positive)
     retry_max_seconds: float = attrs.field(default=60.0, validator=_positive)

@@ -1,0 +1,80 @@
+"""Long-audio fan-out: split at pauses, transcribe the chunks on many containers, merge.
+
+For audio longer than ``settings.fanout_seconds`` sent to Modal, the client decodes it
+(needs the ``[local]`` extra's decoder, not the model), cuts it into chunks of at most
+``fanout_chunk_seconds`` at pauses with the same ``engine.chunking`` code the batched engine
+uses, sends each chunk as compact FLAC to its own container (bounded by
+``max_containers``), and merges the results with continuous timestamps. Each chunk gets
+the normal deadline, retry, breaker and fallback. Requests that deliver results to S3 or
+a webhook are not split (one job, one delivery).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from whisper_modal.backends.base import Request
+from whisper_modal.config import Settings
+
+__all__ = ["Chunk", "plan_fanout"]
+
+SAMPLE_RATE = 16000  # Hz
+
+
+@attrs.frozen
+class Chunk:
+    """One piece of a fanned-out request."""
+
+    index: int
+    offset: float  # seconds from the start of the original audio
+    request: Request
+
+
+def plan_fanout(request: Request, settings: Settings) -> list[Chunk] | None:
+    """The chunks to send, or None when the request should go as one call."""
+    if request.audio is None or request.output is not None or request.webhook_url is not None:
+        return None
+    try:
+        from whisper_modal.audio import decode_audio, encode_flac, probe_duration
+        from whisper_modal.engine.chunking import plan_chunks
+    except ImportError:  # a client-only install cannot decode: send as one call
+        return None
+    try:
+        seconds = probe_duration(request.audio)
+    except Exception:  # the decoder is missing or the header unreadable: one call
+        return None
+    # ~16 kB/s is a generous upper bound for compressed speech: skip decoding short files
+    if seconds is not None and seconds <= settings.fanout_seconds:
+        return None
+    if seconds is None and len(request.audio) < settings.fanout_seconds * 2_000:
+        return None
+    samples = decode_audio(request.audio, max_seconds=settings.max_audio_seconds)
+    if samples.shape[0] / SAMPLE_RATE <= settings.fanout_seconds:
+        return None
+    chunk_seconds = min(settings.fanout_chunk_seconds, settings.fanout_seconds)
+    base = request.client_job_id or "wm"
+    chunks: list[Chunk] = []
+    for window in plan_chunks(samples, target_seconds=chunk_seconds):
+        if window.silent:
+            continue
+        piece = Request(
+            options=request.options,
+            audio=encode_flac(samples[window.start : window.end]),
+            client_job_id=f"{base}-c{len(chunks)}",
+        )
+        chunks.append(Chunk(len(chunks), window.offset, piece))
+    return chunks or None
+
+
+def merge(
+    chunks: list[Chunk], results: list[dict[str, Any]], *, duration: float | None = None
+) -> dict[str, Any]:
+    """Merge per-chunk transcript dicts (in chunk order) into one."""
+    from whisper_modal.engine.chunking import merge_results
+
+    merged = merge_results([(c.offset, r) for c, r in zip(chunks, results, strict=True)])
+    if duration is not None:
+        merged["duration"] = max(float(merged.get("duration") or 0.0), duration)
+    return merged
