@@ -175,7 +175,10 @@ class FakeMethod:
         return self._execute(*args)
 
     async def _aremote(self, *args: Any) -> Any:
-        return await asyncio.to_thread(self._remote, *args)
+        # its own executor: asyncio's default one has only cpu_count + 4 threads, which
+        # would cap the fake's concurrency far below a real Modal deployment's
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._fake.io_pool, lambda: self._remote(*args))
 
     def _spawn(self, *args: Any) -> FakeFunctionCall:
         fake = self._fake
@@ -188,7 +191,8 @@ class FakeMethod:
         return call
 
     async def _aspawn(self, *args: Any) -> FakeFunctionCall:
-        return await asyncio.to_thread(self._spawn, *args)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._fake.io_pool, lambda: self._spawn(*args))
 
 
 class FakeObj:
@@ -239,6 +243,7 @@ class FakeModal:
         self.deployed = True
         self.faults = FaultPlan()
         self.pool = cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fake-modal")
+        self.io_pool = cf.ThreadPoolExecutor(max_workers=64, thread_name_prefix="fake-modal-io")
         self.function_calls: dict[str, FakeFunctionCall] = {}
         self.executions: collections.Counter[Any] = collections.Counter()
         self.calls: collections.Counter[str] = collections.Counter()
@@ -283,6 +288,7 @@ class FakeModal:
         """Release hangs and stop the worker pool."""
         self.faults.release.set()
         self.pool.shutdown(wait=True, cancel_futures=True)
+        self.io_pool.shutdown(wait=True, cancel_futures=True)
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 30.0) -> bool:

@@ -256,6 +256,7 @@ def import_ct2_model(
 # ------------------------------------------------------------------ per-process cache
 
 _CACHE: dict[tuple[str, str], LoadedModel] = {}
+_RESOLVED: dict[tuple[str, str, bool], Path] = {}
 _CACHE_LOCK = threading.Lock()
 
 
@@ -282,7 +283,15 @@ def load_model(
     """
     require_local_extra()
     resolved_device = resolve_device(device)
-    path = _checkpoint_path(name, store, allow_paths=allow_paths, allow_download=allow_download)
+    # Resolving a name verifies the checkpoint's SHA-256 (~50 ms for tiny, seconds for
+    # large): do it once per process, not on every call.
+    where = (str(store.cache_dir), name, allow_paths)
+    with _CACHE_LOCK:
+        path = _RESOLVED.get(where)
+    if path is None:
+        path = _checkpoint_path(name, store, allow_paths=allow_paths, allow_download=allow_download)
+        with _CACHE_LOCK:
+            _RESOLVED[where] = path
     key = (str(path), resolved_device)
     with _CACHE_LOCK:
         cached = _CACHE.get(key)
@@ -299,6 +308,7 @@ def clear_model_cache() -> None:
     """Forget every loaded model (tests and long-lived processes switching models)."""
     with _CACHE_LOCK:
         _CACHE.clear()
+        _RESOLVED.clear()
 
 
 def _checkpoint_path(
