@@ -81,6 +81,8 @@ def test_bad_input_is_typed(client: wm.Client, tmp_path: Path) -> None:
         client.transcribe(SAMPLE, model="tiny.en", language="fr")
     with pytest.raises(wm.ConfigurationError):
         client.transcribe(SAMPLE, backend="cloud")
+    with pytest.raises(wm.ConfigurationError, match="unknown argument"):
+        client.transcribe(SAMPLE, lang="en")  # type: ignore[call-arg]
 
 
 def test_submit_status_result_and_reattach(client: wm.Client) -> None:

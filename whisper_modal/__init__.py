@@ -10,6 +10,7 @@ checked by ``tests/test_public_api.py``).
 
 from whisper_modal.backends.base import JobStatus
 from whisper_modal.client import (
+    CallOptions,
     Client,
     asubmit,
     atranscribe,
@@ -53,6 +54,7 @@ __all__ = [
     "AudioError",
     "BackendError",
     "BackendUnavailable",
+    "CallOptions",
     "CircuitOpenError",
     "Client",
     "ConfigurationError",

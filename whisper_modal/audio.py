@@ -147,12 +147,15 @@ def _decode_soundfile(
             if plausible and rate > 0:
                 _check_length(f.frames / rate, max_seconds)
             blocks: list[np.ndarray] = []
-            total = 0
-            for block in f.blocks(blocksize=1 << 18, dtype="float32", always_2d=True):
-                blocks.append(block)
-                total += block.shape[0]
-                if rate > 0:
-                    _check_length(total / rate, max_seconds)
+            if plausible:
+                blocks.append(f.read(dtype="float32", always_2d=True))  # one allocation
+            else:  # unknown length: read in blocks, checking the limit as it grows
+                total = 0
+                for block in f.blocks(blocksize=1 << 18, dtype="float32", always_2d=True):
+                    blocks.append(block)
+                    total += block.shape[0]
+                    if rate > 0:
+                        _check_length(total / rate, max_seconds)
             expected = f.frames if plausible else 0
     except AudioError:
         raise

@@ -24,6 +24,7 @@ from whisper_modal.errors import (
     StorageError,
     WhisperModalError,
 )
+from whisper_modal.options import TranscribeOptions
 
 __all__ = ["main"]
 
@@ -83,12 +84,11 @@ def _read_input(path: str) -> object:
     return path
 
 
-def _option_kwargs(args: argparse.Namespace) -> dict[str, object]:
+def _options(args: argparse.Namespace) -> TranscribeOptions:
     from whisper_modal.client import default_client
 
     keys = ("model", "language", "task", "word_timestamps", "initial_prompt", "mode")
-    given = {k: getattr(args, k, None) for k in keys}
-    return {"options": default_client().make_options(None, **given)}
+    return default_client().make_options(None, **{k: getattr(args, k, None) for k in keys})
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -99,7 +99,7 @@ def _run(args: argparse.Namespace) -> int:
 
         fmt = args.format or (format_from_path(args.output) if args.output else None) or "txt"
         transcript = wm.transcribe(
-            _read_input(args.file), backend=args.backend, **_option_kwargs(args)
+            _read_input(args.file), backend=args.backend, options=_options(args)
         )
         text = write(transcript, fmt)
         if args.output:
@@ -112,7 +112,7 @@ def _run(args: argparse.Namespace) -> int:
             sys.stdout.write(text if text.endswith("\n") or not text else text + "\n")
         return EXIT_OK
     if args.command == "submit":
-        job = wm.submit(_read_input(args.file), backend=args.backend, **_option_kwargs(args))
+        job = wm.submit(_read_input(args.file), backend=args.backend, options=_options(args))
         print(job.id)
         return EXIT_OK
     if args.command == "result":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures as cf
+import functools
 import logging
 import os
 import threading
@@ -17,7 +18,7 @@ import time
 import uuid
 import warnings
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import IO, Any, TypeVar
+from typing import IO, Any, TypedDict, TypeVar, Unpack
 
 import numpy as np
 
@@ -37,6 +38,7 @@ from whisper_modal.results import Transcript
 
 __all__ = [
     "AudioLike",
+    "CallOptions",
     "Client",
     "asubmit",
     "atranscribe",
@@ -74,6 +76,22 @@ def _cpu_estimate(model: str, audio_seconds: float | None) -> str:
     if audio_seconds is None:
         return f"roughly {factor:g}x the audio duration"
     return f"roughly {factor * audio_seconds:.0f} s for {audio_seconds:.0f} s of audio"
+
+
+class CallOptions(TypedDict, total=False):
+    """Keyword arguments of ``transcribe``/``submit`` and their async twins."""
+
+    model: str  # Whisper model (default: settings.model)
+    language: str  # ISO code; omitted: detect
+    task: str  # "transcribe" or "translate"
+    word_timestamps: bool
+    initial_prompt: str
+    mode: str  # "sequential", "batched" or "auto"
+    options: TranscribeOptions  # everything else (beam size, temperatures, thresholds...)
+    sample_rate: int  # Hz, for numpy input
+    output: str  # s3://bucket/prefix/ for result delivery
+    formats: Sequence[str]  # extra formats stored with ``output``
+    webhook_url: str  # gets a signed POST when the job ends
 
 
 class Client:
@@ -305,36 +323,52 @@ class Client:
 
     # ------------------------------------------------------------------ public API
 
+    def prepare(self, audio: AudioLike, **kwargs: Unpack[CallOptions]) -> Request:
+        """Validate the options and read the input into a ``Request`` (no backend call).
+
+        Raises:
+            ConfigurationError: an unknown keyword or a bad option. AudioError: bad input.
+        """
+        unknown = sorted(set(kwargs) - set(CallOptions.__annotations__))
+        if unknown:
+            raise ConfigurationError(f"unknown argument(s): {', '.join(unknown)}")
+        opts = self.make_options(
+            kwargs.get("options"),
+            model=kwargs.get("model"),
+            language=kwargs.get("language"),
+            task=kwargs.get("task"),
+            word_timestamps=kwargs.get("word_timestamps"),
+            initial_prompt=kwargs.get("initial_prompt"),
+            mode=kwargs.get("mode"),
+        )
+        return self.make_request(
+            audio,
+            options=opts,
+            sample_rate=kwargs.get("sample_rate"),
+            output=kwargs.get("output"),
+            webhook_url=kwargs.get("webhook_url"),
+            formats=kwargs.get("formats", ()),
+        )
+
     def transcribe(
         self,
         audio: AudioLike,
         *,
-        model: str | None = None,
-        language: str | None = None,
-        task: str | None = None,
-        word_timestamps: bool | None = None,
-        initial_prompt: str | None = None,
-        options: TranscribeOptions | None = None,
-        sample_rate: int | None = None,
-        output: str | None = None,
-        webhook_url: str | None = None,
-        formats: Sequence[str] = (),
         backend: str | None = None,
         timeout: float | None = None,
+        **kwargs: Unpack[CallOptions],
     ) -> Transcript:
         """Transcribe one input and wait for the result.
 
         Args:
             audio: bytes, a path, a binary file, a numpy array (with ``sample_rate``), an
                 ``s3://bucket/key`` URI or an ``S3Object``.
-            model, language, task, word_timestamps, initial_prompt: common options;
-                everything else through ``options=TranscribeOptions(...)``.
-            sample_rate: the rate of a numpy array input, in Hz.
-            output: an ``s3://bucket/prefix/`` to store the result (JSON + ``formats``).
-            webhook_url: gets a signed POST when the transcription ends.
-            formats: extra formats stored with ``output`` ("srt", "vtt", ...).
             backend: "modal", "local" or "auto" (default from settings).
             timeout: seconds for the remote call (default ``settings.call_timeout``).
+            **kwargs: see ``CallOptions``: ``model``, ``language``, ``task``,
+                ``word_timestamps``, ``initial_prompt``, ``mode`` or a whole
+                ``options=TranscribeOptions(...)``; ``sample_rate`` for arrays; ``output``
+                (an ``s3://bucket/prefix/``), ``formats`` and ``webhook_url`` for delivery.
 
         Returns:
             The transcript; ``backend`` and ``fallback_reason`` say where it ran and why.
@@ -344,23 +378,7 @@ class Client:
             BackendUnavailable / CircuitOpenError: Modal unavailable and no fallback allowed.
             RemoteExecutionError: the engine failed.
         """
-        opts = self.make_options(
-            options,
-            model=model,
-            language=language,
-            task=task,
-            word_timestamps=word_timestamps,
-            initial_prompt=initial_prompt,
-        )
-        request = self.make_request(
-            audio,
-            options=opts,
-            sample_rate=sample_rate,
-            output=output,
-            webhook_url=webhook_url,
-            formats=formats,
-        )
-        return self.run(request, backend=backend, timeout=timeout)
+        return self.run(self.prepare(audio, **kwargs), backend=backend, timeout=timeout)
 
     def run(
         self,
@@ -433,37 +451,12 @@ class Client:
         self,
         audio: AudioLike,
         *,
-        model: str | None = None,
-        language: str | None = None,
-        task: str | None = None,
-        word_timestamps: bool | None = None,
-        initial_prompt: str | None = None,
-        options: TranscribeOptions | None = None,
-        sample_rate: int | None = None,
-        output: str | None = None,
-        webhook_url: str | None = None,
-        formats: Sequence[str] = (),
         backend: str | None = None,
         timeout: float | None = None,
+        **kwargs: Unpack[CallOptions],
     ) -> Transcript:
         """Async twin of ``transcribe``: file reads and local inference run on threads."""
-        opts = self.make_options(
-            options,
-            model=model,
-            language=language,
-            task=task,
-            word_timestamps=word_timestamps,
-            initial_prompt=initial_prompt,
-        )
-        request = await asyncio.to_thread(
-            self.make_request,
-            audio,
-            options=opts,
-            sample_rate=sample_rate,
-            output=output,
-            webhook_url=webhook_url,
-            formats=formats,
-        )
+        request = await asyncio.to_thread(functools.partial(self.prepare, audio, **kwargs))
         return await self.arun(request, backend=backend, timeout=timeout)
 
     async def arun(
@@ -515,20 +508,7 @@ class Client:
             raise
 
     def submit(
-        self,
-        audio: AudioLike,
-        *,
-        model: str | None = None,
-        language: str | None = None,
-        task: str | None = None,
-        word_timestamps: bool | None = None,
-        initial_prompt: str | None = None,
-        options: TranscribeOptions | None = None,
-        sample_rate: int | None = None,
-        output: str | None = None,
-        webhook_url: str | None = None,
-        formats: Sequence[str] = (),
-        backend: str | None = None,
+        self, audio: AudioLike, *, backend: str | None = None, **kwargs: Unpack[CallOptions]
     ) -> Job:
         """Start a transcription and return a ``Job`` at once (arguments as ``transcribe``).
 
@@ -537,23 +517,7 @@ class Client:
         twice, but both runs write the same S3 keys and send webhooks carrying the same
         ``client_job_id``; the returned Job is the attempt that was acknowledged.
         """
-        opts = self.make_options(
-            options,
-            model=model,
-            language=language,
-            task=task,
-            word_timestamps=word_timestamps,
-            initial_prompt=initial_prompt,
-        )
-        request = self.make_request(
-            audio,
-            options=opts,
-            sample_rate=sample_rate,
-            output=output,
-            webhook_url=webhook_url,
-            formats=formats,
-        )
-        return self.submit_request(request, backend=backend)
+        return self.submit_request(self.prepare(audio, **kwargs), backend=backend)
 
     def submit_request(self, request: Request, *, backend: str | None = None) -> Job:
         """Submit a prepared ``Request`` (see ``submit``)."""
@@ -570,39 +534,10 @@ class Client:
             return Job(local.submit(request), client=self, backend="local", fallback_reason=reason)
 
     async def asubmit(
-        self,
-        audio: AudioLike,
-        *,
-        model: str | None = None,
-        language: str | None = None,
-        task: str | None = None,
-        word_timestamps: bool | None = None,
-        initial_prompt: str | None = None,
-        options: TranscribeOptions | None = None,
-        sample_rate: int | None = None,
-        output: str | None = None,
-        webhook_url: str | None = None,
-        formats: Sequence[str] = (),
-        backend: str | None = None,
+        self, audio: AudioLike, *, backend: str | None = None, **kwargs: Unpack[CallOptions]
     ) -> Job:
         """Async twin of ``submit``."""
-        opts = self.make_options(
-            options,
-            model=model,
-            language=language,
-            task=task,
-            word_timestamps=word_timestamps,
-            initial_prompt=initial_prompt,
-        )
-        request = await asyncio.to_thread(
-            self.make_request,
-            audio,
-            options=opts,
-            sample_rate=sample_rate,
-            output=output,
-            webhook_url=webhook_url,
-            formats=formats,
-        )
+        request = await asyncio.to_thread(functools.partial(self.prepare, audio, **kwargs))
         policy = self._policy(backend)
         if policy == "local":
             return Job(await self.local_backend().asubmit(request), client=self, backend="local")
@@ -802,24 +737,38 @@ def configure(**overrides: Any) -> Client:
     return client
 
 
-def transcribe(audio: AudioLike, **kwargs: Any) -> Transcript:
-    """``default_client().transcribe(audio, **kwargs)``; see ``Client.transcribe``."""
-    return default_client().transcribe(audio, **kwargs)
+def transcribe(
+    audio: AudioLike,
+    *,
+    backend: str | None = None,
+    timeout: float | None = None,
+    **kwargs: Unpack[CallOptions],
+) -> Transcript:
+    """``default_client().transcribe(...)``; see ``Client.transcribe``."""
+    return default_client().transcribe(audio, backend=backend, timeout=timeout, **kwargs)
 
 
-async def atranscribe(audio: AudioLike, **kwargs: Any) -> Transcript:
-    """``await default_client().atranscribe(audio, **kwargs)``."""
-    return await default_client().atranscribe(audio, **kwargs)
+async def atranscribe(
+    audio: AudioLike,
+    *,
+    backend: str | None = None,
+    timeout: float | None = None,
+    **kwargs: Unpack[CallOptions],
+) -> Transcript:
+    """``await default_client().atranscribe(...)``."""
+    return await default_client().atranscribe(audio, backend=backend, timeout=timeout, **kwargs)
 
 
-def submit(audio: AudioLike, **kwargs: Any) -> Job:
-    """``default_client().submit(audio, **kwargs)``; see ``Client.submit``."""
-    return default_client().submit(audio, **kwargs)
+def submit(audio: AudioLike, *, backend: str | None = None, **kwargs: Unpack[CallOptions]) -> Job:
+    """``default_client().submit(...)``; see ``Client.submit``."""
+    return default_client().submit(audio, backend=backend, **kwargs)
 
 
-async def asubmit(audio: AudioLike, **kwargs: Any) -> Job:
-    """``await default_client().asubmit(audio, **kwargs)``."""
-    return await default_client().asubmit(audio, **kwargs)
+async def asubmit(
+    audio: AudioLike, *, backend: str | None = None, **kwargs: Unpack[CallOptions]
+) -> Job:
+    """``await default_client().asubmit(...)``."""
+    return await default_client().asubmit(audio, backend=backend, **kwargs)
 
 
 def transcribe_many(
