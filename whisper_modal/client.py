@@ -728,10 +728,10 @@ def default_client() -> Client:
         return _DEFAULT
 
 
-def configure(**overrides: Any) -> Client:
-    """Replace the default client with one built from ``overrides`` (see ``Settings``)."""
+def configure(client: Client | None = None, **overrides: Any) -> Client:
+    """Replace the default client: ``client`` itself, or one built from ``overrides``."""
     global _DEFAULT
-    client = Client(**overrides)
+    client = client or Client(**overrides)
     with _DEFAULT_LOCK:
         _DEFAULT = client
     return client
