@@ -67,6 +67,7 @@ def test_app_building_blocks() -> None:
             "enable_memory_snapshot"} <= params(modal.App.cls)  # fmt: skip
     assert callable(modal.current_function_call_id) and callable(modal.is_local)
     assert callable(modal.enter) and callable(modal.method)
+    assert {"max_batch_size", "wait_ms"} <= params(modal.batched)
 
 
 def test_exceptions_the_mapper_knows_exist() -> None:

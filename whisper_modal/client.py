@@ -387,10 +387,12 @@ class Client:
         backend: str | None = None,
         timeout: float | None = None,
         split: bool = True,
+        pack: bool = False,
     ) -> Transcript:
         """Run a prepared ``Request`` through the policy chain (see ``transcribe``).
 
-        ``split=False`` sends long audio as one call instead of fanning it out.
+        ``split=False`` sends long audio as one call instead of fanning it out;
+        ``pack=True`` sends it to the batched class (see ``transcribe_many``).
         """
         policy = self._policy(backend)
         if split and policy != "local":
@@ -407,9 +409,7 @@ class Client:
                 data = self.local_backend().transcribe(request, timeout=limit)
                 return self._finish(data, started=started, backend="local", fallback_reason=None)
             try:
-                data = self._call_modal(
-                    lambda: self.modal_backend().transcribe(request, timeout=limit)
-                )
+                data = self._call_modal(lambda: self._modal_call(request, limit, pack))
                 return self._finish(data, started=started, backend="modal", fallback_reason=None)
             except (BackendUnavailable, CircuitOpenError) as exc:
                 if policy != "auto":
@@ -421,6 +421,14 @@ class Client:
         except BaseException as exc:
             self._failed(exc, started=started, backend=name)
             raise
+
+    def _modal_call(self, request: Request, limit: float, pack: bool) -> dict[str, Any]:
+        backend = self.modal_backend()
+        if pack:
+            result: dict[str, Any] = backend.transcribe(request, timeout=limit, packed=True)
+            return result
+        plain: dict[str, Any] = backend.transcribe(request, timeout=limit)
+        return plain
 
     def _run_fanout(
         self, request: Request, chunks: list[Any], *, backend: str | None, timeout: float | None
@@ -597,9 +605,13 @@ class Client:
         concurrency: int = 8,
         return_exceptions: bool = False,
         progress: bool | None = None,
+        pack: bool = False,
         **kwargs: Any,
     ) -> list[Transcript | WhisperModalError]:
         """Transcribe many inputs with at most ``concurrency`` in flight; results in input order.
+
+        ``pack=True`` (Modal) sends short inputs to the ``@modal.batched`` class, which
+        decodes up to 16 concurrent inputs in shared forward passes on one container.
 
         Args:
             inputs: anything ``transcribe`` accepts, one per item.
@@ -624,9 +636,8 @@ class Client:
                 max_workers=concurrency, thread_name_prefix="whisper-modal-batch"
             ) as pool,
         ):
-            futures = {
-                pool.submit(self.transcribe, item, **kwargs): i for i, item in enumerate(items)
-            }
+            call: Callable[..., Transcript] = self._packed_call if pack else self.transcribe
+            futures = {pool.submit(call, item, **kwargs): i for i, item in enumerate(items)}
             try:
                 for future in cf.as_completed(futures):
                     index = futures[future]
@@ -642,6 +653,18 @@ class Client:
                     future.cancel()
                 raise
         return [r for r in results if r is not None]
+
+    def _packed_call(
+        self,
+        audio: AudioLike,
+        *,
+        backend: str | None = None,
+        timeout: float | None = None,
+        **kwargs: Any,
+    ) -> Transcript:
+        return self.run(
+            self.prepare(audio, **kwargs), backend=backend, timeout=timeout, split=False, pack=True
+        )
 
     async def atranscribe_many(
         self,

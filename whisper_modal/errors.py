@@ -45,6 +45,8 @@ __all__ = [
     "StorageTransient",
     "TransientError",
     "WhisperModalError",
+    "error_from_dict",
+    "error_to_dict",
     "map_boto_error",
     "map_engine_error",
     "map_modal_error",
@@ -271,3 +273,30 @@ def map_boto_error(exc: BaseException, *, uri: str = "") -> WhisperModalError:
     if name in transient_names or isinstance(exc, ConnectionError | TimeoutError):
         return StorageTransient(f"object store unreachable{where}: {name}")
     return StorageError(f"object store error{where}: {name}: {exc}")
+
+
+def error_to_dict(exc: BaseException) -> dict[str, str | None]:
+    """A plain-dict form of an error, for per-item failures in batched results."""
+    return {
+        "type": type(exc).__name__,
+        "message": str(exc),
+        "reason": getattr(exc, "reason", None),
+    }
+
+
+def error_from_dict(data: dict[str, str | None]) -> WhisperModalError:
+    """Rebuild a typed error from ``error_to_dict`` output (unknown types: remote failure)."""
+    kind, message = data.get("type") or "", data.get("message") or ""
+    if kind == "AudioError":
+        return AudioError(message, reason=data.get("reason") or "invalid")
+    simple: dict[str, type[WhisperModalError]] = {
+        "ConfigurationError": ConfigurationError,
+        "StorageNotFound": StorageNotFound,
+        "StorageAccessDenied": StorageAccessDenied,
+        "StorageTooLarge": StorageTooLarge,
+        "StorageTransient": StorageTransient,
+        "StorageError": StorageError,
+    }
+    if kind in simple:
+        return simple[kind](message)
+    return RemoteExecutionError(f"{kind}: {message}", remote_type=kind or None)

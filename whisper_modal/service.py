@@ -66,6 +66,45 @@ class Service:
         self._notify(request, job_id, started, result=result)
         return result
 
+    def handle_batch(self, wires: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Run many requests, packing short plain ones into shared batched passes.
+
+        Requests with S3 input, result delivery or a webhook run one by one through
+        ``handle``. Returns one dict per request, in order: a transcript dict, or
+        ``{"error": error_to_dict(exc)}`` for a request that failed (the others still run).
+        """
+        from whisper_modal.errors import error_to_dict
+
+        results: list[dict[str, Any] | None] = [None] * len(wires)
+        groups: dict[str, list[tuple[int, Request]]] = {}
+        for i, wire in enumerate(wires):
+            try:
+                request = Request.from_wire(wire)
+            except Exception as exc:
+                results[i] = {"error": error_to_dict(map_engine_error(exc))}
+                continue
+            plain = request.audio is not None and not (request.output or request.webhook_url)
+            if not plain:
+                try:
+                    results[i] = self.handle(request)
+                except Exception as exc:
+                    results[i] = {"error": error_to_dict(map_engine_error(exc))}
+                continue
+            key = repr(sorted(request.options.to_dict().items()))
+            groups.setdefault(key, []).append((i, request))
+        for members in groups.values():
+            audios = [r.audio for _, r in members]
+            packed = self.engine.transcribe_packed(audios, members[0][1].options)  # type: ignore[arg-type]
+            for (i, request), outcome in zip(members, packed, strict=True):
+                if isinstance(outcome, BaseException):
+                    results[i] = {"error": error_to_dict(map_engine_error(outcome))}
+                else:
+                    results[i] = dict(outcome, job_id=request.client_job_id)
+        return [
+            r if r is not None else {"error": {"type": "RemoteExecutionError", "message": "lost"}}
+            for r in results
+        ]
+
     def _run(self, request: Request, job_id: str | None) -> dict[str, Any]:
         audio = request.audio
         if request.s3_uri is not None:

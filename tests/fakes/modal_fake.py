@@ -22,7 +22,7 @@ import concurrent.futures as cf
 import itertools
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import modal.exception as me
@@ -50,7 +50,11 @@ class Fault:
 
 
 class FaultPlan:
-    """A queue of faults per operation ("lookup", "remote", "spawn", "get"), or a rule."""
+    """A queue of faults per operation ("lookup", "remote", "spawn", "map", "get"), or a rule.
+
+    Queued faults are used first, so ``fail_next(op, exc, times=2)`` is "fail twice, then
+    recover"; a ``rule`` decides per call number for patterns (every 3rd call fails...).
+    """
 
     def __init__(self) -> None:
         self._queues: dict[str, collections.deque[Fault]] = collections.defaultdict(
@@ -146,12 +150,14 @@ class FakeFunctionCall:
 class FakeMethod:
     """``Transcriber(model=...).transcribe`` with remote/spawn and their ``.aio`` twins."""
 
-    def __init__(self, fake: FakeModal, model: str, name: str) -> None:
+    def __init__(self, fake: FakeModal, model: str, name: str, cls: str = "Transcriber") -> None:
         self._fake = fake
         self._model = model
         self._name = name
+        self._cls = cls
         self.remote = _Dual(self._remote, self._aremote)
         self.spawn = _Dual(self._spawn, self._aspawn)
+        self.map = _Dual(self._map, self._amap)
 
     def _execute(self, *args: Any) -> dict[str, Any]:
         fake = self._fake
@@ -164,13 +170,16 @@ class FakeMethod:
                     fake.executions[args[0].get("client_job_id")] += 1
             if fake.handler is not None and self._name == "transcribe":
                 return fake.handler(*args)
-            return getattr(fake.instance(self._model), self._name).local(*args)
+            if self._name == "transcribe_batch":  # @modal.batched: Modal groups single calls
+                return fake.batcher(self._model).submit(args[0]).result()
+            return getattr(fake.instance(self._model, self._cls), self._name).local(*args)
         finally:
             with fake._lock:
                 fake.in_flight -= 1
 
     def _remote(self, *args: Any) -> Any:
         self._fake.count("remote")
+        self._fake.count(f"{self._name}.remote")
         _apply(self._fake.faults.take("remote"), self._fake.faults.release)
         return self._execute(*args)
 
@@ -183,34 +192,109 @@ class FakeMethod:
     def _spawn(self, *args: Any) -> FakeFunctionCall:
         fake = self._fake
         fake.count("spawn")
+        fake.count(f"{self._name}.spawn")
         _apply(fake.faults.take("spawn"), fake.faults.release)
         call_id = f"fc-fake{next(fake._ids):06d}"
         call = FakeFunctionCall(fake, call_id, fake.pool.submit(self._execute, *args))
         with fake._lock:
             fake.function_calls[call_id] = call
+            fake.spawned.append(call_id)
         return call
 
     async def _aspawn(self, *args: Any) -> FakeFunctionCall:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._fake.io_pool, lambda: self._spawn(*args))
 
+    def _one_of_map(self, args: tuple[Any, ...]) -> Any:
+        self._fake.count(f"{self._name}.map")
+        _apply(self._fake.faults.take("map"), self._fake.faults.release)
+        return self._execute(*args)
+
+    def _map(
+        self,
+        *input_iterators: Any,
+        kwargs: dict[str, Any] | None = None,
+        order_outputs: bool = True,
+        return_exceptions: bool = False,
+        wrap_returned_exceptions: bool | None = None,
+    ) -> Iterator[Any]:
+        """``Function.map``: one call per zipped input on the fake's workers."""
+        futures = [
+            self._fake.pool.submit(self._one_of_map, a) for a in zip(*input_iterators, strict=False)
+        ]
+        ordered = futures if order_outputs else cf.as_completed(futures)
+        for future in ordered:
+            try:
+                yield future.result()
+            except Exception as exc:
+                if not return_exceptions:
+                    for rest in futures:
+                        rest.cancel()
+                    raise
+                yield exc
+
+    async def _amap(self, *input_iterators: Any, **options: Any) -> AsyncIterator[Any]:
+        outputs = self._map(*input_iterators, **options)
+        done = object()
+        while (item := await asyncio.to_thread(next, outputs, done)) is not done:
+            yield item
+
 
 class FakeObj:
-    def __init__(self, fake: FakeModal, model: str) -> None:
+    def __init__(self, fake: FakeModal, model: str, cls: str) -> None:
         self._fake = fake
         self._model = model
+        self._cls = cls
 
     def __getattr__(self, name: str) -> FakeMethod:
         if name.startswith("_"):
             raise AttributeError(name)
-        return FakeMethod(self._fake, self._model, name)
+        return FakeMethod(self._fake, self._model, name, self._cls)
+
+
+class Batcher:
+    """Groups concurrent single calls like ``@modal.batched`` (max 16, waiting 50 ms)."""
+
+    def __init__(self, fake: FakeModal, model: str, max_size: int = 16, wait: float = 0.05) -> None:
+        self._fake, self._model, self._max, self._wait = fake, model, max_size, wait
+        self._queue: list[tuple[dict[str, Any], cf.Future[dict[str, Any]]]] = []
+        self._lock = threading.Lock()
+        self._ready = threading.Condition(self._lock)
+        self.batch_sizes: list[int] = []
+        threading.Thread(target=self._loop, daemon=True, name="fake-batcher").start()
+
+    def submit(self, wire: dict[str, Any]) -> cf.Future[dict[str, Any]]:
+        future: cf.Future[dict[str, Any]] = cf.Future()
+        with self._ready:
+            self._queue.append((wire, future))
+            self._ready.notify()
+        return future
+
+    def _loop(self) -> None:
+        while True:
+            with self._ready:
+                while not self._queue:
+                    self._ready.wait()
+            time.sleep(self._wait)  # let more calls arrive, like wait_ms
+            with self._lock:
+                batch, self._queue = self._queue[: self._max], self._queue[self._max :]
+            self.batch_sizes.append(len(batch))
+            try:
+                method = self._fake.instance(self._model, "BatchTranscriber").transcribe_batch
+                results = method.local([wire for wire, _ in batch])
+                for (_, future), result in zip(batch, results, strict=True):
+                    future.set_result(result)
+            except BaseException as exc:
+                for _, future in batch:
+                    future.set_exception(exc)
 
 
 class FakeCls:
     """Stands in for the ``modal.Cls`` returned by ``Cls.from_name``."""
 
-    def __init__(self, fake: FakeModal) -> None:
+    def __init__(self, fake: FakeModal, name: str = "Transcriber") -> None:
         self._fake = fake
+        self._name = name
         self.hydrate = _Dual(self._hydrate, self._ahydrate)
         self.options: dict[str, Any] = {}
 
@@ -227,12 +311,12 @@ class FakeCls:
         return await asyncio.to_thread(self._hydrate)
 
     def with_options(self, **options: Any) -> FakeCls:
-        clone = FakeCls(self._fake)
+        clone = FakeCls(self._fake, self._name)
         clone.options = {**self.options, **options}
         return clone
 
     def __call__(self, **params: Any) -> FakeObj:
-        return FakeObj(self._fake, params.get("model", "turbo"))
+        return FakeObj(self._fake, params.get("model", "turbo"), self._name)
 
 
 class FakeModal:
@@ -248,9 +332,11 @@ class FakeModal:
         self.executions: collections.Counter[Any] = collections.Counter()
         self.calls: collections.Counter[str] = collections.Counter()
         self.lookups: list[tuple[str, str, str | None]] = []
+        self.spawned: list[str] = []  # every FunctionCall id, in spawn order
         self.in_flight = 0
         self.max_in_flight = 0
-        self._instances: dict[str, Any] = {}
+        self._instances: dict[tuple[str, str], Any] = {}
+        self._batchers: dict[str, Batcher] = {}
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
 
@@ -258,14 +344,21 @@ class FakeModal:
         with self._lock:
             self.calls[op] += 1
 
-    def instance(self, model: str) -> Any:
-        """The real app class instance for ``model`` (created once, like a warm container)."""
-        from whisper_modal.app import Transcriber
+    def instance(self, model: str, cls: str = "Transcriber") -> Any:
+        """The real app class instance (created once per class and model, like a warm container)."""
+        import whisper_modal.app as app
 
         with self._lock:
-            if model not in self._instances:
-                self._instances[model] = Transcriber(model=model)
-            return self._instances[model]
+            if (cls, model) not in self._instances:
+                self._instances[(cls, model)] = getattr(app, cls)(model=model)
+            return self._instances[(cls, model)]
+
+    def batcher(self, model: str) -> Batcher:
+        """The batching queue of the ``@modal.batched`` class for ``model``."""
+        with self._lock:
+            if model not in self._batchers:
+                self._batchers[model] = Batcher(self, model)
+            return self._batchers[model]
 
     # -- the seam
     def cls_lookup(
@@ -274,7 +367,7 @@ class FakeModal:
         """Stands in for ``modal.Cls.from_name`` (lazy, like the real one)."""
         with self._lock:
             self.lookups.append((app_name, name, environment_name))
-        return FakeCls(self)
+        return FakeCls(self, name)
 
     def call_lookup(self, function_call_id: str) -> FakeFunctionCall:
         """Stands in for ``modal.FunctionCall.from_id``."""

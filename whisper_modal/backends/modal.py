@@ -9,9 +9,11 @@ is cancelled.
 The lookup seam is ``cls_lookup`` (``modal.Cls.from_name``) and ``call_lookup``
 (``modal.FunctionCall.from_id``): tests inject the in-process fake there.
 
-Batch: ``Client.transcribe_many`` runs one ``.remote`` per item on a bounded thread pool
-instead of ``.map``, so every item gets the same deadline, retry, breaker and fallback as a
-single call, and results keep input order.
+Batch: ``map`` runs one ``.remote.aio`` per request on the private loop, at most
+``concurrency`` at a time, and yields in input order (an error in place of a failed item).
+Modal's own ``Function.map`` was not used: it cannot bound client-side concurrency (only
+``max_containers`` on the server does), it has no per-item deadline, and it would bypass the
+per-call mapping of errors. ``Client.transcribe_many`` adds retry/breaker/fallback per item.
 """
 
 from __future__ import annotations
@@ -20,17 +22,19 @@ import asyncio
 import collections
 import concurrent.futures as cf
 import threading
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
 from typing import Any, TypeVar
 
 from whisper_modal.backends.base import JobStatus, Request
 from whisper_modal.config import Settings
 from whisper_modal.errors import (
     BackendUnavailable,
+    ConfigurationError,
     JobCancelled,
     JobTimeout,
     TransientError,
     WhisperModalError,
+    error_from_dict,
     map_modal_error,
 )
 
@@ -57,8 +61,11 @@ class _LoopThread:
                 self._loop = loop
             return self._loop
 
+    def submit(self, coro: Coroutine[Any, Any, T]) -> cf.Future[T]:
+        return asyncio.run_coroutine_threadsafe(coro, self._ensure())
+
     def run(self, coro: Coroutine[Any, Any, T], timeout: float | None) -> T:
-        future = asyncio.run_coroutine_threadsafe(coro, self._ensure())
+        future = self.submit(coro)
         done, _ = cf.wait([future], timeout)
         if not done:  # the inner deadline should fire first; this is a backstop
             future.cancel()
@@ -70,9 +77,13 @@ class ModalBackend:
     """Calls the deployed ``Transcriber`` class; see the module docstring.
 
     Args:
-        settings: app/class/environment names and deadlines.
+        settings: app/class/environment names and deadlines (``connect_timeout`` bounds the
+            first lookup; each call gets its own ``timeout``).
         cls_lookup: ``modal.Cls.from_name`` or a fake with the same signature.
         call_lookup: ``modal.FunctionCall.from_id`` or a fake.
+        gpu: run on this GPU instead of the deployed one (``Cls.with_options``). Modal
+            autoscales every option variant as a separate pool, so only pass it to override.
+        remote_timeout: container-side timeout in seconds instead of the deployed one.
     """
 
     name = "modal"
@@ -83,33 +94,42 @@ class ModalBackend:
         *,
         cls_lookup: Callable[..., Any] | None = None,
         call_lookup: Callable[[str], Any] | None = None,
+        gpu: str | None = None,
+        remote_timeout: int | None = None,
     ) -> None:
         import modal
 
         self.settings = settings
+        self._overrides: dict[str, Any] = {
+            k: v for k, v in (("gpu", gpu), ("timeout", remote_timeout)) if v is not None
+        }
         self._cls_lookup = cls_lookup or modal.Cls.from_name
         self._call_lookup = call_lookup or modal.FunctionCall.from_id
         self._lock = threading.Lock()
-        self._handle: Any = None
-        self._hydrated = False
-        self._instances: dict[str, Any] = {}
+        self._handles: dict[str, Any] = {}
+        self._hydrated: set[str] = set()
+        self._instances: dict[tuple[str, str], Any] = {}
         self._results: collections.OrderedDict[str, dict[str, Any]] = collections.OrderedDict()
         self._runner = _LoopThread()
 
     # ------------------------------------------------------------------ lookup
 
-    def _cls(self) -> Any:
+    def _cls(self, class_name: str) -> Any:
         with self._lock:
-            if self._handle is None:
+            if class_name not in self._handles:
                 s = self.settings
-                self._handle = self._cls_lookup(
-                    s.app_name, s.class_name, environment_name=s.environment_name
+                handle = self._cls_lookup(
+                    s.app_name, class_name, environment_name=s.environment_name
                 )
-            return self._handle
+                # with_options is lazy too: still no network until the first call
+                if self._overrides:
+                    handle = handle.with_options(**self._overrides)
+                self._handles[class_name] = handle
+            return self._handles[class_name]
 
-    async def _hydrate(self) -> Any:
-        handle = self._cls()
-        if not self._hydrated:
+    async def _hydrate(self, class_name: str) -> Any:
+        handle = self._cls(class_name)
+        if class_name not in self._hydrated:
             try:
                 await asyncio.wait_for(handle.hydrate.aio(), self.settings.connect_timeout)
             except TimeoutError as exc:
@@ -120,15 +140,16 @@ class ModalBackend:
                     f"{self.settings.connect_timeout:g} s",
                     fix="check the network / MODAL_SERVER_URL, or use backend='local'",
                 ) from exc
-            self._hydrated = True
+            self._hydrated.add(class_name)
         return handle
 
-    async def _method(self, model: str, method: str) -> Any:
-        handle = await self._hydrate()
+    async def _method(self, model: str, method: str, class_name: str | None = None) -> Any:
+        name = class_name or self.settings.class_name
+        handle = await self._hydrate(name)
         with self._lock:
-            instance = self._instances.get(model)
+            instance = self._instances.get((name, model))
             if instance is None:
-                instance = self._instances[model] = handle(model=model)
+                instance = self._instances[(name, model)] = handle(model=model)
         return getattr(instance, method)
 
     async def _guard(self, work: Awaitable[T], *, job_id: str | None = None) -> T:
@@ -145,24 +166,38 @@ class ModalBackend:
 
     # ------------------------------------------------------------------ calls
 
-    async def atranscribe(self, request: Request, *, timeout: float) -> dict[str, Any]:
-        """Run one request remotely (``.remote.aio``) within ``timeout`` seconds."""
+    async def atranscribe(
+        self, request: Request, *, timeout: float, packed: bool = False
+    ) -> dict[str, Any]:
+        """Run one request remotely (``.remote.aio``) within ``timeout`` seconds.
+
+        ``packed=True`` sends it to the ``@modal.batched`` class, which decodes concurrent
+        short inputs together.
+        """
 
         async def work() -> dict[str, Any]:
-            method = await self._method(request.options.model, "transcribe")
+            if packed:
+                cls, name = self.settings.batch_class_name, "transcribe_batch"
+            else:
+                cls, name = self.settings.class_name, "transcribe"
+            method = await self._method(request.options.model, name, cls)
             try:
                 result: dict[str, Any] = await asyncio.wait_for(
                     method.remote.aio(request.to_wire()), timeout
                 )
             except TimeoutError as exc:
                 raise TransientError(f"no result from Modal within {timeout:g} s") from exc
+            if "error" in result:  # a per-item failure inside a packed batch
+                raise error_from_dict(result["error"])
             return result
 
         return await self._guard(work())
 
-    def transcribe(self, request: Request, *, timeout: float) -> dict[str, Any]:
+    def transcribe(
+        self, request: Request, *, timeout: float, packed: bool = False
+    ) -> dict[str, Any]:
         """Sync twin of ``atranscribe`` (runs on the private loop, same deadline)."""
-        return self._sync(self.atranscribe(request, timeout=timeout), timeout)
+        return self._sync(self.atranscribe(request, timeout=timeout, packed=packed), timeout)
 
     async def asubmit(self, request: Request) -> str:
         """Spawn the request and return the FunctionCall id."""
@@ -182,6 +217,60 @@ class ModalBackend:
     def submit(self, request: Request) -> str:
         """Sync twin of ``asubmit``."""
         return self._sync(self.asubmit(request), self.settings.connect_timeout + 60.0)
+
+    def map(
+        self, requests: Iterable[Request], *, concurrency: int, timeout: float
+    ) -> Iterator[dict[str, Any] | WhisperModalError]:
+        """Transcribe many requests, at most ``concurrency`` at once, yielding in input order.
+
+        Each item gets its own ``timeout`` (counted from when it starts, not from when it
+        was queued). A failed item yields its typed error in its place; the others go on.
+        Requests are read lazily, a bounded window ahead of the slowest unfinished item, so a
+        long generator is never held in memory. Closing the iterator early cancels the rest.
+
+        Args:
+            requests: the requests, in the order results should come back.
+            concurrency: the most calls in flight at once (>= 1).
+            timeout: seconds each call may take.
+
+        Yields:
+            A transcript dict, or the ``WhisperModalError`` that item raised.
+
+        Raises:
+            ConfigurationError: ``concurrency`` is below 1.
+        """
+        if concurrency < 1:
+            raise ConfigurationError(f"concurrency must be at least 1, got {concurrency}")
+        gate = asyncio.Semaphore(concurrency)  # binds to the private loop on first use
+
+        async def one(request: Request) -> dict[str, Any]:
+            async with gate:
+                return await self.atranscribe(request, timeout=timeout)
+
+        # Up to 2x concurrency scheduled: a slow head item does not idle the other slots.
+        window: collections.deque[cf.Future[dict[str, Any]]] = collections.deque()
+        pending = iter(requests)
+        exhausted = False
+        try:
+            while True:
+                while not exhausted and len(window) < 2 * concurrency:
+                    request = next(pending, None)
+                    if request is None:
+                        exhausted = True
+                    else:
+                        window.append(self._runner.submit(one(request)))
+                if not window:
+                    return
+                outcome: dict[str, Any] | WhisperModalError
+                try:
+                    # Every step inside ``one`` has its own deadline, so this wait ends.
+                    outcome = window.popleft().result()
+                except WhisperModalError as exc:
+                    outcome = exc
+                yield outcome
+        finally:
+            for future in window:
+                future.cancel()
 
     # ------------------------------------------------------------------ jobs
 

@@ -130,6 +130,63 @@ class Engine:
         )
         return transcript.to_dict()
 
+    def transcribe_packed(
+        self, inputs: list[bytes | bytearray], options: TranscribeOptions
+    ) -> list[dict[str, Any] | BaseException]:
+        """Transcribe many short inputs in shared batches; one result or error per input.
+
+        Inputs longer than one 30 s window (or whose language must be detected with a
+        multilingual model) go through ``transcribe`` one by one.
+        """
+        from whisper_modal.engine.batching import transcribe_windows
+
+        started = time.perf_counter()
+        out: list[dict[str, Any] | BaseException | None] = [None] * len(inputs)
+        short: list[tuple[int, np.ndarray]] = []
+        loaded = self.load(options.model)
+        for i, data in enumerate(inputs):
+            try:
+                samples = self.decode(data)
+            except Exception as exc:
+                out[i] = map_engine_error(exc)
+                continue
+            language_known = options.language is not None or not loaded.is_multilingual
+            if samples.shape[0] <= 30 * SAMPLE_RATE and language_known:
+                short.append((i, samples))
+            else:
+                try:
+                    out[i] = self.transcribe(data, options)
+                except Exception as exc:
+                    out[i] = map_engine_error(exc)
+        if short:
+            decoded = time.perf_counter()
+            language = options.language or "en"
+            try:
+                with loaded.lock:
+                    raw = transcribe_windows(
+                        loaded, [s for _, s in short], options, language=language
+                    )
+            except Exception as exc:
+                error = map_engine_error(exc)
+                for i, _ in short:
+                    out[i] = error
+                raw = []
+            share = (time.perf_counter() - decoded) / max(1, len(short))
+            for (i, samples), result in zip(short, raw, strict=False):
+                out[i] = Transcript(
+                    text=str(result["text"]).strip(),
+                    language=language,
+                    duration=samples.shape[0] / SAMPLE_RATE,
+                    segments=tuple(_segment(s) for s in result["segments"]),
+                    model=options.model,
+                    backend=self.backend,
+                    device=_device_label(loaded.device),
+                    timings=Timings(
+                        inference=share, total=share + (decoded - started) / len(inputs)
+                    ),
+                ).to_dict()
+        return [o if o is not None else RuntimeError("no result") for o in out]
+
     def _run(
         self, loaded: LoadedModel, samples: np.ndarray, options: TranscribeOptions
     ) -> dict[str, Any]:
