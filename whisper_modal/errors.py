@@ -204,7 +204,31 @@ def map_modal_error(exc: BaseException, *, job_id: str | None = None) -> Whisper
         )
     if isinstance(exc, me.InputCancellation):
         return JobCancelled(f"job {jid} was cancelled", job_id=jid)
-    if isinstance(exc, me.ResourceExhaustedError | me.InternalFailure | me.ConnectionError):
+    if isinstance(exc, me.PermissionDeniedError):
+        return BackendUnavailable(
+            f"these Modal credentials may not use the app: {text}",
+            fix="use a token of the workspace the app is deployed in (modal profile list)",
+        )
+    if isinstance(exc, me.VersionError):
+        return BackendUnavailable(
+            f"Modal no longer accepts this client: {text}", fix="pip install -U modal"
+        )
+    if isinstance(exc, me.ClientClosed):
+        return BackendUnavailable(f"the Modal client was closed: {text}")
+    if isinstance(exc, me.RequestSizeError):
+        return AudioError(
+            f"the request is too large for Modal ({text}); pass an s3:// URI instead",
+            reason="too_large",
+        )
+    if isinstance(
+        exc,
+        me.ResourceExhaustedError
+        | me.InternalFailure
+        | me.ConnectionError
+        | me.ServiceError
+        | me.InternalError
+        | me.TimeoutError,  # Modal's own timeout base (not the builtin)
+    ):
         return TransientError(f"Modal is temporarily unavailable ({name}: {text})")
     if isinstance(exc, me.RemoteError):
         # A cancelled (terminated) input comes back as a RemoteError from FunctionCall.get.

@@ -313,6 +313,8 @@ class FakeCls:
     def with_options(self, **options: Any) -> FakeCls:
         clone = FakeCls(self._fake, self._name)
         clone.options = {**self.options, **options}
+        with self._fake._lock:
+            self._fake.option_overrides.append(dict(options))
         return clone
 
     def __call__(self, **params: Any) -> FakeObj:
@@ -333,6 +335,7 @@ class FakeModal:
         self.calls: collections.Counter[str] = collections.Counter()
         self.lookups: list[tuple[str, str, str | None]] = []
         self.spawned: list[str] = []  # every FunctionCall id, in spawn order
+        self.option_overrides: list[dict[str, Any]] = []  # every Cls.with_options(...)
         self.in_flight = 0
         self.max_in_flight = 0
         self._instances: dict[tuple[str, str], Any] = {}

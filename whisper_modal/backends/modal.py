@@ -1,10 +1,11 @@
 """The Modal backend: look the deployed class up by name and call it under SDK deadlines.
 
 Modal's client retries an unreachable server for about a minute and waits on a hung one
-for minutes, with no public knob; so every call here is an ``.aio`` coroutine wrapped in
-``asyncio.wait_for``. Sync methods run that coroutine on a private event-loop thread and
-wait for it, so a hung call never blocks a caller past its deadline, and an abandoned call
-is cancelled.
+for minutes, with no public knob; so every call here is an ``.aio`` coroutine awaited
+under our own ``asyncio.timeout``. Sync methods run that coroutine on a private
+event-loop thread and wait for it, so a hung call never blocks a caller past its deadline
+(the first call also spends up to ``connect_timeout`` on the lookup), and an abandoned
+call is cancelled.
 
 The lookup seam is ``cls_lookup`` (``modal.Cls.from_name``) and ``call_lookup``
 (``modal.FunctionCall.from_id``): tests inject the in-process fake there.
@@ -42,6 +43,7 @@ __all__ = ["ModalBackend"]
 
 T = TypeVar("T")
 _RESULT_CACHE = 256  # finished results kept per backend (status() then result() = one fetch)
+_SPAWN_SECONDS = 60.0  # to accept a job: inputs over 8 KiB are uploaded to blob storage first
 
 
 class _LoopThread:
@@ -73,6 +75,25 @@ class _LoopThread:
         return future.result()  # re-raises the coroutine's own error (JobTimeout included)
 
 
+async def _within(
+    work: Awaitable[T], seconds: float | None, expired: Callable[[], WhisperModalError]
+) -> T:
+    """Await ``work`` for at most ``seconds``; on expiry raise ``expired()``.
+
+    Unlike ``asyncio.wait_for``, a ``TimeoutError`` raised *by* the work (a remote one, or
+    ``FunctionCall.get`` saying "not ready") propagates unchanged: only our own deadline
+    becomes ``expired()``.
+    """
+    scope = asyncio.timeout(seconds)
+    try:
+        async with scope:
+            return await work
+    except TimeoutError as exc:
+        if scope.expired():
+            raise expired() from exc
+        raise
+
+
 class ModalBackend:
     """Calls the deployed ``Transcriber`` class; see the module docstring.
 
@@ -97,12 +118,13 @@ class ModalBackend:
         gpu: str | None = None,
         remote_timeout: int | None = None,
     ) -> None:
-        import modal
+        import modal.exception
 
         self.settings = settings
         self._overrides: dict[str, Any] = {
             k: v for k, v in (("gpu", gpu), ("timeout", remote_timeout)) if v is not None
         }
+        self._input_cancellation: type[BaseException] = modal.exception.InputCancellation
         self._cls_lookup = cls_lookup or modal.Cls.from_name
         self._call_lookup = call_lookup or modal.FunctionCall.from_id
         self._lock = threading.Lock()
@@ -130,16 +152,17 @@ class ModalBackend:
     async def _hydrate(self, class_name: str) -> Any:
         handle = self._cls(class_name)
         if class_name not in self._hydrated:
-            try:
-                await asyncio.wait_for(handle.hydrate.aio(), self.settings.connect_timeout)
-            except TimeoutError as exc:
-                # Modal's client is still retrying behind this: retrying it again would only
-                # multiply the wait, so report "unavailable" (falls back in auto mode).
-                raise BackendUnavailable(
+            # Modal's client is still retrying behind an expired lookup: retrying it again
+            # would only multiply the wait, so report "unavailable" (falls back in auto mode).
+            await _within(
+                handle.hydrate.aio(),
+                self.settings.connect_timeout,
+                lambda: BackendUnavailable(
                     f"Modal did not answer the lookup of {self.settings.app_name!r} within "
                     f"{self.settings.connect_timeout:g} s",
                     fix="check the network / MODAL_SERVER_URL, or use backend='local'",
-                ) from exc
+                ),
+            )
             self._hydrated.add(class_name)
         return handle
 
@@ -157,7 +180,8 @@ class ModalBackend:
             return await work
         except WhisperModalError:
             raise
-        except Exception as exc:
+        except (Exception, self._input_cancellation) as exc:
+            # InputCancellation is a BaseException in modal (so user code cannot swallow it)
             raise map_modal_error(exc, job_id=job_id) from exc
 
     def _sync(self, coro: Coroutine[Any, Any, T], timeout: float | None) -> T:
@@ -181,12 +205,11 @@ class ModalBackend:
             else:
                 cls, name = self.settings.class_name, "transcribe"
             method = await self._method(request.options.model, name, cls)
-            try:
-                result: dict[str, Any] = await asyncio.wait_for(
-                    method.remote.aio(request.to_wire()), timeout
-                )
-            except TimeoutError as exc:
-                raise TransientError(f"no result from Modal within {timeout:g} s") from exc
+            result: dict[str, Any] = await _within(
+                method.remote.aio(request.to_wire()),
+                timeout,
+                lambda: TransientError(f"no result from Modal within {timeout:g} s"),
+            )
             if "error" in result:  # a per-item failure inside a packed batch
                 raise error_from_dict(result["error"])
             return result
@@ -204,19 +227,18 @@ class ModalBackend:
 
         async def work() -> str:
             method = await self._method(request.options.model, "transcribe")
-            try:
-                call = await asyncio.wait_for(
-                    method.spawn.aio(request.to_wire()), self.settings.connect_timeout + 60.0
-                )
-            except TimeoutError as exc:
-                raise TransientError("Modal did not accept the job in time") from exc
+            call = await _within(
+                method.spawn.aio(request.to_wire()),
+                _SPAWN_SECONDS + self.settings.connect_timeout,
+                lambda: TransientError("Modal did not accept the job in time"),
+            )
             return str(call.object_id)
 
         return await self._guard(work())
 
     def submit(self, request: Request) -> str:
         """Sync twin of ``asubmit``."""
-        return self._sync(self.asubmit(request), self.settings.connect_timeout + 60.0)
+        return self._sync(self.asubmit(request), _SPAWN_SECONDS + self.settings.connect_timeout)
 
     def map(
         self, requests: Iterable[Request], *, concurrency: int, timeout: float
@@ -293,15 +315,18 @@ class ModalBackend:
 
         async def work() -> dict[str, Any]:
             call = self._call_lookup(job_id)
+            # ``get`` has its own timeout; ours is a backstop against a hung connection.
+            backstop = None if timeout is None else timeout + self.settings.connect_timeout
             try:
-                # ``get`` has its own timeout; ours is a backstop against a hung connection.
-                backstop = None if timeout is None else timeout + self.settings.connect_timeout
-                result: dict[str, Any] = await asyncio.wait_for(
-                    call.get.aio(timeout=timeout), backstop
+                result: dict[str, Any] = await _within(
+                    call.get.aio(timeout=timeout),
+                    backstop,
+                    lambda: TransientError(f"Modal did not answer about job {job_id} in time"),
                 )
             except TimeoutError as exc:
-                if type(exc) is not TimeoutError:  # modal.exception.TimeoutError subclasses
+                if type(exc) is not TimeoutError:  # a subclass means something else: map it
                     raise
+                # the builtin TimeoutError is how ``get`` says "not finished yet"
                 raise JobTimeout(
                     f"job {job_id} not finished after {timeout} s", job_id=job_id
                 ) from exc
@@ -336,7 +361,11 @@ class ModalBackend:
         # best-effort on Modal's side, so any problem just means "pending".
         try:
             call = self._call_lookup(job_id)
-            graph = await asyncio.wait_for(call.get_call_graph.aio(), self.settings.connect_timeout)
+            graph = await _within(
+                call.get_call_graph.aio(),
+                self.settings.connect_timeout,
+                lambda: TransientError("no call graph in time"),
+            )
         except Exception:
             return JobStatus.PENDING
         return (
@@ -354,7 +383,11 @@ class ModalBackend:
 
         async def work() -> None:
             call = self._call_lookup(job_id)
-            await asyncio.wait_for(call.cancel.aio(), self.settings.connect_timeout)
+            await _within(
+                call.cancel.aio(),
+                self.settings.connect_timeout,
+                lambda: TransientError(f"Modal did not confirm cancelling job {job_id} in time"),
+            )
 
         await self._guard(work(), job_id=job_id)
 
@@ -369,10 +402,11 @@ class ModalBackend:
 
         async def work() -> dict[str, Any]:
             method = await self._method(model or self.settings.model, "health")
-            try:
-                report: dict[str, Any] = await asyncio.wait_for(method.remote.aio(), timeout)
-            except TimeoutError as exc:
-                raise TransientError(f"no health report within {timeout:g} s") from exc
+            report: dict[str, Any] = await _within(
+                method.remote.aio(),
+                timeout,
+                lambda: TransientError(f"no health report within {timeout:g} s"),
+            )
             return report
 
         return await self._guard(work())
