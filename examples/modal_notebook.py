@@ -6,7 +6,8 @@
 #
 #     whisper-modal deploy            # = modal deploy -m whisper_modal.app
 #
-# Without an account, set `BACKEND = "local"` below: the same calls run on this machine.
+# Without an account the same calls run on this machine: the default backend policy "auto"
+# tries Modal and falls back locally (set WHISPER_MODAL_BACKEND=modal|local|auto to choose).
 
 # %%
 import asyncio
@@ -14,9 +15,9 @@ from pathlib import Path
 
 import whisper_modal as wm
 
-BACKEND = "modal"  # "modal", "local" or "auto" (Modal, falling back to this machine)
 SAMPLE = Path(__file__).with_name("sample.flac") if "__file__" in dir() else Path("sample.flac")
-client = wm.configure(backend=BACKEND, model="tiny.en", allow_cpu_fallback=True)
+# connect_timeout bounds the first lookup: an unreachable Modal costs seconds, not minutes
+client = wm.configure(model="tiny.en", allow_cpu_fallback=True, connect_timeout=10)
 
 # %% One blocking call: a typed, immutable Transcript
 t = wm.transcribe(SAMPLE, language="en", word_timestamps=True)
@@ -33,7 +34,7 @@ print(again.wait(timeout=600, progress=True).text)
 # %% Many files: bounded concurrency, input order, errors returned in place
 results = wm.transcribe_many([SAMPLE, SAMPLE, b"not audio"], concurrency=4, return_exceptions=True)
 for r in results:
-    print(type(r).__name__, getattr(r, "text", r)[:60] if isinstance(r, wm.Transcript) else r)
+    print(type(r).__name__, r.text[:60] if isinstance(r, wm.Transcript) else r)
 
 
 # %% asyncio

@@ -106,6 +106,8 @@ def test_real_class_runs_locally(monkeypatch: pytest.MonkeyPatch) -> None:
     assert t.backend == "modal" and "weekly planning meeting" in t.text.lower()
     report = obj.health.local()
     assert report["model_loaded"] is True and report["model"] == "tiny.en"
+    assert report["cold_starts"] >= 1 and report["load_seconds"] > 0
+    assert report["device"] == "cpu" and report["torch"] and "gpu" in report
     bad = dict(wire, options={**wire["options"], "model": "/etc/passwd"})
     with pytest.raises(Exception, match="only known Whisper models"):
         obj.transcribe.local(bad)
@@ -119,3 +121,28 @@ def test_unknown_model_is_refused_at_enter(monkeypatch: pytest.MonkeyPatch) -> N
 
     with pytest.raises(ConfigurationError, match="only known Whisper models"):
         Transcriber(model="../../evil").health.local()
+
+
+def test_deploy_command_passes_the_settings_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    from whisper_modal.app import deploy_command
+    from whisper_modal.config import Settings
+
+    monkeypatch.delenv("WHISPER_MODAL_SECRET_NAME", raising=False)
+    config = Settings.resolve(
+        env={}, app_name="stt-prod", gpu="L4", remote_timeout=900, environment_name="staging"
+    )
+    cmd, env = deploy_command(config)
+    assert cmd[1:] == ["-m", "modal", "deploy", "-m", "whisper_modal.app", "--env", "staging"]
+    assert env["WHISPER_MODAL_APP_NAME"] == "stt-prod" and env["WHISPER_MODAL_GPU"] == "L4"
+    assert env["WHISPER_MODAL_REMOTE_TIMEOUT"] == "900"
+    assert "WHISPER_MODAL_SECRET_NAME" not in env  # None is not passed as the text "None"
+    # the environment it builds really configures the app the way the settings say
+    info = inspect_app(**{k: v for k, v in env.items() if k.startswith("WHISPER_MODAL_")})
+    assert info["app"] == "stt-prod" and info["gpus"] == [["L4", 1]] and info["timeout"] == 900
+
+
+def test_memory_snapshot_is_off_by_default() -> None:
+    # GPU state cannot be snapshotted by default; a snapshot would hold only the imports
+    import whisper_modal.app as app_module
+
+    assert app_module._CLASS_OPTIONS["enable_memory_snapshot"] is False

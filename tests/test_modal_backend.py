@@ -86,19 +86,29 @@ def test_submit_status_result_reattach(
     assert t.job_id == job.id
 
 
-def test_unfinished_job_times_out_and_can_be_cancelled(client: Client, fake: FakeModal) -> None:
-    blocker = [client.submit(SAMPLE, language="en") for _ in range(4)]  # fill the 4 workers
-    queued = client.submit(SAMPLE, language="en")
-    assert queued.status() in (wm.JobStatus.PENDING, wm.JobStatus.RUNNING)
-    with pytest.raises(wm.JobTimeout) as info:
-        queued.result(timeout=0)
-    assert info.value.job_id == queued.id and isinstance(info.value, TimeoutError)
-    queued.cancel()
-    assert queued.status() is wm.JobStatus.CANCELLED
-    with pytest.raises(wm.JobCancelled):
-        queued.result(timeout=5)
-    for job in blocker:
-        assert job.result(timeout=120).text
+def test_unfinished_job_times_out_and_can_be_cancelled(monkeypatch: pytest.MonkeyPatch) -> None:
+    gate = threading.Event()  # holds the one worker: the second job must wait
+    fake = FakeModal(handler=scripted(gate), workers=1)
+    try:
+        client = fake_client(fake, monkeypatch)
+        blocker = client.submit(SAMPLE, language="en")
+        queued = client.submit(SAMPLE, language="en")
+        assert wait_until(lambda: fake.in_flight == 1)
+        assert blocker.status() is wm.JobStatus.RUNNING
+        assert queued.status() is wm.JobStatus.PENDING
+        with pytest.raises(wm.JobTimeout) as info:
+            queued.result(timeout=0)
+        assert info.value.job_id == queued.id and isinstance(info.value, TimeoutError)
+        queued.cancel()
+        assert queued.status() is wm.JobStatus.CANCELLED
+        with pytest.raises(wm.JobCancelled):
+            queued.result(timeout=5)
+        gate.set()
+        assert blocker.result(timeout=10).text.startswith("ok")
+        assert sum(fake.executions.values()) == 1  # the cancelled job never ran
+    finally:
+        gate.set()
+        fake.close()
 
 
 def test_unknown_job_id(client: Client) -> None:
@@ -401,20 +411,21 @@ def test_backend_hung_call_is_abandoned_at_the_deadline(monkeypatch: pytest.Monk
         fake.close()
 
 
-def test_backend_gpu_override_uses_with_options(
-    fake: FakeModal, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    before = len(fake.option_overrides)
-    plain = fake_backend(fake, monkeypatch)
-    plain.transcribe(req(audio=SAMPLE.read_bytes()), timeout=120)
-    assert len(fake.option_overrides) == before  # no override: the deployed pool
-    settings = fake_backend(fake, monkeypatch).settings
-    tuned = ModalBackend(
-        settings, cls_lookup=fake.cls_lookup, call_lookup=fake.call_lookup, gpu="H100",
-        remote_timeout=600,
-    )  # fmt: skip
-    assert tuned.transcribe(req(audio=SAMPLE.read_bytes()), timeout=120)["text"]
-    assert fake.option_overrides[before:] == [{"gpu": "H100", "timeout": 600}]
+def test_backend_gpu_override_uses_with_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = FakeModal(handler=scripted())
+    try:
+        plain = fake_backend(fake, monkeypatch)
+        plain.transcribe(req(), timeout=5)
+        assert fake.option_overrides == []  # no override: the deployed pool
+        tuned = ModalBackend(
+            plain.settings, cls_lookup=fake.cls_lookup, call_lookup=fake.call_lookup,
+            gpu="H100", remote_timeout=600,
+        )  # fmt: skip
+        assert tuned.transcribe(req("t"), timeout=5)["text"] == "ok t"
+        assert tuned.health(timeout=60)["model_loaded"] is True  # same variant, one lookup
+        assert fake.option_overrides == [{"gpu": "H100", "timeout": 600}]
+    finally:
+        fake.close()
 
 
 def test_per_call_overhead_through_the_fake(monkeypatch: pytest.MonkeyPatch) -> None:

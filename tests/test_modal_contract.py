@@ -7,6 +7,7 @@ import inspect
 
 import modal
 import modal.exception as me
+import pytest
 
 from tests.fakes.modal_fake import FakeCls, FakeFunctionCall, FakeMethod, FakeModal
 
@@ -77,3 +78,100 @@ def test_exceptions_the_mapper_knows_exist() -> None:
         "RemoteError", "ExecutionError", "InvalidError",
     ):  # fmt: skip
         assert isinstance(getattr(me, name), type), name
+
+
+# --------------------------------------------------------------- the fake mirrors the package
+
+
+def same_names(fake_fn: object, real_fn: object, *, ignore: frozenset[str] = frozenset()) -> None:
+    """The fake's parameters are the real ones (names and kinds), minus ``ignore``."""
+    real = {
+        n: p.kind
+        for n, p in inspect.signature(real_fn).parameters.items()  # type: ignore[arg-type]
+        if n not in {"self", "cls", "client"} | ignore
+    }
+    fake = {
+        n: p.kind
+        for n, p in inspect.signature(fake_fn).parameters.items()  # type: ignore[arg-type]
+        if n != "self"
+    }
+    assert fake == real, (fake, real)
+
+
+def test_fake_signatures_match_modal() -> None:
+    import concurrent.futures as cf
+
+    fake = FakeModal()
+    try:
+        call = FakeFunctionCall(fake, "fc-1", cf.Future())
+        same_names(call._get, modal.FunctionCall.get)
+        same_names(call._cancel, modal.FunctionCall.cancel)
+        same_names(call._graph, modal.FunctionCall.get_call_graph)
+        method = FakeMethod(fake, "tiny.en", "transcribe")
+        same_names(method._map, modal.Function.map)
+        # from_name: the fake takes what the backend passes (version is never used)
+        same_names(fake.cls_lookup, modal.Cls.from_name, ignore=frozenset({"version"}))
+        same_names(fake.call_lookup, modal.FunctionCall.from_id)
+    finally:
+        fake.close()
+
+
+def test_every_call_the_backend_makes_has_an_aio_twin() -> None:
+    # the backend only awaits ``.aio`` forms (its deadlines need coroutines)
+    for owner, name in [
+        (modal.Cls, "hydrate"),
+        (modal.Function, "remote"),
+        (modal.Function, "spawn"),
+        (modal.Function, "map"),
+        (modal.FunctionCall, "get"),
+        (modal.FunctionCall, "cancel"),
+        (modal.FunctionCall, "get_call_graph"),
+    ]:
+        assert hasattr(getattr(owner, name), "aio"), f"{owner.__name__}.{name}.aio"
+    fake = FakeModal()
+    try:
+        method = FakeMethod(fake, "tiny.en", "transcribe")
+        for name in ("remote", "spawn", "map"):
+            assert hasattr(getattr(method, name), "aio"), name
+    finally:
+        fake.close()
+
+
+def test_map_and_options_parameters_the_sdk_relies_on() -> None:
+    assert {"order_outputs", "return_exceptions"} <= params(modal.Function.map)
+    # ModalBackend(gpu=..., remote_timeout=...) -> Cls.with_options(gpu=..., timeout=...)
+    assert {"gpu", "timeout"} <= params(modal.Cls.with_options)
+    assert {"max_inputs"} <= params(modal.concurrent)
+    assert {"snap"} <= params(modal.enter)
+    assert {"default"} <= params(modal.parameter)
+
+
+def test_old_modal_names_are_gone() -> None:
+    # DESIGN: these raise in 1.6; the app must not use them (checked against its source)
+    from pathlib import Path
+
+    source = (Path(__file__).parents[1] / "whisper_modal" / "app.py").read_text()
+    for old in ("keep_warm", "concurrency_limit", "container_idle_timeout",
+                "allow_concurrent_inputs", "modal.Stub"):  # fmt: skip
+        assert old not in source, old
+    assert "keep_warm" not in params(modal.App.cls)
+    assert not hasattr(modal, "Stub")
+
+
+def test_fake_map_behaves_like_modal_map() -> None:
+    def handler(wire: dict[str, object]) -> dict[str, object]:
+        if wire["n"] == 2:
+            raise ValueError("two")
+        return {"n": wire["n"]}
+
+    fake = FakeModal(handler=handler)
+    try:
+        method = FakeMethod(fake, "tiny.en", "transcribe")
+        out = list(method.map([{"n": i} for i in range(4)], return_exceptions=True))
+        assert [o if isinstance(o, dict) else type(o).__name__ for o in out] == [
+            {"n": 0}, {"n": 1}, "ValueError", {"n": 3},
+        ]  # fmt: skip
+        with pytest.raises(ValueError, match="two"):
+            list(method.map([{"n": i} for i in range(4)]))
+    finally:
+        fake.close()

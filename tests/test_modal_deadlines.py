@@ -2,56 +2,174 @@
 
 Modal's own client retries an unreachable server for ~60 s and waits ~160 s on a hung
 one; the SDK must answer with a typed error within its own deadline instead.
+
+Each case runs in a fresh process (modal keeps global client state: tokens, server URL):
+``python -m tests.test_modal_deadlines MODE`` is the probe, printing one JSON line. The
+``Client``-level probe with fallback is ``tests/modal_probe.py``.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
+import os
+import shutil
+import socket
 import subprocess
 import sys
+import tempfile
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 ROOT = Path(__file__).parents[1]
 CONNECT, CALL = 2.0, 3.0
 MARGIN = 2.0  # process-internal slack on a loaded 2-core machine
+EXIT_LIMIT = 15.0  # the probe process must also *exit* promptly: no thread blocks shutdown
 
 
-def probe(mode: str, *, fallback: bool = False, audio: bytes = b"") -> dict[str, object]:
-    args = [sys.executable, "-m", "tests.modal_probe", mode, str(CONNECT), str(CALL)]
-    if fallback:
-        args.append("--fallback")
+def run_probe(module: str, mode: str, *extra: str, audio: bytes = b"") -> dict[str, Any]:
+    args = [sys.executable, "-m", module, mode, str(CONNECT), str(CALL), *extra]
+    started = time.monotonic()
     done = subprocess.run(args, cwd=ROOT, input=audio, capture_output=True, timeout=120)
     assert done.returncode == 0, done.stderr.decode()[-2000:]
-    return dict(json.loads(done.stdout.decode().strip().splitlines()[-1]))
+    out = dict(json.loads(done.stdout.decode().strip().splitlines()[-1]))
+    out["process_seconds"] = round(time.monotonic() - started, 3)
+    return out
 
 
-def test_no_credentials_is_immediate_and_says_how_to_fix() -> None:
-    out = probe("nocreds")
-    assert out["error"] == "BackendUnavailable" and "modal token new" in str(out["message"])
-    assert float(out["seconds"]) < 1.0 + MARGIN  # type: ignore[arg-type]
+# ------------------------------------------------------------------- ModalBackend itself
+
+
+def test_backend_no_credentials_is_immediate_and_says_how_to_fix() -> None:
+    out = run_probe("tests.test_modal_deadlines", "nocreds")
+    for path in ("sync", "async"):
+        assert out[path]["error"] == "BackendUnavailable", out
+        assert "modal token new" in out[path]["message"]
+        assert out[path]["seconds"] < 1.0 + MARGIN, out
+    assert out["process_seconds"] < EXIT_LIMIT, out
 
 
 @pytest.mark.parametrize("mode", ["closed", "hung"])
-def test_unreachable_server_hits_the_connect_deadline(mode: str) -> None:
-    out = probe(mode)
+def test_backend_unreachable_server_hits_the_connect_deadline(mode: str) -> None:
+    out = run_probe("tests.test_modal_deadlines", mode)
+    for path in ("sync", "async"):
+        result = out[path]
+        assert result["error"] in ("BackendUnavailable", "TransientError"), out
+        assert result["module"].startswith("whisper_modal"), out
+        assert CONNECT - 0.1 <= result["seconds"] <= CONNECT + MARGIN, out
+    # the abandoned lookups were cancelled: nothing of ours is left on the private loop,
+    # and every thread still alive is a daemon (cannot block interpreter exit)
+    assert out["pending_tasks"] == 0 and out["non_daemon_threads"] == [], out
+    assert out["process_seconds"] < EXIT_LIMIT, out
+
+
+# ------------------------------------------------------------------- through the Client
+
+
+def test_client_no_credentials() -> None:
+    out = run_probe("tests.modal_probe", "nocreds")
+    assert out["error"] == "BackendUnavailable" and "modal token new" in str(out["message"])
+    assert float(out["seconds"]) < 1.0 + MARGIN
+
+
+@pytest.mark.parametrize("mode", ["closed", "hung"])
+def test_client_unreachable_server_hits_the_connect_deadline(mode: str) -> None:
+    out = run_probe("tests.modal_probe", mode)
     assert out["error"] == "BackendUnavailable", out
     assert str(out["module"]).startswith("whisper_modal")
-    assert CONNECT - 0.1 <= float(out["seconds"]) <= CONNECT + MARGIN, out  # type: ignore[arg-type]
+    assert CONNECT - 0.1 <= float(out["seconds"]) <= CONNECT + MARGIN, out
 
 
 @pytest.mark.slow
-def test_unreachable_modal_falls_back_to_the_local_engine() -> None:
-    import os
+def test_unreachable_modal_falls_back_to_the_local_engine(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tests.fakes import tiny_model_cache
 
-    from tests.models_cache import tiny_en_cache
-
-    os.environ["WHISPER_MODAL_CACHE_DIR"] = str(tiny_en_cache())
-    try:
-        out = probe("closed", fallback=True, audio=(ROOT / "examples" / "sample.flac").read_bytes())
-    finally:
-        del os.environ["WHISPER_MODAL_CACHE_DIR"]
+    monkeypatch.setenv("WHISPER_MODAL_CACHE_DIR", str(tiny_model_cache()))
+    sample = (ROOT / "examples" / "sample.flac").read_bytes()
+    out = run_probe("tests.modal_probe", "closed", "--fallback", audio=sample)
     assert out["ok"] is True and out["backend"] == "local", out
     assert "BackendUnavailable" in str(out["fallback_reason"])
     assert "weekly planning meeting" in str(out["text"]).lower()
+
+
+# ------------------------------------------------------------------- the probe process
+
+
+def _isolate(mode: str) -> None:
+    """Point the real modal client at a loopback address, with fake or no credentials."""
+    home = tempfile.mkdtemp(prefix="wm-modal-home-")
+    atexit.register(shutil.rmtree, home, ignore_errors=True)
+    os.environ["HOME"] = home
+    os.environ["MODAL_CONFIG_PATH"] = os.path.join(home, ".modal.toml")
+    for key in ("MODAL_TOKEN_ID", "MODAL_TOKEN_SECRET", "MODAL_PROFILE", "MODAL_ENVIRONMENT"):
+        os.environ.pop(key, None)
+    if mode != "nocreds":
+        os.environ["MODAL_TOKEN_ID"] = "ak-x"
+        os.environ["MODAL_TOKEN_SECRET"] = "as-x"
+    if mode == "hung":
+        # accepts connections and never answers: what a wedged proxy looks like
+        server = socket.socket()
+        server.bind(("127.0.0.1", 0))
+        server.listen(64)
+        held: list[socket.socket] = []
+
+        def accept() -> None:
+            while True:
+                held.append(server.accept()[0])
+
+        threading.Thread(target=accept, daemon=True).start()
+        port = server.getsockname()[1]
+    else:
+        with socket.socket() as s:  # bound then closed: nothing listens there
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+    os.environ["MODAL_SERVER_URL"] = f"http://127.0.0.1:{port}"
+
+
+def _probe(mode: str, connect: float, call: float) -> dict[str, Any]:
+    import asyncio
+
+    _isolate(mode)
+    from whisper_modal.backends.base import Request
+    from whisper_modal.backends.modal import ModalBackend
+    from whisper_modal.config import Settings
+    from whisper_modal.options import TranscribeOptions
+
+    settings = Settings.resolve(env={}, model="tiny.en", connect_timeout=connect)
+    request = Request(options=TranscribeOptions(model="tiny.en"), audio=b"RIFF0000WAVE")
+    out: dict[str, Any] = {"mode": mode}
+    for path in ("sync", "async"):
+        backend = ModalBackend(settings)  # a fresh lookup each time
+        started = time.monotonic()
+        try:
+            if path == "sync":
+                backend.transcribe(request, timeout=call)
+            else:
+                asyncio.run(backend.atranscribe(request, timeout=call))
+            result: dict[str, Any] = {"ok": True}
+        except BaseException as exc:
+            result = {"error": type(exc).__name__, "module": type(exc).__module__,
+                      "message": str(exc)}  # fmt: skip
+        result["seconds"] = round(time.monotonic() - started, 3)
+        out[path] = result
+
+    async def count() -> int:
+        return len(asyncio.all_tasks()) - 1
+
+    out["pending_tasks"] = asyncio.run_coroutine_threadsafe(
+        count(), backend._runner._ensure()
+    ).result(5)
+    out["non_daemon_threads"] = [
+        t.name for t in threading.enumerate() if not t.daemon and t is not threading.main_thread()
+    ]
+    return out
+
+
+if __name__ == "__main__":
+    print(json.dumps(_probe(sys.argv[1], float(sys.argv[2]), float(sys.argv[3]))), flush=True)

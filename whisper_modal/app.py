@@ -79,7 +79,7 @@ _CLASS_OPTIONS: dict[str, Any] = {
     "secrets": secrets,
     # Snapshots the container after imports (torch, whisper: seconds of each cold start).
     # The model itself loads after restore: GPU memory cannot be snapshotted by default.
-    "enable_memory_snapshot": bool(getattr(settings, "enable_memory_snapshot", False)),
+    "enable_memory_snapshot": settings.enable_memory_snapshot,
 }
 
 #: ``@modal.enter`` runs in this process: 1 per real container (the fake makes one per model)
@@ -167,8 +167,8 @@ class Transcriber(_Loaded):
 
     @modal.method()
     def health(self) -> dict[str, Any]:
-        """Model loaded, device, GPU name and versions."""
-        report: dict[str, Any] = self.engine.health()
+        """Model loaded, device, GPU name, versions and cold starts of this container."""
+        report: dict[str, Any] = self.engine.health(self.model)  # loaded: cached, cheap
         report.update(
             model=self.model,
             model_loaded=True,

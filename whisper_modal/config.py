@@ -87,6 +87,7 @@ class Settings:
     scaledown_window: int = attrs.field(default=300, validator=_positive)
     volume_name: str = "whisper-modal-weights"
     secret_name: str | None = None  # modal.Secret holding AWS_* and WHISPER_MODAL_WEBHOOK_SECRET
+    enable_memory_snapshot: bool = False  # Modal memory snapshots of the loaded container
     # -- storage and webhooks
     s3_endpoint_url: str | None = None  # R2 / MinIO / moto
     s3_region: str | None = None
