@@ -9,7 +9,6 @@ a fallback to the local engine when Modal is unavailable -> ``Transcript``.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures as cf
 import functools
 import logging
 import os
@@ -433,27 +432,16 @@ class Client:
     def _run_fanout(
         self, request: Request, chunks: list[Any], *, backend: str | None, timeout: float | None
     ) -> Transcript:
-        from whisper_modal.progress import progress_bar
+        from whisper_modal.batch import run_many
+        from whisper_modal.fanout import merge_transcripts
 
-        workers = min(len(chunks), self.settings.max_containers)
-        parts: list[Transcript | None] = [None] * len(chunks)
-        with (
-            progress_bar(len(chunks), "chunks", enabled=None) as bar,
-            cf.ThreadPoolExecutor(workers, thread_name_prefix="whisper-modal-fanout") as pool,
-        ):
-            futures = {
-                pool.submit(self.run, c.request, backend=backend, timeout=timeout, split=False): i
-                for i, c in enumerate(chunks)
-            }
-            try:
-                for future in cf.as_completed(futures):
-                    parts[futures[future]] = future.result()
-                    bar.update()
-            except BaseException:
-                for future in futures:
-                    future.cancel()
-                raise
-        return _merged(request, chunks, [p for p in parts if p is not None])
+        parts = run_many(
+            lambda c: self.run(c.request, backend=backend, timeout=timeout, split=False),
+            chunks,
+            concurrency=min(len(chunks), self.settings.max_containers),
+            desc="chunks",
+        )
+        return merge_transcripts(request, chunks, parts)  # type: ignore[arg-type]
 
     async def atranscribe(
         self,
@@ -482,16 +470,16 @@ class Client:
 
             chunks = await asyncio.to_thread(plan_fanout, request, self.settings)
             if chunks:
-                gate = asyncio.Semaphore(self.settings.max_containers)
+                from whisper_modal.batch import arun_many
+                from whisper_modal.fanout import merge_transcripts
 
-                async def one(chunk_request: Request) -> Transcript:
-                    async with gate:
-                        return await self.arun(
-                            chunk_request, backend=backend, timeout=timeout, split=False
-                        )
-
-                parts = await asyncio.gather(*(one(c.request) for c in chunks))
-                return _merged(request, chunks, list(parts))
+                parts = await arun_many(
+                    lambda c: self.arun(c.request, backend=backend, timeout=timeout, split=False),
+                    chunks,
+                    concurrency=min(len(chunks), self.settings.max_containers),
+                    desc="chunks",
+                )
+                return merge_transcripts(request, chunks, parts)  # type: ignore[arg-type]
         limit = timeout or self.settings.call_timeout
         started = time.monotonic()
         name = "local" if policy == "local" else "modal"
@@ -624,35 +612,16 @@ class Client:
             WhisperModalError: the first item error, when ``return_exceptions`` is False
                 (items not yet started are cancelled).
         """
-        from whisper_modal.progress import progress_bar
+        from whisper_modal.batch import run_many
 
-        if not isinstance(concurrency, int) or concurrency < 1:
-            raise ConfigurationError("concurrency must be a positive integer")
-        items = list(inputs)
-        results: list[Transcript | WhisperModalError | None] = [None] * len(items)
-        with (
-            progress_bar(len(items), "transcribing", enabled=progress) as bar,
-            cf.ThreadPoolExecutor(
-                max_workers=concurrency, thread_name_prefix="whisper-modal-batch"
-            ) as pool,
-        ):
-            call: Callable[..., Transcript] = self._packed_call if pack else self.transcribe
-            futures = {pool.submit(call, item, **kwargs): i for i, item in enumerate(items)}
-            try:
-                for future in cf.as_completed(futures):
-                    index = futures[future]
-                    try:
-                        results[index] = future.result()
-                    except WhisperModalError as exc:
-                        if not return_exceptions:
-                            raise
-                        results[index] = exc
-                    bar.update()
-            except BaseException:
-                for future in futures:
-                    future.cancel()
-                raise
-        return [r for r in results if r is not None]
+        call: Callable[..., Transcript] = self._packed_call if pack else self.transcribe
+        return run_many(
+            lambda item: call(item, **kwargs),
+            list(inputs),
+            concurrency=concurrency,
+            return_exceptions=return_exceptions,
+            progress=progress,
+        )
 
     def _packed_call(
         self,
@@ -676,42 +645,15 @@ class Client:
         **kwargs: Any,
     ) -> list[Transcript | WhisperModalError]:
         """Async twin of ``transcribe_many`` (a semaphore bounds the tasks in flight)."""
-        from whisper_modal.progress import progress_bar
+        from whisper_modal.batch import arun_many
 
-        if not isinstance(concurrency, int) or concurrency < 1:
-            raise ConfigurationError("concurrency must be a positive integer")
-        items = list(inputs)
-        gate = asyncio.Semaphore(concurrency)
-
-        with progress_bar(len(items), "transcribing", enabled=progress) as bar:
-
-            async def one(item: AudioLike) -> Transcript | WhisperModalError:
-                async with gate:
-                    try:
-                        return await self.atranscribe(item, **kwargs)
-                    except WhisperModalError as exc:
-                        if not return_exceptions:
-                            raise
-                        return exc
-                    finally:
-                        bar.update()
-
-            return list(await asyncio.gather(*(one(i) for i in items)))
-
-
-def _merged(request: Request, chunks: list[Any], parts: list[Transcript]) -> Transcript:
-    """One transcript from fanned-out chunk transcripts (see ``whisper_modal.fanout``)."""
-    from whisper_modal.fanout import merge
-
-    data = merge(chunks, [p.to_dict() for p in parts])
-    backends = sorted({p.backend for p in parts})
-    reasons = [p.fallback_reason for p in parts if p.fallback_reason]
-    data.update(
-        backend="+".join(backends),
-        fallback_reason=reasons[0] if reasons else None,
-        job_id=request.client_job_id,
-    )
-    return Transcript.from_dict(data)
+        return await arun_many(
+            lambda item: self.atranscribe(item, **kwargs),
+            list(inputs),
+            concurrency=concurrency,
+            return_exceptions=return_exceptions,
+            progress=progress,
+        )
 
 
 def _s3_uri(audio: Any) -> str | None:

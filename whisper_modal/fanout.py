@@ -17,8 +17,9 @@ import attrs
 
 from whisper_modal.backends.base import Request
 from whisper_modal.config import Settings
+from whisper_modal.results import Transcript
 
-__all__ = ["Chunk", "plan_fanout"]
+__all__ = ["Chunk", "merge", "merge_transcripts", "plan_fanout"]
 
 SAMPLE_RATE = 16000  # Hz
 
@@ -78,3 +79,15 @@ def merge(
     if duration is not None:
         merged["duration"] = max(float(merged.get("duration") or 0.0), duration)
     return merged
+
+
+def merge_transcripts(request: Request, chunks: list[Chunk], parts: list[Transcript]) -> Transcript:
+    """One transcript from the chunks' transcripts; ``backend`` lists where they ran."""
+    data = merge(chunks, [p.to_dict() for p in parts])
+    reasons = [p.fallback_reason for p in parts if p.fallback_reason]
+    data.update(
+        backend="+".join(sorted({p.backend for p in parts})),
+        fallback_reason=reasons[0] if reasons else None,
+        job_id=request.client_job_id,
+    )
+    return Transcript.from_dict(data)
