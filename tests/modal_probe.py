@@ -8,8 +8,10 @@ process per case keeps modal's global client state (tokens, server URL) isolated
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import socket
 import sys
 import tempfile
@@ -17,41 +19,47 @@ import threading
 import time
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def isolate(mode: str) -> None:
+    """Point the real modal client at a loopback address, with fake or no credentials.
+
+    ``mode``: "nocreds" (no token at all), "closed" (a port nothing listens on) or "hung"
+    (a listener that accepts connections and never answers, like a wedged proxy).
+    """
+    home = tempfile.mkdtemp(prefix="wm-modal-home-")
+    atexit.register(shutil.rmtree, home, ignore_errors=True)
+    os.environ["HOME"] = home
+    os.environ["MODAL_CONFIG_PATH"] = os.path.join(home, ".modal.toml")
+    for key in ("MODAL_TOKEN_ID", "MODAL_TOKEN_SECRET", "MODAL_PROFILE", "MODAL_ENVIRONMENT"):
+        os.environ.pop(key, None)
+    if mode != "nocreds":
+        os.environ["MODAL_TOKEN_ID"] = "ak-fake"
+        os.environ["MODAL_TOKEN_SECRET"] = "as-fake"
+    if mode == "hung":
+        server = socket.socket()
+        server.bind(("127.0.0.1", 0))
+        server.listen(64)
+        _HELD.append(server)
+
+        def accept() -> None:
+            while True:
+                _HELD.append(server.accept()[0])
+
+        threading.Thread(target=accept, daemon=True).start()
+        port = int(server.getsockname()[1])
+    else:
+        with socket.socket() as s:  # bound then closed: nothing listens there
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+    os.environ["MODAL_SERVER_URL"] = f"http://127.0.0.1:{port}"
 
 
-def _hung_listener() -> tuple[int, socket.socket]:
-    # Accepts connections and never answers: what a wedged proxy looks like.
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(64)
-    held: list[socket.socket] = []
-
-    def accept() -> None:
-        while True:
-            conn, _ = server.accept()
-            held.append(conn)
-
-    threading.Thread(target=accept, daemon=True).start()
-    return int(server.getsockname()[1]), server
+_HELD: list[socket.socket] = []
 
 
 def main() -> None:
     mode, connect, call = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
     fallback = "--fallback" in sys.argv
-    home = tempfile.mkdtemp(prefix="wm-modal-home-")
-    os.environ["HOME"] = home
-    os.environ["MODAL_CONFIG_PATH"] = os.path.join(home, ".modal.toml")
-    for key in ("MODAL_TOKEN_ID", "MODAL_TOKEN_SECRET", "MODAL_PROFILE"):
-        os.environ.pop(key, None)
-    if mode != "nocreds":
-        os.environ["MODAL_TOKEN_ID"] = "ak-fake"
-        os.environ["MODAL_TOKEN_SECRET"] = "as-fake"
-    port = _closed_port() if mode != "hung" else _hung_listener()[0]
-    os.environ["MODAL_SERVER_URL"] = f"http://127.0.0.1:{port}"
+    isolate(mode)
 
     import whisper_modal as wm
 
@@ -76,9 +84,7 @@ def main() -> None:
     out["seconds"] = round(time.monotonic() - started, 3)
     print(json.dumps(out))
     sys.stdout.flush()
-    import shutil
-
-    shutil.rmtree(home, ignore_errors=True)
+    shutil.rmtree(os.environ["HOME"], ignore_errors=True)  # os._exit skips atexit
     os._exit(0)  # do not wait for modal's background retries to wind down
 
 

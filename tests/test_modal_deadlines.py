@@ -10,14 +10,9 @@ Each case runs in a fresh process (modal keeps global client state: tokens, serv
 
 from __future__ import annotations
 
-import atexit
 import json
-import os
-import shutil
-import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -101,41 +96,12 @@ def test_unreachable_modal_falls_back_to_the_local_engine(
 # ------------------------------------------------------------------- the probe process
 
 
-def _isolate(mode: str) -> None:
-    """Point the real modal client at a loopback address, with fake or no credentials."""
-    home = tempfile.mkdtemp(prefix="wm-modal-home-")
-    atexit.register(shutil.rmtree, home, ignore_errors=True)
-    os.environ["HOME"] = home
-    os.environ["MODAL_CONFIG_PATH"] = os.path.join(home, ".modal.toml")
-    for key in ("MODAL_TOKEN_ID", "MODAL_TOKEN_SECRET", "MODAL_PROFILE", "MODAL_ENVIRONMENT"):
-        os.environ.pop(key, None)
-    if mode != "nocreds":
-        os.environ["MODAL_TOKEN_ID"] = "ak-x"
-        os.environ["MODAL_TOKEN_SECRET"] = "as-x"
-    if mode == "hung":
-        # accepts connections and never answers: what a wedged proxy looks like
-        server = socket.socket()
-        server.bind(("127.0.0.1", 0))
-        server.listen(64)
-        held: list[socket.socket] = []
-
-        def accept() -> None:
-            while True:
-                held.append(server.accept()[0])
-
-        threading.Thread(target=accept, daemon=True).start()
-        port = server.getsockname()[1]
-    else:
-        with socket.socket() as s:  # bound then closed: nothing listens there
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-    os.environ["MODAL_SERVER_URL"] = f"http://127.0.0.1:{port}"
-
-
 def _probe(mode: str, connect: float, call: float) -> dict[str, Any]:
     import asyncio
 
-    _isolate(mode)
+    from tests.modal_probe import isolate
+
+    isolate(mode)
     from whisper_modal.backends.base import Request
     from whisper_modal.backends.modal import ModalBackend
     from whisper_modal.config import Settings

@@ -186,6 +186,17 @@ def _split_qkv(
             out[f"{dst}.{part}.bias"] = bias
 
 
+def _block(ct2: CT2Model, src: str, dst: str, state: dict[str, np.ndarray]) -> None:
+    """Self-attention and MLP of one residual block (shared by encoder and decoder)."""
+    qkv = ("query", "key", "value")
+    _split_qkv(ct2, f"{src}/self_attention/linear_0", f"{dst}.attn", qkv, state)
+    _linear(ct2, f"{src}/self_attention/linear_1", f"{dst}.attn.out", state)
+    _norm(ct2, f"{src}/self_attention/layer_norm", f"{dst}.attn_ln", state)
+    _linear(ct2, f"{src}/ffn/linear_0", f"{dst}.mlp.0", state)
+    _linear(ct2, f"{src}/ffn/linear_1", f"{dst}.mlp.2", state)
+    _norm(ct2, f"{src}/ffn/layer_norm", f"{dst}.mlp_ln", state)
+
+
 def to_whisper_checkpoint(ct2: CT2Model) -> dict[str, Any]:
     """Convert to openai-whisper's checkpoint layout (``dims`` + ``model_state_dict``).
 
@@ -200,33 +211,18 @@ def to_whisper_checkpoint(ct2: CT2Model) -> dict[str, Any]:
         state[f"encoder.{conv}.bias"] = ct2.array(f"encoder/{conv}/bias")
     state["encoder.positional_embedding"] = ct2.array("encoder/position_encodings/encodings")
     for i in range(enc_layers):
-        src, dst = f"encoder/layer_{i}", f"encoder.blocks.{i}"
-        _split_qkv(
-            ct2, f"{src}/self_attention/linear_0", f"{dst}.attn", ("query", "key", "value"), state
-        )
-        _linear(ct2, f"{src}/self_attention/linear_1", f"{dst}.attn.out", state)
-        _norm(ct2, f"{src}/self_attention/layer_norm", f"{dst}.attn_ln", state)
-        _linear(ct2, f"{src}/ffn/linear_0", f"{dst}.mlp.0", state)
-        _linear(ct2, f"{src}/ffn/linear_1", f"{dst}.mlp.2", state)
-        _norm(ct2, f"{src}/ffn/layer_norm", f"{dst}.mlp_ln", state)
+        _block(ct2, f"encoder/layer_{i}", f"encoder.blocks.{i}", state)
     _norm(ct2, "encoder/layer_norm", "encoder.ln_post", state)
 
     state["decoder.token_embedding.weight"] = ct2.array("decoder/embeddings/weight")
     state["decoder.positional_embedding"] = ct2.array("decoder/position_encodings/encodings")
     for i in range(dec_layers):
         src, dst = f"decoder/layer_{i}", f"decoder.blocks.{i}"
-        _split_qkv(
-            ct2, f"{src}/self_attention/linear_0", f"{dst}.attn", ("query", "key", "value"), state
-        )
-        _linear(ct2, f"{src}/self_attention/linear_1", f"{dst}.attn.out", state)
-        _norm(ct2, f"{src}/self_attention/layer_norm", f"{dst}.attn_ln", state)
+        _block(ct2, src, dst, state)
         _linear(ct2, f"{src}/attention/linear_0", f"{dst}.cross_attn.query", state)
         _split_qkv(ct2, f"{src}/attention/linear_1", f"{dst}.cross_attn", ("key", "value"), state)
         _linear(ct2, f"{src}/attention/linear_2", f"{dst}.cross_attn.out", state)
         _norm(ct2, f"{src}/attention/layer_norm", f"{dst}.cross_attn_ln", state)
-        _linear(ct2, f"{src}/ffn/linear_0", f"{dst}.mlp.0", state)
-        _linear(ct2, f"{src}/ffn/linear_1", f"{dst}.mlp.2", state)
-        _norm(ct2, f"{src}/ffn/layer_norm", f"{dst}.mlp_ln", state)
     _norm(ct2, "decoder/layer_norm", "decoder.ln", state)
 
     conv1 = state["encoder.conv1.weight"]
