@@ -36,7 +36,7 @@ def _temp_entries() -> set[str]:
     except OSError:
         return set()
     # Our code must never create temp files; look at what Python's tempfile would name.
-    return {n for n in names if n.startswith("tmp") or "whisper" in n.lower()}
+    return {n for n in names if n.startswith(("tmp", "wm-")) or "whisper" in n.lower()}
 
 
 @pytest.fixture(autouse=True)
