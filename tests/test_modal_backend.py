@@ -462,3 +462,24 @@ def test_per_call_overhead_through_the_fake(monkeypatch: pytest.MonkeyPatch) -> 
         assert 0 < overhead < 0.05
     finally:
         fake.close()
+
+
+def test_long_audio_submit_is_a_fan_out_job_with_progress(
+    fake: FakeModal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests import speech
+    from tests.wer import wer as word_error_rate
+
+    samples, reference = speech.make_clip(speech.SENTENCES[:12], gap_seconds=0.7)
+    client = fake_client(fake, monkeypatch, fanout_seconds=30, fanout_chunk_seconds=25)
+    job = client.submit(samples, sample_rate=16000, language="en")
+    assert job.id.startswith("fanout-") and job.backend == "fanout"
+    done, total = job.progress() or (0, 0)
+    assert total >= 3 and 0 <= done <= total
+    t = job.wait(timeout=180, poll_interval=0.1, progress=False)
+    assert job.progress() == (total, total) and job.status() is wm.JobStatus.SUCCEEDED
+    assert word_error_rate(reference, t.text) <= 0.12 and t.job_id == job.id
+    assert wm.Job.from_id(job.id, client=client).result(timeout=1).text == t.text
+    short = client.submit(SAMPLE, language="en")
+    assert short.progress() is None and short.id.startswith("fc-")
+    short.result(timeout=120)

@@ -34,8 +34,11 @@ def run_many(
     return_exceptions: bool = False,
     progress: bool | None = None,
     desc: str = "transcribing",
+    on_done: Callable[[], None] | None = None,
 ) -> list[R | WhisperModalError]:
     """``call`` each item on at most ``concurrency`` threads; results in input order.
+
+    ``on_done`` is called after each item finishes (progress reporting).
 
     Raises:
         WhisperModalError: the first failure when ``return_exceptions`` is False (items not
@@ -59,6 +62,8 @@ def run_many(
                         raise
                     results[futures[future]] = exc
                 bar.update()
+                if on_done is not None:
+                    on_done()
         except BaseException:
             for future in futures:
                 future.cancel()

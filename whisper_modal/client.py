@@ -172,6 +172,10 @@ class Client:
 
     def backend_for_job(self, name: str) -> Any:
         """The backend that owns jobs labelled ``name``."""
+        if name == "fanout":
+            from whisper_modal.fanout import FanoutJobs
+
+            return FanoutJobs()
         return self.local_backend() if name == "local" else self.modal_backend()
 
     def stats(self) -> Stats:
@@ -430,7 +434,13 @@ class Client:
         return plain
 
     def _run_fanout(
-        self, request: Request, chunks: list[Any], *, backend: str | None, timeout: float | None
+        self,
+        request: Request,
+        chunks: list[Any],
+        *,
+        backend: str | None,
+        timeout: float | None,
+        on_done: Callable[[], None] | None = None,
     ) -> Transcript:
         from whisper_modal.batch import run_many
         from whisper_modal.fanout import merge_transcripts
@@ -440,6 +450,7 @@ class Client:
             chunks,
             concurrency=min(len(chunks), self.settings.max_containers),
             desc="chunks",
+            on_done=on_done,
         )
         return merge_transcripts(request, chunks, parts)  # type: ignore[arg-type]
 
@@ -516,8 +527,24 @@ class Client:
         return self.submit_request(self.prepare(audio, **kwargs), backend=backend)
 
     def submit_request(self, request: Request, *, backend: str | None = None) -> Job:
-        """Submit a prepared ``Request`` (see ``submit``)."""
+        """Submit a prepared ``Request`` (see ``submit``).
+
+        Long audio for Modal becomes a fan-out job: its chunks run on many containers and
+        ``Job.progress()`` reports chunks done / total.
+        """
         policy = self._policy(backend)
+        if policy != "local":
+            from whisper_modal.fanout import FanoutJobs, plan_fanout
+
+            chunks = plan_fanout(request, self.settings)
+            if chunks:
+                job_id = FanoutJobs().start(
+                    lambda tick: self._run_fanout(
+                        request, chunks, backend=backend, timeout=None, on_done=tick
+                    ),
+                    len(chunks),
+                )
+                return Job(job_id, client=self, backend="fanout")
         if policy == "local":
             return Job(self.local_backend().submit(request), client=self, backend="local")
         try:

@@ -11,15 +11,21 @@ a webhook are not split (one job, one delivery).
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import concurrent.futures as cf
+import threading
+import uuid
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import attrs
 
-from whisper_modal.backends.base import Request
+from whisper_modal.backends.base import JobStatus, Request
 from whisper_modal.config import Settings
+from whisper_modal.errors import JobCancelled, JobNotFound, JobTimeout
 from whisper_modal.results import Transcript
 
-__all__ = ["Chunk", "merge", "merge_transcripts", "plan_fanout"]
+__all__ = ["FANOUT_JOB_PREFIX", "Chunk", "FanoutJobs", "merge", "merge_transcripts", "plan_fanout"]
 
 SAMPLE_RATE = 16000  # Hz
 
@@ -91,3 +97,78 @@ def merge_transcripts(request: Request, chunks: list[Chunk], parts: list[Transcr
         job_id=request.client_job_id,
     )
     return Transcript.from_dict(data)
+
+
+FANOUT_JOB_PREFIX = "fanout-"
+
+
+class FanoutJobs:
+    """Jobs whose chunks run on many containers, coordinated by a thread in this process.
+
+    ``submit()`` of long audio returns one of these: the Job reports ``progress()`` as
+    (chunks done, chunks total). Like local jobs, they live in the submitting process.
+    """
+
+    name = "fanout"
+    _lock = threading.Lock()
+    _jobs: ClassVar[dict[str, tuple[cf.Future[dict[str, Any]], list[int]]]] = {}
+    _pool = cf.ThreadPoolExecutor(max_workers=4, thread_name_prefix="whisper-modal-fanout")
+
+    def start(self, run_chunks: Callable[[Callable[[], None]], Transcript], total: int) -> str:
+        """Run ``run_chunks(on_done)`` in the background; returns the job id."""
+        job_id = FANOUT_JOB_PREFIX + uuid.uuid4().hex
+        counter = [0, total]
+
+        def tick() -> None:
+            with self._lock:
+                counter[0] += 1
+
+        def work() -> dict[str, Any]:
+            return run_chunks(tick).with_changes(job_id=job_id).to_dict()
+
+        with self._lock:
+            self._jobs[job_id] = (self._pool.submit(work), counter)
+        return job_id
+
+    def _get(self, job_id: str) -> tuple[cf.Future[dict[str, Any]], list[int]]:
+        with self._lock:
+            found = self._jobs.get(job_id)
+        if found is None:
+            raise JobNotFound(
+                f"no fan-out job {job_id} in this process (they live in the submitting process)",
+                job_id=job_id,
+            )
+        return found
+
+    def progress(self, job_id: str) -> tuple[int, int]:
+        """(chunks done, chunks total)."""
+        _, counter = self._get(job_id)
+        with self._lock:
+            return counter[0], counter[1]
+
+    def status(self, job_id: str) -> JobStatus:
+        """Pending, running, succeeded or failed."""
+        future, _ = self._get(job_id)
+        if future.cancelled():
+            return JobStatus.CANCELLED
+        if not future.done():
+            return JobStatus.RUNNING if future.running() else JobStatus.PENDING
+        return JobStatus.FAILED if future.exception() is not None else JobStatus.SUCCEEDED
+
+    def result(self, job_id: str, *, timeout: float | None) -> dict[str, Any]:
+        """Wait for the merged transcript dict."""
+        future, _ = self._get(job_id)
+        try:
+            return future.result(timeout=timeout)
+        except cf.TimeoutError as exc:
+            raise JobTimeout(f"job {job_id} not finished after {timeout} s", job_id=job_id) from exc
+        except cf.CancelledError as exc:
+            raise JobCancelled(f"job {job_id} was cancelled", job_id=job_id) from exc
+
+    async def aresult(self, job_id: str, *, timeout: float | None) -> dict[str, Any]:
+        """Await the merged transcript dict without blocking the loop."""
+        return await asyncio.to_thread(self.result, job_id, timeout=timeout)
+
+    def cancel(self, job_id: str) -> None:
+        """Cancel a job that has not started (chunks already sent keep running)."""
+        self._get(job_id)[0].cancel()

@@ -40,9 +40,16 @@ class Job:
         fallback_reason: str | None = None,
     ) -> None:
         from whisper_modal.backends.local import LOCAL_JOB_PREFIX
+        from whisper_modal.fanout import FANOUT_JOB_PREFIX
 
         self.id = job_id
-        self.backend = backend or ("local" if job_id.startswith(LOCAL_JOB_PREFIX) else "modal")
+        if backend is None:
+            backend = "modal"
+            if job_id.startswith(LOCAL_JOB_PREFIX):
+                backend = "local"
+            elif job_id.startswith(FANOUT_JOB_PREFIX):
+                backend = "fanout"
+        self.backend = backend
         self.fallback_reason = fallback_reason
         self._client = client
         self._transcript: Transcript | None = None
@@ -68,6 +75,12 @@ class Job:
         if self._transcript is not None:
             return JobStatus.SUCCEEDED
         return self._client.job_status(self)
+
+    def progress(self) -> tuple[int, int] | None:
+        """(parts done, parts total) for a fan-out job; None for single-call jobs."""
+        backend = self._backend()
+        report = getattr(backend, "progress", None)
+        return None if report is None else report(self.id)
 
     @property
     def done(self) -> bool:
