@@ -146,3 +146,15 @@ def test_memory_snapshot_is_off_by_default() -> None:
     import whisper_modal.app as app_module
 
     assert app_module._CLASS_OPTIONS["enable_memory_snapshot"] is False
+
+
+def test_deploy_without_credentials_is_a_typed_one_line_error(tmp_path: Path) -> None:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("WHISPER_MODAL_", "MODAL_"))}
+    env = {**clean, "HOME": str(tmp_path), "MODAL_CONFIG_PATH": str(tmp_path / ".modal.toml")}
+    done = subprocess.run(
+        [sys.executable, "-m", "whisper_modal", "deploy"], cwd=ROOT, env=env,
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 1
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("whisper-modal: failed: BackendUnavailable") and "modal token new" in last
