@@ -20,9 +20,9 @@ from typing import Any, ClassVar
 
 import attrs
 
-from whisper_modal.backends.base import JobStatus, Request
+from whisper_modal.backends.base import JobStatus, Request, future_result, future_status
 from whisper_modal.config import Settings
-from whisper_modal.errors import JobCancelled, JobNotFound, JobTimeout
+from whisper_modal.errors import JobNotFound
 from whisper_modal.results import Transcript
 
 __all__ = ["FANOUT_JOB_PREFIX", "Chunk", "FanoutJobs", "merge", "merge_transcripts", "plan_fanout"]
@@ -147,23 +147,12 @@ class FanoutJobs:
             return counter[0], counter[1]
 
     def status(self, job_id: str) -> JobStatus:
-        """Pending, running, succeeded or failed."""
-        future, _ = self._get(job_id)
-        if future.cancelled():
-            return JobStatus.CANCELLED
-        if not future.done():
-            return JobStatus.RUNNING if future.running() else JobStatus.PENDING
-        return JobStatus.FAILED if future.exception() is not None else JobStatus.SUCCEEDED
+        """Pending, running, succeeded, failed or cancelled."""
+        return future_status(self._get(job_id)[0])
 
     def result(self, job_id: str, *, timeout: float | None) -> dict[str, Any]:
         """Wait for the merged transcript dict."""
-        future, _ = self._get(job_id)
-        try:
-            return future.result(timeout=timeout)
-        except cf.TimeoutError as exc:
-            raise JobTimeout(f"job {job_id} not finished after {timeout} s", job_id=job_id) from exc
-        except cf.CancelledError as exc:
-            raise JobCancelled(f"job {job_id} was cancelled", job_id=job_id) from exc
+        return future_result(self._get(job_id)[0], job_id, timeout)
 
     async def aresult(self, job_id: str, *, timeout: float | None) -> dict[str, Any]:
         """Await the merged transcript dict without blocking the loop."""

@@ -7,16 +7,19 @@ Modal container receives (bytes, str, numbers, lists, dicts only) and
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import enum
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import attrs
 
 from whisper_modal.errors import ConfigurationError
 from whisper_modal.options import TranscribeOptions
 
-__all__ = ["WIRE_VERSION", "Backend", "JobStatus", "Request"]
+__all__ = ["WIRE_VERSION", "Backend", "JobStatus", "Request", "future_result", "future_status"]
+
+T = TypeVar("T")
 
 #: version of the request dict; the container refuses newer major versions
 WIRE_VERSION = 1
@@ -157,3 +160,28 @@ class Backend(Protocol):
     def cancel(self, job_id: str) -> None:
         """Ask the job to stop; a finished job is left alone."""
         ...
+
+
+def future_status(future: cf.Future[Any]) -> JobStatus:
+    """The status of a job run in this process on a ``concurrent.futures`` executor."""
+    if future.cancelled():
+        return JobStatus.CANCELLED
+    if not future.done():
+        return JobStatus.RUNNING if future.running() else JobStatus.PENDING
+    return JobStatus.FAILED if future.exception() is not None else JobStatus.SUCCEEDED
+
+
+def future_result(future: cf.Future[T], job_id: str, timeout: float | None) -> T:
+    """Wait for an in-process job's future, translating its timeout and cancellation.
+
+    Raises:
+        JobTimeout: not done within ``timeout`` (0 polls). JobCancelled: cancelled.
+    """
+    from whisper_modal.errors import JobCancelled, JobTimeout
+
+    try:
+        return future.result(timeout=timeout)
+    except cf.TimeoutError as exc:
+        raise JobTimeout(f"job {job_id} not finished after {timeout} s", job_id=job_id) from exc
+    except cf.CancelledError as exc:
+        raise JobCancelled(f"job {job_id} was cancelled", job_id=job_id) from exc

@@ -14,7 +14,7 @@ import threading
 import uuid
 from typing import Any
 
-from whisper_modal.backends.base import JobStatus, Request
+from whisper_modal.backends.base import JobStatus, Request, future_result, future_status
 from whisper_modal.config import Settings
 from whisper_modal.engine.transcriber import Engine
 from whisper_modal.errors import JobCancelled, JobNotFound, JobTimeout
@@ -98,24 +98,11 @@ class LocalBackend:
 
     def status(self, job_id: str) -> JobStatus:
         """Pending, running, succeeded, failed or cancelled."""
-        future = self._future(job_id)
-        if future.cancelled():
-            return JobStatus.CANCELLED
-        if future.running():
-            return JobStatus.RUNNING
-        if not future.done():
-            return JobStatus.PENDING
-        return JobStatus.FAILED if future.exception() is not None else JobStatus.SUCCEEDED
+        return future_status(self._future(job_id))
 
     def result(self, job_id: str, *, timeout: float | None) -> dict[str, Any]:
         """Wait for the job; ``timeout=0`` polls."""
-        future = self._future(job_id)
-        try:
-            return future.result(timeout=timeout)
-        except cf.TimeoutError as exc:
-            raise JobTimeout(f"job {job_id} not finished after {timeout} s", job_id=job_id) from exc
-        except cf.CancelledError as exc:
-            raise JobCancelled(f"job {job_id} was cancelled", job_id=job_id) from exc
+        return future_result(self._future(job_id), job_id, timeout)
 
     async def aresult(self, job_id: str, *, timeout: float | None) -> dict[str, Any]:
         """Await the job without blocking the loop."""
