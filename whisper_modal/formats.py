@@ -1,17 +1,25 @@
 """Writers: SRT, WebVTT, TXT, TSV, JSON and Markdown, as pure functions plus a registry.
 
 Subtitle rules that real parsers (pysrt, webvtt-py, ffmpeg) rely on:
-* a blank line ends a cue, so blank lines inside text are collapsed;
-* ``-->`` inside text would read as a timing line, so it becomes ``→``;
-* WebVTT text is HTML-like: ``&``, ``<`` and ``>`` are escaped;
+
+* a blank line ends a cue, so blank lines inside text are dropped; every Unicode line
+  break (``\r``, ``\x85``, ``\u2028``...) becomes ``\n`` first, because some parsers
+  split on them and would otherwise see a blank line where the writer saw none;
+* ``-->`` inside text would read as a timing line, so it becomes ``→`` (U+2192): it keeps
+  the meaning for a reader, and contains no ``-`` or ``>`` that could form a new arrow;
+* WebVTT text is HTML-like: ``&``, ``<`` and ``>`` are escaped (SRT keeps text as is,
+  since players treat ``<b>`` there as markup by convention and ``&`` is not special);
 * the hours field grows past 99 (``100:00:00,000``) instead of wrapping;
-* times are rounded to whole milliseconds once, and ``end >= start`` is enforced.
+* times are rounded to whole milliseconds once, as integers, so ``,1000`` cannot occur,
+  and ``end >= start`` is enforced after rounding.
+
+Segments whose text is empty are skipped in the subtitle and TSV formats.
 """
 
 from __future__ import annotations
 
 import json
-import re
+import math
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -31,10 +39,23 @@ __all__ = [
     "write",
 ]
 
-_BLANK_LINES = re.compile(r"\n\s*\n+")
+#: every format's file suffix (``.markdown`` is accepted as ``md``)
+_SUFFIXES = {
+    ".srt": "srt",
+    ".vtt": "vtt",
+    ".txt": "txt",
+    ".tsv": "tsv",
+    ".json": "json",
+    ".md": "md",
+    ".markdown": "md",
+}
 
 
 def _ms(seconds: float) -> int:
+    """Seconds to whole milliseconds (never negative)."""
+    if not math.isfinite(seconds):
+        # round() would raise a bare ValueError/OverflowError deep inside a writer
+        raise ConfigurationError(f"cannot write a time of {seconds!r} seconds")
     return max(0, round(seconds * 1000))
 
 
@@ -46,13 +67,14 @@ def _clock(ms: int, sep: str) -> str:
 
 
 def _cue_text(text: str) -> str:
-    text = text.replace("\r\n", "\n").replace("\r", "\n").strip()
-    text = _BLANK_LINES.sub("\n", text)
-    return text.replace("-->", "→")
+    # splitlines() knows every Unicode line break; whitespace-only lines count as blank.
+    lines = (line.strip() for line in text.splitlines())
+    return "\n".join(line for line in lines if line).replace("-->", "→")
 
 
 def _cues(t: Transcript) -> list[tuple[int, int, str]]:
-    cues = []
+    """(start ms, end ms, text) of every segment that has text, end >= start."""
+    cues: list[tuple[int, int, str]] = []
     for seg in t.segments:
         text = _cue_text(seg.text)
         if not text:
@@ -153,16 +175,6 @@ WRITERS: Mapping[str, Callable[[Transcript], str]] = {
 }
 #: canonical format names (``markdown`` is an alias of ``md``)
 FORMATS: tuple[str, ...] = ("srt", "vtt", "txt", "tsv", "json", "md")
-
-_SUFFIXES = {
-    ".srt": "srt",
-    ".vtt": "vtt",
-    ".txt": "txt",
-    ".tsv": "tsv",
-    ".json": "json",
-    ".md": "md",
-    ".markdown": "md",
-}
 
 
 def write(t: Transcript, fmt: str) -> str:
