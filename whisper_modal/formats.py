@@ -22,6 +22,7 @@ import json
 import math
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from types import MappingProxyType
 
 from whisper_modal.errors import ConfigurationError
 from whisper_modal.results import Segment, Transcript
@@ -85,7 +86,17 @@ def _cues(t: Transcript) -> list[tuple[int, int, str]]:
 
 
 def to_srt(t: Transcript) -> str:
-    """SubRip: numbered cues with ``HH:MM:SS,mmm --> HH:MM:SS,mmm`` times."""
+    """Render SubRip subtitles: numbered cues with ``HH:MM:SS,mmm --> HH:MM:SS,mmm`` times.
+
+    Args:
+        t: the transcript; each segment with text becomes one cue, numbered from 1.
+
+    Returns:
+        The SRT document (an empty string when no segment has text).
+
+    Raises:
+        ConfigurationError: a segment time is not a finite number.
+    """
     blocks = [
         f"{i}\n{_clock(start, ',')} --> {_clock(end, ',')}\n{text}\n"
         for i, (start, end, text) in enumerate(_cues(t), start=1)
@@ -94,11 +105,22 @@ def to_srt(t: Transcript) -> str:
 
 
 def _vtt_escape(text: str) -> str:
+    # "&" first, or the "&" of "&lt;" would be escaped again
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def to_vtt(t: Transcript) -> str:
-    """WebVTT: ``WEBVTT`` header, cues with ``HH:MM:SS.mmm`` times, escaped text."""
+    """Render WebVTT subtitles: ``WEBVTT`` header, ``HH:MM:SS.mmm`` times, escaped text.
+
+    Args:
+        t: the transcript; each segment with text becomes one cue.
+
+    Returns:
+        The WebVTT document (``"WEBVTT\\n"`` when no segment has text).
+
+    Raises:
+        ConfigurationError: a segment time is not a finite number.
+    """
     blocks = ["WEBVTT\n"]
     blocks += [
         f"{_clock(start, '.')} --> {_clock(end, '.')}\n{_vtt_escape(text)}\n"
@@ -108,37 +130,67 @@ def to_vtt(t: Transcript) -> str:
 
 
 def to_txt(t: Transcript) -> str:
-    """Plain text, one segment per line."""
+    """Render plain text, one segment per line (whitespace inside a segment collapsed).
+
+    Args:
+        t: the transcript; when it has no segments, its ``text`` is written instead.
+
+    Returns:
+        The text, ending with a newline, or an empty string when there is no text.
+    """
     lines = [" ".join(s.text.split()) for s in t.segments if s.text.strip()]
     if not lines and t.text.strip():
-        lines = [t.text.strip()]
+        lines = [" ".join(t.text.split())]
     return "\n".join(lines) + ("\n" if lines else "")
 
 
 def to_tsv(t: Transcript) -> str:
-    """Tab-separated ``start``, ``end`` (integer milliseconds) and ``text``, with a header."""
+    """Render openai-whisper's TSV: a ``start\\tend\\ttext`` header, then one row per segment.
+
+    Times are integer milliseconds. Fields are not quoted (as in openai-whisper), so tabs
+    and line breaks inside the text become spaces; segments without text are skipped.
+
+    Args:
+        t: the transcript.
+
+    Returns:
+        The TSV document, ending with a newline.
+
+    Raises:
+        ConfigurationError: a segment time is not a finite number.
+    """
     rows = ["start\tend\ttext"]
     for seg in t.segments:
-        text = " ".join(seg.text.replace("\t", " ").split())
+        text = " ".join(seg.text.split())  # split() also takes tabs and every line break
         if text:
-            rows.append(f"{_ms(seg.start)}\t{max(_ms(seg.start), _ms(seg.end))}\t{text}")
+            start = _ms(seg.start)
+            rows.append(f"{start}\t{max(start, _ms(seg.end))}\t{text}")
     return "\n".join(rows) + "\n"
 
 
 def to_json(t: Transcript, *, indent: int | None = 2) -> str:
-    """Exactly ``Transcript.to_dict()`` as JSON."""
+    """Render exactly ``t.to_dict()`` as JSON (``Transcript.from_dict`` reads it back).
+
+    Args:
+        t: the transcript.
+        indent: spaces per nesting level; None writes one compact line.
+
+    Returns:
+        The JSON document, ending with a newline; non-ASCII text is kept as is (UTF-8).
+    """
     return json.dumps(t.to_dict(), indent=indent, ensure_ascii=False) + "\n"
 
 
 def _mmss(seconds: float) -> str:
-    total = int(seconds)
-    hours, rest = divmod(total, 3600)
+    """``mm:ss``, or ``h:mm:ss`` from one hour on (whole seconds, truncated)."""
+    hours, rest = divmod(_ms(seconds) // 1000, 3600)
     minutes, secs = divmod(rest, 60)
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
 
 
 def _md_cell(text: str) -> str:
-    return text.strip().replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+    # A "|" would end the table cell; the backslash is escaped first so "\\|" stays text.
+    return " ".join(text.split()).replace("\\", "\\\\").replace("|", "\\|")
 
 
 def _segment_line(seg: Segment) -> str:
@@ -146,7 +198,21 @@ def _segment_line(seg: Segment) -> str:
 
 
 def to_markdown(t: Transcript) -> str:
-    """Markdown: title, metadata, full text, timestamped segments, optional word table."""
+    """Render a Markdown document for people to read.
+
+    It holds a title, a metadata line (language, duration, model), the full text, a
+    "Segments" list of ``[mm:ss - mm:ss] text`` lines and, when word timestamps are
+    present, a "Words" table (start, end, word, probability).
+
+    Args:
+        t: the transcript.
+
+    Returns:
+        The Markdown document, ending with a newline.
+
+    Raises:
+        ConfigurationError: a time is not a finite number.
+    """
     meta = f"*Language:* {t.language or 'unknown'} · *Duration:* {_mmss(t.duration)}"
     if t.model:
         meta += f" · *Model:* {t.model}"
@@ -164,33 +230,49 @@ def to_markdown(t: Transcript) -> str:
     return "\n".join(parts)
 
 
-WRITERS: Mapping[str, Callable[[Transcript], str]] = {
-    "srt": to_srt,
-    "vtt": to_vtt,
-    "txt": to_txt,
-    "tsv": to_tsv,
-    "json": to_json,
-    "md": to_markdown,
-    "markdown": to_markdown,
-}
-#: canonical format names (``markdown`` is an alias of ``md``)
+#: format name -> writer; read-only so one caller cannot change another's output
+WRITERS: Mapping[str, Callable[[Transcript], str]] = MappingProxyType(
+    {
+        "srt": to_srt,
+        "vtt": to_vtt,
+        "txt": to_txt,
+        "tsv": to_tsv,
+        "json": to_json,
+        "md": to_markdown,
+        "markdown": to_markdown,
+    }
+)
+#: canonical format names, in the order the CLI lists them (``markdown`` is an alias of ``md``)
 FORMATS: tuple[str, ...] = ("srt", "vtt", "txt", "tsv", "json", "md")
 
 
 def write(t: Transcript, fmt: str) -> str:
-    """Render ``t`` in ``fmt``.
+    """Render ``t`` in the format named ``fmt`` (case-insensitive; a leading dot is allowed).
+
+    Args:
+        t: the transcript.
+        fmt: one of ``FORMATS`` or the alias ``"markdown"``.
+
+    Returns:
+        The rendered document.
 
     Raises:
-        ConfigurationError: unknown format.
+        ConfigurationError: ``fmt`` is not a known format (the message lists the valid ones),
+            or a time in ``t`` is not a finite number.
     """
-    try:
-        return WRITERS[fmt.lower()](t)
-    except KeyError as exc:
-        raise ConfigurationError(
-            f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}"
-        ) from exc
+    writer = WRITERS.get(str(fmt).lower().removeprefix("."))
+    if writer is None:
+        raise ConfigurationError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
+    return writer(t)
 
 
 def format_from_path(path: str | Path) -> str | None:
-    """The format implied by a file name's suffix, or None."""
+    """Return the format a file name's suffix implies (``"a/b.SRT"`` -> ``"srt"``).
+
+    Args:
+        path: a file path or name.
+
+    Returns:
+        A name from ``FORMATS``, or None when the suffix is not a known format.
+    """
     return _SUFFIXES.get(Path(path).suffix.lower())
