@@ -38,14 +38,54 @@ def test_round_trip_is_exact() -> None:
     assert isinstance(t.segments, tuple) and isinstance(t.segments[0].words, tuple)
 
 
+def test_optional_fields_round_trip_both_ways() -> None:
+    full = sample().with_changes(
+        language_probability=0.97,
+        fallback_reason="modal unavailable",
+        output_location="s3://b/k.json",
+        job_id=None,
+    )
+    assert Transcript.from_dict(full.to_dict()) == full
+    bare = Transcript(text="", language="", duration=0.0)
+    d = bare.to_dict()
+    assert d["segments"] == [] and d["job_id"] is None and d["language_probability"] is None
+    assert Transcript.from_dict(d) == bare
+    seg = sample().segments[1]
+    assert seg.avg_logprob is None and Segment.from_dict(seg.to_dict()) == seg
+
+
+def test_lists_become_tuples() -> None:
+    t = sample()  # built from lists
+    assert type(t.segments) is tuple and type(t.segments[0].words) is tuple
+    assert type(Transcript.from_dict(t.to_dict()).segments) is tuple
+    assert hash(t.segments[0]) == hash(Transcript.from_dict(t.to_dict()).segments[0])
+
+
 def test_words_flatten_in_order() -> None:
-    assert [w.word for w in sample().words] == [" Hello", " there"]
+    t = sample()
+    assert [w.word for w in t.words] == [" Hello", " there"]
+    assert t.words == t.segments[0].words + t.segments[1].words
+    extra = Segment(2, 2.0, 2.5, "Again.", [Word(2.0, 2.5, " Again.", 0.7)])
+    more = t.with_changes(segments=(*t.segments, extra))
+    assert [w.start for w in more.words] == [0.0, 0.4, 2.0]
+    assert Transcript("", "en", 0.0).words == ()
+
+
+def test_timings_ignore_unknown_and_missing_stages() -> None:
+    assert Timings.from_dict({"load": 1, "gpu_seconds": 9, "queue": None}) == Timings(load=1.0)
+    assert Timings.from_dict(Timings(1, 2, 3, 6, 0.5).to_dict()) == Timings(1, 2, 3, 6, 0.5)
 
 
 def test_results_are_frozen() -> None:
     t = sample()
     with pytest.raises(attrs.exceptions.FrozenInstanceError):
         t.text = "changed"  # type: ignore[misc]
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        t.segments[0].start = 9.0  # type: ignore[misc]
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        t.words[0].word = "x"  # type: ignore[misc]
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        t.timings.load = 0.0  # type: ignore[misc]
     assert t.with_changes(text="changed").text == "changed" and t.text != "changed"
 
 

@@ -1,4 +1,4 @@
-"""Writers: SRT, WebVTT, TXT, TSV, JSON and Markdown, as pure functions plus a registry.
+r"""Writers: SRT, WebVTT, TXT, TSV, JSON and Markdown, as pure functions plus a registry.
 
 Subtitle rules that real parsers (pysrt, webvtt-py, ffmpeg) rely on:
 
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import MappingProxyType
@@ -39,6 +40,9 @@ __all__ = [
     "to_vtt",
     "write",
 ]
+
+# C0/C1 control characters that splitlines() leaves inside a line (tab is handled apart)
+_CONTROL = re.compile("[\x00-\x08\x0e-\x1f\x7f-\x9f]")
 
 #: every format's file suffix (``.markdown`` is accepted as ``md``)
 _SUFFIXES = {
@@ -69,7 +73,9 @@ def _clock(ms: int, sep: str) -> str:
 
 def _cue_text(text: str) -> str:
     # splitlines() knows every Unicode line break; whitespace-only lines count as blank.
-    lines = (line.strip() for line in text.splitlines())
+    # Control characters go: ffmpeg reads cue text as a C string and drops the cues
+    # after a NUL, and no subtitle format gives them a meaning.
+    lines = (_CONTROL.sub("", line.replace("\t", " ")).strip() for line in text.splitlines())
     return "\n".join(line for line in lines if line).replace("-->", "→")
 
 

@@ -29,9 +29,9 @@ def _tuple(items: Iterable[Any]) -> tuple[Any, ...]:
 class Word:
     """One word with its time span in seconds from the start of the audio."""
 
-    start: float  # seconds
-    end: float  # seconds
-    word: str  # as Whisper emits it, usually with a leading space
+    start: float = attrs.field(converter=float)  # seconds
+    end: float = attrs.field(converter=float)  # seconds
+    word: str = attrs.field(converter=str)  # as Whisper emits it, usually with a leading space
     probability: float = 1.0  # model confidence, 0..1
 
     def to_dict(self) -> dict[str, Any]:
@@ -54,9 +54,9 @@ class Segment:
     """A stretch of speech Whisper decoded as one unit (usually a sentence or phrase)."""
 
     id: int
-    start: float  # seconds
-    end: float  # seconds
-    text: str
+    start: float = attrs.field(converter=float)  # seconds
+    end: float = attrs.field(converter=float)  # seconds
+    text: str = attrs.field(converter=str)
     words: tuple[Word, ...] = attrs.field(default=(), converter=_tuple)
     avg_logprob: float | None = None  # mean token log-probability
     no_speech_prob: float | None = None  # probability the window held no speech
