@@ -17,10 +17,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 
-from tests.servers import FAKE_AWS_ENV, s3_server
+from tests.servers import FAKE_AWS_ENV, moto_server
 
 PROBE = """
-import os, resource, tracemalloc, sys
+import os, resource, time, tracemalloc, sys
 os.environ.update({env!r})
 from whisper_modal.storage import S3Store, S3Object
 st = S3Store(endpoint_url={endpoint!r}, region="us-east-1")
@@ -33,10 +33,13 @@ def hwm():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 rss0 = hwm()
 tracemalloc.start()
+started = time.perf_counter()
 data = st.get_bytes(obj)
+seconds = time.perf_counter() - started
 peak = tracemalloc.get_traced_memory()[1]
 rss1 = hwm()
-print(len(data), peak, rss1 - rss0)
+assert type(data) is bytes
+print(len(data), peak, rss1 - rss0, seconds)
 """
 
 
@@ -46,7 +49,7 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.update(FAKE_AWS_ENV)
     size = args.mb * 1024 * 1024
-    with s3_server() as s3:
+    with moto_server() as s3:
         client = s3.client()
         client.create_bucket(Bucket="bench")
         client.put_object(Bucket="bench", Key="object.bin", Body=os.urandom(size))
@@ -54,10 +57,12 @@ def main() -> None:
             [sys.executable, "-c", PROBE.format(env=FAKE_AWS_ENV, endpoint=s3.endpoint)],
             capture_output=True, text=True, check=True,
         )  # fmt: skip
-    length, peak, rss = map(int, out.stdout.split())
+    fields = out.stdout.split()
+    length, peak, rss, seconds = int(fields[0]), int(fields[1]), int(fields[2]), float(fields[3])
     print(f"object            {length / 1e6:8.1f} MB")
     print(f"tracemalloc peak  {peak / 1e6:8.1f} MB   ratio {peak / length:.2f}")
     print(f"max RSS increase  {rss / 1e6:8.1f} MB   ratio {rss / length:.2f}")
+    print(f"read time         {seconds:8.2f} s    {length / 1e6 / seconds:.0f} MB/s over loopback")
 
 
 if __name__ == "__main__":

@@ -216,9 +216,9 @@ class Client:
 
         s3_uri = _s3_uri(audio)
         if output is not None:
-            from whisper_modal.storage import parse_s3_uri
+            from whisper_modal.storage import parse_s3_prefix
 
-            parse_s3_uri(output)  # malformed prefixes fail before any upload
+            parse_s3_prefix(output)  # malformed prefixes fail before any upload
         common: dict[str, Any] = {
             "options": options,
             "output": output,

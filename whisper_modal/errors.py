@@ -256,46 +256,66 @@ def _is_grpc_transport_error(exc: BaseException) -> bool:
 _S3_NOT_FOUND = {"NoSuchKey", "NoSuchBucket", "NoSuchVersion", "NotFound", "404"}
 _S3_DENIED = {
     "AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled",
-    "ExpiredToken", "InvalidToken", "AccountProblem",
+    "ExpiredToken", "InvalidToken", "TokenRefreshRequired", "AccountProblem",
 }  # fmt: skip
 _S3_TRANSIENT = {
     "SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed",
     "InternalError", "ServiceUnavailable", "503", "500", "502", "504",
+    # S3Store pins a read to the ETag it measured: the object changed in between, and a
+    # retry (which measures again) will read the new version whole.
+    "PreconditionFailed", "412",
 }  # fmt: skip
+_BOTO_DENIED = ("NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError")
+# botocore's transport failures, by name (botocore is optional) - all end in a retry.
+_BOTO_TRANSIENT = (
+    "EndpointConnectionError", "ConnectionClosedError", "ReadTimeoutError",
+    "ConnectTimeoutError", "ResponseStreamingError", "IncompleteReadError",
+    "ProxyConnectionError", "HTTPClientError", "ConnectionError",
+    # urllib3 / http.client errors, should one escape botocore's wrapping
+    "ProtocolError", "IncompleteRead", "RemoteDisconnected",
+)  # fmt: skip
 
 
 def map_boto_error(exc: BaseException, *, uri: str = "") -> WhisperModalError:
     """Translate a botocore/boto3 exception raised while talking to an object store.
 
-    NoSuchKey/NoSuchBucket -> ``StorageNotFound``; AccessDenied and credential problems ->
-    ``StorageAccessDenied``; throttling, 5xx and dropped connections -> ``StorageTransient``
-    (retried); anything else -> ``StorageError``.
+    This is the only place botocore errors are interpreted.
+
+    Args:
+        exc: the exception caught around a boto3 call or a body read.
+        uri: the object's ``s3://`` URI, for the message.
+
+    Returns:
+        ``StorageNotFound`` for NoSuchKey/NoSuchBucket/404; ``StorageAccessDenied`` for
+        AccessDenied/403/bad or missing credentials; ``StorageTransient`` (retried) for
+        throttling, 5xx, timeouts, dropped connections and short bodies; ``StorageError``
+        for anything else (including TLS certificate failures, which a retry cannot fix).
+        Errors that are already ours pass through unchanged.
     """
     if isinstance(exc, WhisperModalError):
         return exc
     where = f" ({uri})" if uri else ""
-    name = type(exc).__name__
+    names = {cls.__name__ for cls in type(exc).__mro__}
     response = getattr(exc, "response", None)
-    if isinstance(response, dict):
-        code = str(response.get("Error", {}).get("Code", ""))
-        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        message = response.get("Error", {}).get("Message") or code
+    if "ClientError" in names and isinstance(response, dict):
+        error = response.get("Error") or {}
+        code = str(error.get("Code", ""))
+        status = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
+        message = error.get("Message") or code
         if code in _S3_NOT_FOUND or status == 404:
             return StorageNotFound(f"object store: not found{where}: {message}")
         if code in _S3_DENIED or status == 403:
             return StorageAccessDenied(f"object store: access denied{where}: {message}")
         if code in _S3_TRANSIENT or (isinstance(status, int) and status >= 500):
             return StorageTransient(f"object store is busy or failing{where}: {code or status}")
-        return StorageError(f"object store error{where}: {code}: {message}")
-    if name in ("NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError"):
+        return StorageError(f"object store error{where}: {code or status}: {message}")
+    name = type(exc).__name__
+    if names.intersection(_BOTO_DENIED):
         return StorageAccessDenied(f"no usable S3 credentials{where}: {exc}")
-    transient_names = (
-        "EndpointConnectionError", "ConnectionClosedError", "ReadTimeoutError",
-        "ConnectTimeoutError", "ResponseStreamingError", "IncompleteReadError",
-        "ProtocolError", "ConnectionError", "HTTPClientError",
-    )  # fmt: skip
-    if name in transient_names or isinstance(exc, ConnectionError | TimeoutError):
-        return StorageTransient(f"object store unreachable{where}: {name}")
+    if "SSLError" in names:
+        return StorageError(f"TLS failure talking to the object store{where}: {exc}")
+    if names.intersection(_BOTO_TRANSIENT) or isinstance(exc, ConnectionError | TimeoutError):
+        return StorageTransient(f"object store unreachable or the transfer broke{where}: {name}")
     return StorageError(f"object store error{where}: {name}: {exc}")
 
 
