@@ -1,4 +1,7 @@
-"""Retry policy, circuit breaker and deadlines, with a fake clock: no real sleeping."""
+"""Retry policy, circuit breaker and deadlines, on a fake clock: no real sleeping.
+
+Only the two deadline tests wait for real (0.2 s), because a deadline is about wall time.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +11,10 @@ import logging
 import random
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
+import tenacity
 
 from whisper_modal.errors import (
     AudioError,
@@ -17,21 +22,25 @@ from whisper_modal.errors import (
     CircuitOpenError,
     ConfigurationError,
     RemoteExecutionError,
+    StorageNotFound,
     StorageTransient,
     TransientError,
 )
 from whisper_modal.resilience import (
+    ALLOWED_TRANSITIONS,
     BreakerState,
+    BreakerToken,
     CircuitBreaker,
     Deadline,
     RetryPolicy,
     arun_with_deadline,
+    counts_as_failure,
     run_with_deadline,
 )
 
 
 class FakeClock:
-    """A clock that only moves when something sleeps (thread-safe)."""
+    """A clock that only moves when something sleeps or advances it (thread-safe)."""
 
     def __init__(self) -> None:
         self.now = 0.0
@@ -40,6 +49,10 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now
+
+    def advance(self, seconds: float) -> None:
+        with self._lock:
+            self.now += seconds
 
     def sleep(self, seconds: float) -> None:
         with self._lock:
@@ -60,6 +73,8 @@ def policy(clock: FakeClock, **kw: object) -> RetryPolicy:
 
 
 class Flaky:
+    """Raises ``exc`` for the first ``failures`` calls, then returns "ok"."""
+
     def __init__(self, failures: int, exc: Exception) -> None:
         self.failures, self.exc, self.calls = failures, exc, 0
 
@@ -70,19 +85,64 @@ class Flaky:
         return "ok"
 
 
+def _raiser(exc: BaseException) -> Callable[[], None]:
+    def go() -> None:
+        raise exc
+
+    return go
+
+
+def _chain(exc: BaseException | None) -> list[BaseException]:
+    seen = []
+    while exc is not None and exc not in seen:
+        seen.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return seen
+
+
+# ------------------------------------------------------------------------ retry
+
+
 def test_transient_errors_are_retried_with_growing_jittered_backoff() -> None:
     clock = FakeClock()
-    retries: list[tuple[int, float]] = []
-    p = policy(clock, on_retry=lambda n, e, d: retries.append((n, d)))
+    retries: list[tuple[int, str, float]] = []
+    p = policy(clock, on_retry=lambda n, e, d: retries.append((n, str(e), d)))
     fn = Flaky(3, TransientError("reset"))
     assert p.call(fn) == "ok" and fn.calls == 4
-    assert [n for n, _ in retries] == [1, 2, 3]
-    ceilings = [0.5, 1.0, 2.0]  # full jitter: uniform in [0, ceiling]
+    assert [(n, e) for n, e, _ in retries] == [(1, "reset"), (2, "reset"), (3, "reset")]
+    assert [d for *_, d in retries] == clock.sleeps  # the hook sees the real delays
+    ceilings = [0.5, 1.0, 2.0]  # full jitter: uniform in [0, initial * 2**(n-1)]
     assert all(0 <= d <= c for d, c in zip(clock.sleeps, ceilings, strict=True))
     assert len(set(clock.sleeps)) == 3  # jittered, not constant
+    assert clock.now == pytest.approx(sum(clock.sleeps))  # only fake time passed
 
 
-def test_backoff_is_capped() -> None:
+def test_full_jitter_fills_its_range_and_grows() -> None:
+    # Across many seeds the n-th wait covers [0, ceiling]: the mean grows with n.
+    means = []
+    for attempt in range(1, 5):
+        samples = []
+        for seed in range(200):
+            clock = FakeClock()
+            p = policy(clock, max_attempts=attempt + 1, rng=random.Random(seed))
+            with pytest.raises(BackendUnavailable):
+                p.call(Flaky(100, TransientError("x")))
+            samples.append(clock.sleeps[-1])
+        ceiling = 0.5 * 2 ** (attempt - 1)
+        assert max(samples) <= ceiling and min(samples) < 0.1 * ceiling
+        means.append(sum(samples) / len(samples))
+    assert means == sorted(means) and means[-1] > 3 * means[0]
+
+
+def test_backoff_without_jitter_is_exponential_and_capped() -> None:
+    clock = FakeClock()
+    p = policy(clock, max_attempts=8, max_seconds=1e6, jitter="none")
+    with pytest.raises(BackendUnavailable):
+        p.call(Flaky(100, TransientError("x")))
+    assert clock.sleeps == [0.5, 1.0, 2.0, 4.0, 8.0, 8.0, 8.0]
+
+
+def test_backoff_is_capped_with_full_jitter() -> None:
     clock = FakeClock()
     p = policy(clock, max_attempts=12, max_seconds=1e6)
     with pytest.raises(BackendUnavailable):
@@ -90,42 +150,94 @@ def test_backoff_is_capped() -> None:
     assert max(clock.sleeps) <= 8.0 and len(clock.sleeps) == 11
 
 
+def test_decorrelated_jitter_stays_within_its_bounds() -> None:
+    clock = FakeClock()
+    p = policy(clock, max_attempts=30, max_seconds=1e6, jitter="decorrelated")
+    with pytest.raises(BackendUnavailable):
+        p.call(Flaky(100, TransientError("x")))
+    previous = 0.5
+    for delay in clock.sleeps:
+        assert 0.5 <= delay <= min(8.0, 3 * previous) + 1e-12
+        previous = delay
+    uncapped = [d for d in clock.sleeps if d < 8.0]
+    assert len(set(uncapped)) == len(uncapped) >= 2  # random, not a fixed schedule
+    assert max(clock.sleeps) > 4.0  # it grows towards the cap
+
+
 @pytest.mark.parametrize(
     "exc",
     [ConfigurationError("bad"), AudioError("empty", reason="empty"), RemoteExecutionError("oom"),
-     BackendUnavailable("no creds"), ValueError("plain")],
+     BackendUnavailable("no creds"), CircuitOpenError("open"), StorageNotFound("gone"),
+     ValueError("plain"), KeyboardInterrupt()],
 )  # fmt: skip
-def test_permanent_errors_are_not_retried(exc: Exception) -> None:
+def test_permanent_errors_are_not_retried(exc: BaseException) -> None:
     clock = FakeClock()
-    fn = Flaky(100, exc)
+    calls = 0
+
+    def fn() -> None:
+        nonlocal calls
+        calls += 1
+        raise exc
+
     with pytest.raises(type(exc)) as info:
         policy(clock).call(fn)
-    assert info.value is exc and fn.calls == 1 and clock.sleeps == []
+    assert info.value is exc and calls == 1 and clock.sleeps == []
 
 
 def test_storage_throttling_is_transient() -> None:
     clock = FakeClock()
-    assert policy(clock).call(Flaky(2, StorageTransient("SlowDown"))) == "ok"
+    fn = Flaky(2, StorageTransient("SlowDown"))
+    assert policy(clock).call(fn) == "ok" and fn.calls == 3
+
+
+def test_arguments_are_passed_through() -> None:
+    clock = FakeClock()
+    assert policy(clock).call(lambda a, *, b: a + b, 2, b=3) == 5
 
 
 def test_exhaustion_becomes_backend_unavailable_with_the_cause() -> None:
     clock = FakeClock()
     last = TransientError("still down")
+    fn = Flaky(100, last)
     with pytest.raises(BackendUnavailable) as info:
-        policy(clock, max_attempts=3).call(Flaky(100, last))
-    assert info.value.__cause__ is last and "3 attempt" in str(info.value)
+        policy(clock, max_attempts=3).call(fn)
+    assert fn.calls == 3 and info.value.__cause__ is last
+    assert "after 3 attempts over" in str(info.value) and "still down" in str(info.value)
+    # tenacity never leaks, not even as the implicit context
+    assert not any(isinstance(e, tenacity.RetryError) for e in _chain(info.value))
+
+
+def test_one_attempt_means_no_retry() -> None:
+    clock = FakeClock()
+    with pytest.raises(BackendUnavailable, match="after 1 attempt over"):
+        policy(clock, max_attempts=1).call(Flaky(1, TransientError("x")))
+    assert clock.sleeps == []
 
 
 def test_total_time_budget_stops_retries() -> None:
     clock = FakeClock()
+    starts: list[float] = []
 
     def slow_failure() -> str:
-        clock.now += 4.0  # each attempt takes 4 s
+        starts.append(clock.now)
+        clock.advance(4.0)  # each attempt takes 4 s
         raise TransientError("timeout")
 
-    with pytest.raises(BackendUnavailable):
+    with pytest.raises(BackendUnavailable) as info:
         policy(clock, max_attempts=100, max_seconds=10.0).call(slow_failure)
-    assert clock.now <= 10.0 + 4.0 + 1e-9  # never starts an attempt after the budget
+    assert 2 <= len(starts) < 100  # the budget, not the attempt count, stopped it
+    assert all(s <= 10.0 for s in starts)  # no attempt starts after the budget
+    assert clock.now <= 10.0 + 4.0  # at most one attempt's length over
+    assert "over 1" in str(info.value)  # "... over 1x.x s"
+
+
+def test_waits_are_clipped_to_the_remaining_budget() -> None:
+    clock = FakeClock()
+    p = policy(clock, max_attempts=10, max_seconds=3.0, jitter="none")
+    with pytest.raises(BackendUnavailable):
+        p.call(Flaky(100, TransientError("x")))
+    assert clock.sleeps == [0.5, 1.0, 1.5]  # the third wait (2.0) cut to what was left
+    assert clock.now == 3.0
 
 
 async def test_async_retry() -> None:
@@ -140,12 +252,53 @@ async def test_async_retry() -> None:
         return "ok"
 
     assert await policy(clock).acall(flaky) == "ok" and calls == 3 and len(clock.sleeps) == 2
+
+
+async def test_async_permanent_error_and_exhaustion() -> None:
+    clock = FakeClock()
+    audio_calls = 0
+
+    async def bad_audio() -> None:
+        nonlocal audio_calls
+        audio_calls += 1
+        raise AudioError("bad", reason="not_audio")
+
     with pytest.raises(AudioError):
-        await policy(clock).acall(_raise_audio)
+        await policy(clock).acall(bad_audio)
+    assert audio_calls == 1 and clock.sleeps == []
+    last = TransientError("down")
+
+    async def down() -> None:
+        raise last
+
+    with pytest.raises(BackendUnavailable) as info:
+        await policy(clock, max_attempts=4).acall(down)
+    assert info.value.__cause__ is last and len(clock.sleeps) == 3
+    assert not any(isinstance(e, tenacity.RetryError) for e in _chain(info.value))
 
 
-async def _raise_audio() -> None:
-    raise AudioError("bad", reason="not_audio")
+async def test_async_cancellation_is_not_retried() -> None:
+    clock = FakeClock()
+    calls = 0
+
+    async def cancelled() -> None:
+        nonlocal calls
+        calls += 1
+        raise asyncio.CancelledError
+
+    with pytest.raises(asyncio.CancelledError):
+        await policy(clock).acall(cancelled)
+    assert calls == 1
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [{"max_attempts": 0}, {"max_seconds": 0}, {"max_seconds": float("inf")},
+     {"initial_backoff": 2.0, "max_backoff": 1.0}, {"initial_backoff": -1}, {"jitter": "some"}],
+)  # fmt: skip
+def test_bad_policies_are_refused(kw: dict[str, object]) -> None:
+    with pytest.raises(ConfigurationError):
+        RetryPolicy(**kw)  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------------- breaker
@@ -164,72 +317,173 @@ def fail() -> None:
     raise TransientError("down")
 
 
-def test_breaker_opens_after_n_failures_and_refuses_without_calling() -> None:
-    clock = FakeClock()
-    b, moves = breaker(clock)
-    for _ in range(2):
+def trip(b: CircuitBreaker, n: int = 3) -> None:
+    for _ in range(n):
         with pytest.raises(TransientError):
             b.call(fail)
-    assert b.state is BreakerState.CLOSED
-    with pytest.raises(TransientError):
-        b.call(fail)
+
+
+def test_breaker_opens_after_exactly_n_failures_and_refuses_without_calling() -> None:
+    clock = FakeClock()
+    b, moves = breaker(clock)
+    trip(b, 2)
+    assert b.state is BreakerState.CLOSED and b.snapshot().consecutive_failures == 2
+    trip(b, 1)
     assert b.state is BreakerState.OPEN and moves == [("closed", "open")]
     called = []
-    with pytest.raises(CircuitOpenError, match=r"next probe in 30\.0 s"):
+    clock.advance(10)
+    with pytest.raises(CircuitOpenError, match=r"next probe in 20\.0 s") as info:
         b.call(lambda: called.append(1))
+    assert "TransientError: down" in str(info.value)
     assert called == [] and b.snapshot().rejections == 1
+
+
+def test_a_success_resets_the_consecutive_count() -> None:
+    clock = FakeClock()
+    b, moves = breaker(clock)
+    for _ in range(5):
+        trip(b, 2)
+        assert b.call(lambda: "ok") == "ok"
+    assert b.state is BreakerState.CLOSED and moves == []
+    assert b.snapshot().failures == 10 and b.snapshot().successes == 5
 
 
 def test_half_open_probe_success_closes_failure_reopens() -> None:
     clock = FakeClock()
     b, moves = breaker(clock)
-    for _ in range(3):
-        with pytest.raises(TransientError):
-            b.call(fail)
-    clock.now += 29.9
+    trip(b)
+    clock.advance(29.9)
     assert b.state is BreakerState.OPEN
-    clock.now += 0.1
+    clock.advance(0.1)
     assert b.state is BreakerState.HALF_OPEN
     with pytest.raises(TransientError):
         b.call(fail)  # the probe fails: open again with a fresh timer
     assert b.state is BreakerState.OPEN
-    clock.now += 30
+    clock.advance(29.0)
+    assert b.state is BreakerState.OPEN  # the timer restarted at the probe failure
+    clock.advance(1.0)
     assert b.call(lambda: "up") == "up"
     assert b.state is BreakerState.CLOSED
     assert moves == [("closed", "open"), ("open", "half_open"), ("half_open", "open"),
                      ("open", "half_open"), ("half_open", "closed")]  # fmt: skip
-    assert b.snapshot().opened_count == 2
+    snap = b.snapshot()
+    assert snap.opened_count == 2 and snap.consecutive_failures == 0
+    assert snap.last_transition == clock.now and snap.last_failure == "TransientError: down"
 
 
 def test_user_errors_do_not_count_and_release_the_probe() -> None:
     clock = FakeClock()
     b, _ = breaker(clock)
-    for exc in [AudioError("x"), ConfigurationError("y"), RemoteExecutionError("z")] * 3:
+    user_errors = [AudioError("x"), ConfigurationError("y"), RemoteExecutionError("z"),
+                   StorageNotFound("w"), CircuitOpenError("v"), ValueError("u")]  # fmt: skip
+    for exc in user_errors * 3:
         with pytest.raises(type(exc)):
             b.call(_raiser(exc))
     assert b.state is BreakerState.CLOSED and b.snapshot().failures == 0
-    for _ in range(3):
-        with pytest.raises(TransientError):
-            b.call(fail)
-    clock.now += 30
+    trip(b)
+    clock.advance(30)
     with pytest.raises(AudioError):
         b.call(_raiser(AudioError("bad input during the probe")))
     assert b.state is BreakerState.HALF_OPEN  # slot released, state unchanged
     assert b.call(lambda: 1) == 1 and b.state is BreakerState.CLOSED
 
 
-def _raiser(exc: Exception):  # type: ignore[no-untyped-def]
-    def go() -> None:
-        raise exc
+def test_default_failure_classification() -> None:
+    assert counts_as_failure(TransientError("x")) and counts_as_failure(StorageTransient("x"))
+    assert counts_as_failure(BackendUnavailable("x"))
+    for exc in [AudioError("x"), ConfigurationError("x"), RemoteExecutionError("x"),
+                StorageNotFound("x"), CircuitOpenError("x"), asyncio.CancelledError()]:  # fmt: skip
+        assert not counts_as_failure(exc)
 
-    return go
+
+def test_primitives_and_tokens() -> None:
+    clock = FakeClock()
+    b, _ = breaker(clock)
+    trip(b)
+    clock.advance(30)
+    probe = b.before_call()
+    assert isinstance(probe, BreakerToken) and probe.probe
+    with pytest.raises(CircuitOpenError, match="probe call is in flight"):
+        b.before_call()
+    # a forged or stale token cannot free the probe slot or close the breaker
+    b.record_success(BreakerToken(probe=True))
+    assert b.state is BreakerState.HALF_OPEN
+    with pytest.raises(CircuitOpenError):
+        b.before_call()
+    b.record_failure(probe, TransientError("probe failed"))
+    assert b.state is BreakerState.OPEN
+    b.record_success(probe)  # the same token again: an ordinary success, no transition
+    assert b.state is BreakerState.OPEN and b.snapshot().successes == 2
+
+
+def test_guard_context_manager() -> None:
+    clock = FakeClock()
+    b, _ = breaker(clock)
+    for _ in range(3):
+        with pytest.raises(TransientError), b.guard():
+            raise TransientError("down")
+    with pytest.raises(CircuitOpenError), b.guard():
+        raise AssertionError("never runs")
+    clock.advance(30)
+    with b.guard() as token:
+        assert token.probe
+    assert b.state is BreakerState.CLOSED
+    guard = b.guard()
+    with guard:
+        pass
+    with pytest.raises(RuntimeError, match="single-use"), guard:
+        pass
+
+
+async def test_async_guard_and_acall() -> None:
+    clock = FakeClock()
+    b, moves = breaker(clock)
+
+    async def down() -> None:
+        raise TransientError("down")
+
+    for _ in range(3):
+        with pytest.raises(TransientError):
+            await b.acall(down)
+    with pytest.raises(CircuitOpenError):
+        async with b.guard():
+            pass
+    clock.advance(30)
+    async with b.guard() as token:
+        assert token.probe
+        await asyncio.sleep(0)
+    assert b.state is BreakerState.CLOSED and moves[-1] == ("half_open", "closed")
+
+
+async def test_cancelled_probe_frees_the_slot() -> None:
+    clock = FakeClock()
+    b, _ = breaker(clock)
+    trip(b)
+    clock.advance(30)
+    entered = asyncio.Event()
+
+    async def hang() -> None:
+        entered.set()
+        await asyncio.sleep(3600)
+
+    task = asyncio.create_task(b.acall(hang))
+    await entered.wait()
+    with pytest.raises(CircuitOpenError):
+        b.before_call()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert b.state is BreakerState.HALF_OPEN and b.snapshot().failures == 3
+    assert b.before_call().probe  # the next caller may probe
 
 
 def test_failure_rate_rule() -> None:
     clock = FakeClock()
     b, _ = breaker(clock, window=60.0, failure_rate=0.5, min_calls=10)
+    calls = 0
     for i in range(20):  # alternate: never 3 in a row, but 50% failures
-        clock.now += 1
+        clock.advance(1)
+        calls += 1
         if i % 2:
             with pytest.raises(TransientError):
                 b.call(fail)
@@ -237,138 +491,167 @@ def test_failure_rate_rule() -> None:
             b.call(lambda: None)
         if b.state is BreakerState.OPEN:
             break
+    assert calls == 10  # opened on the first call that reached min_calls
     assert b.state is BreakerState.OPEN and b.snapshot().consecutive_failures == 1
+
+
+def test_failure_rate_window_slides() -> None:
+    clock = FakeClock()
+    b, _ = breaker(clock, window=10.0, failure_rate=0.6, min_calls=4)
+    for i in range(42):  # 1 failure in 3 calls: at most 50% of a window, under 60%
+        clock.advance(1)
+        if i % 3 == 0:
+            with pytest.raises(TransientError):
+                b.call(fail)
+        else:
+            b.call(lambda: None)
+    assert b.state is BreakerState.CLOSED
+    clock.advance(100)  # the old successes slide out of the window
+    trip(b, 2)
+    assert b.state is BreakerState.CLOSED  # 2 calls in the window < min_calls
+    b.call(lambda: None)
+    trip(b, 1)  # 3 of the 4 calls in the window failed, never 3 in a row
+    assert b.state is BreakerState.OPEN and b.snapshot().consecutive_failures == 1
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [{"failure_threshold": 0}, {"reset_timeout": 0}, {"window": 10.0},
+     {"window": 10.0, "failure_rate": 1.5}, {"min_calls": 0}],
+)  # fmt: skip
+def test_bad_breakers_are_refused(kw: dict[str, object]) -> None:
+    with pytest.raises(ConfigurationError):
+        CircuitBreaker("x", **kw)  # type: ignore[arg-type]
 
 
 def test_exactly_one_probe_among_32_threads() -> None:
     clock = FakeClock()
     b, _ = breaker(clock)
-    for _ in range(3):
-        with pytest.raises(TransientError):
-            b.call(fail)
-    clock.now += 30
+    trip(b)
+    clock.advance(30)
     start, hold = threading.Barrier(32), threading.Event()
-    admitted, refused = [], []
-    lock = threading.Lock()
+    admitted: list[int] = []
+    refused = 0
+    cond = threading.Condition()
 
     def probe() -> None:
-        with lock:
+        with cond:
             admitted.append(threading.get_ident())
-        hold.wait(5)
+        hold.wait(10)
 
     def worker() -> None:
+        nonlocal refused
         start.wait()
         try:
             b.call(probe)
         except CircuitOpenError:
-            with lock:
-                refused.append(1)
+            with cond:
+                refused += 1
+                cond.notify_all()
 
     threads = [threading.Thread(target=worker) for _ in range(32)]
     for t in threads:
         t.start()
-    deadline = time.monotonic() + 5
-    while len(refused) < 31 and time.monotonic() < deadline:
-        time.sleep(0.005)
+    with cond:  # every other thread is refused while the probe is held
+        assert cond.wait_for(lambda: refused == 31, timeout=10)
     hold.set()
     for t in threads:
-        t.join(5)
-    assert len(admitted) == 1 and len(refused) == 31
-    assert b.state is BreakerState.CLOSED
+        t.join(10)
+    assert len(admitted) == 1 and refused == 31
+    assert b.state is BreakerState.CLOSED and b.snapshot().rejections == 31
 
 
 def test_32_threads_and_32_tasks_hammer_one_breaker() -> None:
     clock = FakeClock()
-    b, moves = breaker(clock)
-    allowed = {
-        ("closed", "open"),
-        ("open", "half_open"),
-        ("half_open", "closed"),
-        ("half_open", "open"),
-    }
-    outcomes = {"ok": 0, "failed": 0, "refused": 0}
+    moves: list[tuple[BreakerState, BreakerState]] = []
+    b = CircuitBreaker(
+        "hammer", failure_threshold=3, reset_timeout=5.0, clock=clock,
+        on_transition=lambda a, z: moves.append((a, z)),
+    )  # fmt: skip
     lock = threading.Lock()
-    in_probe = 0
-    max_in_probe = 0
+    outcomes = {"ok": 0, "failed": 0, "refused": 0, "probes": 0}
+    in_probe = max_in_probe = 0
 
-    def op(i: int) -> None:
+    def admit() -> BreakerToken | None:
         nonlocal in_probe, max_in_probe
-        if b.state is BreakerState.HALF_OPEN:
+        clock.advance(0.25)  # time passes between calls, so the breaker cycles
+        try:
+            token = b.before_call()
+        except CircuitOpenError:
+            with lock:
+                outcomes["refused"] += 1
+            return None
+        if token.probe:
             with lock:
                 in_probe += 1
+                outcomes["probes"] += 1
                 max_in_probe = max(max_in_probe, in_probe)
-        try:
-            if i % 5 in (1, 2, 3):  # a deterministic 60% fault pattern
-                raise TransientError("injected")
-        finally:
-            if b.state is BreakerState.HALF_OPEN:
-                with lock:
-                    in_probe -= 1
+        return token
 
-    def record(kind: str) -> None:
+    def finish(token: BreakerToken, i: int) -> None:
+        nonlocal in_probe
+        if token.probe:  # leave the probe section before the slot is released
+            with lock:
+                in_probe -= 1
+        failed = i % 5 in (1, 2, 3)  # a deterministic 60% fault pattern
         with lock:
-            outcomes[kind] += 1
-
-    def one(i: int) -> None:
-        clock.now += 0.5  # time passes between calls, so the breaker cycles
-        try:
-            b.call(op, i)
-            record("ok")
-        except TransientError:
-            record("failed")
-        except CircuitOpenError:
-            record("refused")
+            outcomes["failed" if failed else "ok"] += 1
+        if failed:
+            b.record_failure(token, TransientError("injected"))
+        else:
+            b.record_success(token)
 
     def thread_main(t: int) -> None:
         for i in range(50):
-            one(t * 50 + i)
+            if (token := admit()) is not None:
+                time.sleep(0)  # let others run while this call is "in flight"
+                finish(token, t * 50 + i)
 
     async def task_main(t: int) -> None:
         for i in range(50):
-            try:
-                await b.acall(_async_op, t * 50 + i)
-                record("ok")
-            except TransientError:
-                record("failed")
-            except CircuitOpenError:
-                record("refused")
+            if (token := admit()) is not None:
+                await asyncio.sleep(0)  # other tasks run while the call (or probe) is open
+                finish(token, t * 50 + i)
             await asyncio.sleep(0)
 
-    async def _async_op(i: int) -> None:
-        clock.now += 0.5
-        if i % 5 in (1, 2, 3):
-            raise TransientError("injected")
-
     threads = [threading.Thread(target=thread_main, args=(t,)) for t in range(32)]
-    for t in threads:
-        t.start()
+    for th in threads:
+        th.start()
 
     async def all_tasks() -> None:
-        await asyncio.gather(*(task_main(t) for t in range(32)))
+        await asyncio.gather(*(task_main(t) for t in range(32, 64)))
 
     asyncio.run(all_tasks())
-    for t in threads:
-        t.join(30)
+    for th in threads:
+        th.join(30)
     snap = b.snapshot()
-    total = 64 * 50
-    assert sum(outcomes.values()) == total
+    assert outcomes["ok"] + outcomes["failed"] + outcomes["refused"] == 64 * 50
     assert snap.successes == outcomes["ok"] and snap.failures == outcomes["failed"]
     assert snap.rejections == outcomes["refused"]
-    assert set(moves) <= allowed and moves[0] == ("closed", "open")
-    assert all(a[1] == b_[0] for a, b_ in itertools.pairwise(moves))  # a connected path
-    assert snap.opened_count >= 2
+    assert max_in_probe == 1 and outcomes["probes"] >= 1  # probes ran, never two at once
+    assert set(moves) <= ALLOWED_TRANSITIONS and moves[0][0] is BreakerState.CLOSED
+    assert all(a[1] is z[0] for a, z in itertools.pairwise(moves))  # one connected path
+    assert moves[-1][1] is snap.state
+    assert snap.opened_count == sum(1 for _, z in moves if z is BreakerState.OPEN) >= 2
 
 
-def test_transitions_are_logged(caplog: pytest.LogCaptureFixture) -> None:
+def test_transitions_are_logged_and_a_failing_hook_is_contained(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     clock = FakeClock()
-    b, _ = breaker(clock)
+
+    def hook(old: BreakerState, new: BreakerState) -> None:
+        raise RuntimeError("observer bug")
+
+    b = CircuitBreaker("logged", 3, 30.0, clock=clock, on_transition=hook)
     with caplog.at_level(logging.INFO, logger="whisper_modal.resilience"):
-        for _ in range(3):
-            with pytest.raises(TransientError):
-                b.call(fail)
-    record = caplog.records[-1]
-    assert record.levelno == logging.WARNING
-    assert (record.breaker, getattr(record, "from"), record.to) == ("test", "closed", "open")  # type: ignore[attr-defined]
+        trip(b)  # the hook raises: the caller still sees its own TransientError
+    moved = [r for r in caplog.records if getattr(r, "event", None) == "breaker_transition"]
+    assert len(moved) == 1 and moved[0].levelno == logging.WARNING
+    record = moved[0]
+    assert (record.breaker, getattr(record, "from"), record.to) == ("logged", "closed", "open")  # type: ignore[attr-defined]
+    assert any("on_transition hook" in r.getMessage() for r in caplog.records)
+    assert b.state is BreakerState.OPEN
 
 
 # --------------------------------------------------------------------- deadlines
@@ -376,28 +659,44 @@ def test_transitions_are_logged(caplog: pytest.LogCaptureFixture) -> None:
 
 def test_deadline_object() -> None:
     clock = FakeClock()
+    clock.now = 100.0
     d = Deadline(10, clock=clock)
-    clock.now = 4
+    clock.now = 104.0
     assert d.remaining() == 6 and not d.expired
-    clock.now = 11
+    d.check("uploading")  # still in time: no error
+    clock.now = 111.0
+    assert d.remaining() == 0 and d.expired
     with pytest.raises(TransientError, match="deadline of 10 s passed while uploading"):
         d.check("uploading")
+    with pytest.raises(ConfigurationError):
+        Deadline(-1)
 
 
 def test_hung_sync_call_returns_on_time() -> None:
     release = threading.Event()
     started = time.monotonic()
-    with pytest.raises(TransientError, match=r"0\.2 s"):
-        run_with_deadline(release.wait, 0.2, 30)
-    assert time.monotonic() - started < 1.0
+    with pytest.raises(TransientError, match=r"0\.2 s while fetching"):
+        run_with_deadline(release.wait, 0.2, 30, what="fetching")
+    assert time.monotonic() - started < 1.0  # timeout + a small margin
     release.set()
-    assert run_with_deadline(lambda: 42, 1.0) == 42
+    assert run_with_deadline(lambda a, b: a * b, 1.0, 6, 7) == 42
     with pytest.raises(AudioError):
         run_with_deadline(_raiser(AudioError("x")), 1.0)
 
 
 async def test_hung_async_call_returns_on_time() -> None:
     started = time.monotonic()
-    with pytest.raises(TransientError):
-        await arun_with_deadline(asyncio.sleep(30), 0.2)
+    with pytest.raises(TransientError, match="while polling") as info:
+        await arun_with_deadline(asyncio.sleep(30), 0.2, what="polling")
     assert time.monotonic() - started < 1.0
+    assert isinstance(info.value.__cause__, TimeoutError)
+    assert await arun_with_deadline(asyncio.sleep(0, result="done"), 1.0) == "done"
+
+
+async def test_a_timeout_raised_by_the_awaitable_is_not_our_deadline() -> None:
+    async def modal_get() -> None:  # like FunctionCall.get(timeout=0) on a running call
+        raise TimeoutError("not ready")
+
+    with pytest.raises(TimeoutError, match="not ready") as info:
+        await arun_with_deadline(modal_get(), 5.0)
+    assert not isinstance(info.value, TransientError)

@@ -1,39 +1,54 @@
-"""Resilience: the retry policy, the circuit breaker and deadlines.
+"""Resilience: the retry policy, the circuit breaker and deadlines (independent of Modal).
 
-* ``RetryPolicy`` retries **only** ``TransientError`` (connection, timeout, throttling,
-  Modal internal failures, S3 throttling) with exponential backoff and full jitter, bounded
-  in attempts and total time; exhaustion becomes ``BackendUnavailable``. Built on tenacity;
-  sleep and clock are injectable, so tests take no wall time.
+* ``RetryPolicy`` retries **only** ``TransientError`` (connection, timeout, throttling;
+  ``StorageTransient`` included) with exponential backoff and jitter, bounded in attempts
+  and in total time; exhaustion becomes ``BackendUnavailable`` whose ``__cause__`` is the
+  last transient error. Built on tenacity; ``sleep``/``asleep``/``clock``/``rng`` are
+  injectable, so tests take no wall time and are reproducible.
 * ``CircuitBreaker`` counts only backend-availability failures (``TransientError``,
-  ``BackendUnavailable``) — never a user error. CLOSED -> OPEN after N consecutive failures
-  (or a failure rate over a window); OPEN -> HALF_OPEN after ``reset_timeout``; exactly one
-  probe in HALF_OPEN; CLOSED on probe success, OPEN (fresh timer) on probe failure. One
-  ``threading.Lock``, never held across a call or an ``await``, so one breaker is safe from
-  threads and asyncio tasks at once.
-* Deadlines: ``arun_with_deadline`` (``asyncio.wait_for``) and ``run_with_deadline``
-  (a daemon worker thread) turn a hung call into a ``TransientError`` on time.
+  ``BackendUnavailable``), never a user error. CLOSED -> OPEN after N consecutive failures
+  (or a failure rate over a sliding window); OPEN -> HALF_OPEN once ``reset_timeout`` has
+  passed (checked lazily); exactly one probe at a time in HALF_OPEN; CLOSED on probe
+  success, OPEN (fresh timer) on probe failure. One ``threading.Lock``, never held across
+  the protected call or an ``await``, so one breaker is safe from threads and asyncio tasks.
+* Deadlines: ``Deadline`` (a budget with ``check``), ``run_with_deadline`` (a daemon worker
+  thread) and ``arun_with_deadline`` (``asyncio.timeout``) turn a hung call into a
+  ``TransientError`` on time.
+
+Composition used by the client: ``retry.call(breaker.call, op)``, each attempt one breaker
+call; an open breaker raises ``CircuitOpenError``, which is not retried (-> fallback).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
 import enum
 import logging
+import math
 import random
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from types import TracebackType
+from typing import Any, Literal, TypeVar
 
 import attrs
 import tenacity
 
-from whisper_modal.errors import BackendUnavailable, CircuitOpenError, TransientError
+from whisper_modal.errors import (
+    BackendUnavailable,
+    CircuitOpenError,
+    ConfigurationError,
+    TransientError,
+)
+from whisper_modal.metrics import redact_text
 
 __all__ = [
     "BreakerState",
     "BreakerStats",
+    "BreakerToken",
     "CircuitBreaker",
     "Deadline",
     "RetryPolicy",
@@ -45,127 +60,199 @@ __all__ = [
 log = logging.getLogger("whisper_modal.resilience")
 T = TypeVar("T")
 
+Jitter = Literal["full", "decorrelated", "none"]
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigurationError(message)
+
 
 # ------------------------------------------------------------------------------ retry
 
 
-def _map_tenacity_error(
-    exc: tenacity.RetryError, attempts: int, elapsed: float
-) -> BackendUnavailable:
-    """The one place tenacity's exhaustion error is translated."""
-    last = exc.last_attempt.exception() if exc.last_attempt.failed else None
+def _map_tenacity_error(exc: tenacity.RetryError, elapsed: float) -> BackendUnavailable:
+    """The one place tenacity's exhaustion error is translated (nothing tenacity leaks)."""
+    attempts = exc.last_attempt.attempt_number
+    last = exc.last_attempt.exception()
+    plural = "" if attempts == 1 else "s"
     return BackendUnavailable(
-        f"gave up after {attempts} attempt(s) over {elapsed:.1f} s: {type(last).__name__}: {last}"
+        f"gave up after {attempts} attempt{plural} over {elapsed:.1f} s: "
+        f"{type(last).__name__}: {last}"
     )
+
+
+class _StopAfterBudget(tenacity.stop.stop_base):
+    """``stop_after_delay`` on our injectable clock (tenacity's uses ``time.monotonic``)."""
+
+    def __init__(self, clock: Callable[[], float], started: float, budget: float) -> None:
+        self.clock, self.started, self.budget = clock, started, budget
+
+    def __call__(self, retry_state: tenacity.RetryCallState) -> bool:
+        return self.clock() - self.started >= self.budget
 
 
 @attrs.frozen(kw_only=True)
 class RetryPolicy:
-    """Exponential backoff with full jitter for ``TransientError`` only.
+    """Retry ``TransientError`` with capped exponential backoff and jitter.
 
-    The n-th wait is uniform in [0, min(max_backoff, initial_backoff * 2**n)] ("full
-    jitter", which spreads a thundering herd best), and never beyond the remaining time
-    budget.
+    The n-th wait (n = 1, 2, ...) has the exponential ceiling
+    ``c(n) = min(max_backoff, initial_backoff * 2**(n-1))`` and, by ``jitter``:
+
+    * ``"full"`` (default): uniform in ``[0, c(n)]``. Spreads a thundering herd of clients
+      best (AWS Architecture Blog, "Exponential Backoff And Jitter").
+    * ``"decorrelated"``: uniform in ``[initial_backoff, 3 * previous wait]``, capped at
+      ``max_backoff``; grows like the exponential but each client drifts independently.
+    * ``"none"``: exactly ``c(n)`` (deterministic; for tests and tooling).
+
+    No wait extends past the total budget ``max_seconds`` and no attempt starts after it.
+    Any exception that is not a ``TransientError`` propagates at once, unchanged.
     """
 
-    max_attempts: int = 4
-    max_seconds: float = 60.0  # total budget, including waits
-    initial_backoff: float = 0.5
-    max_backoff: float = 8.0
+    max_attempts: int = 4  # including the first call
+    max_seconds: float = 60.0  # total budget: attempts plus waits
+    initial_backoff: float = 0.5  # seconds; ceiling of the first wait
+    max_backoff: float = 8.0  # seconds; no single wait is longer
+    jitter: Jitter = "full"
     sleep: Callable[[float], None] = time.sleep
     asleep: Callable[[float], Awaitable[None]] = asyncio.sleep
-    clock: Callable[[], float] = time.monotonic
+    clock: Callable[[], float] = time.monotonic  # monotonic seconds
     rng: random.Random = attrs.field(factory=random.Random, eq=False)
+    #: called as ``on_retry(attempt, exc, delay)`` before each wait (metrics, logging);
+    #: ``attempt`` is the number of the attempt that just failed.
     on_retry: Callable[[int, BaseException, float], None] | None = None
 
-    def _wait(self, state: tenacity.RetryCallState, started: float) -> float:
-        ceiling = min(self.max_backoff, self.initial_backoff * 2 ** (state.attempt_number - 1))
-        delay = self.rng.uniform(0, ceiling)
-        remaining = self.max_seconds - (self.clock() - started)
-        return max(0.0, min(delay, remaining))
+    def __attrs_post_init__(self) -> None:
+        _check(self.max_attempts >= 1, f"max_attempts must be >= 1, got {self.max_attempts}")
+        _check(
+            math.isfinite(self.max_seconds) and self.max_seconds > 0,
+            f"max_seconds must be positive, got {self.max_seconds}",
+        )
+        _check(
+            0 <= self.initial_backoff <= self.max_backoff < math.inf,
+            "need 0 <= initial_backoff <= max_backoff (finite), got "
+            f"{self.initial_backoff} and {self.max_backoff}",
+        )
+        _check(self.jitter in ("full", "decorrelated", "none"), f"bad jitter {self.jitter!r}")
 
-    def _stop(self, state: tenacity.RetryCallState, started: float) -> bool:
-        # Our own clock, not tenacity's time.monotonic, so the budget is testable.
-        spent = self.clock() - started
-        return state.attempt_number >= self.max_attempts or spent >= self.max_seconds
+    def _retrying_kwargs(self, started: float) -> dict[str, Any]:
+        ceiling = tenacity.wait_exponential(multiplier=self.initial_backoff, max=self.max_backoff)
+        previous = [self.initial_backoff]  # per call: decorrelated jitter's memory
 
-    def _before_sleep(self, state: tenacity.RetryCallState) -> None:
-        exc = state.outcome.exception() if state.outcome else None
-        delay = state.next_action.sleep if state.next_action else 0.0
-        if self.on_retry is not None and exc is not None:
-            self.on_retry(state.attempt_number, exc, delay)
+        def wait(state: tenacity.RetryCallState) -> float:
+            if self.jitter == "full":
+                delay = self.rng.uniform(0.0, ceiling(state))
+            elif self.jitter == "decorrelated":
+                high = max(self.initial_backoff, 3 * previous[0])
+                delay = min(self.max_backoff, self.rng.uniform(self.initial_backoff, high))
+                previous[0] = delay
+            else:
+                delay = ceiling(state)
+            remaining = self.max_seconds - (self.clock() - started)
+            return max(0.0, min(delay, remaining))
 
-    def _kwargs(self, started: float) -> dict[str, Any]:
+        def before_sleep(state: tenacity.RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome is not None else None
+            if self.on_retry is not None and exc is not None:
+                self.on_retry(state.attempt_number, exc, state.upcoming_sleep)
+
         return {
             "retry": tenacity.retry_if_exception_type(TransientError),
-            "stop": lambda state: self._stop(state, started),
-            "wait": lambda state: self._wait(state, started),
-            "before_sleep": self._before_sleep,
+            "stop": tenacity.stop_after_attempt(self.max_attempts)
+            | _StopAfterBudget(self.clock, started, self.max_seconds),
+            "wait": wait,
+            "before_sleep": before_sleep,
             "reraise": False,
         }
 
     def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Call ``fn`` and retry it on ``TransientError``.
+        """Call ``fn(*args, **kwargs)``, retrying it on ``TransientError``.
+
+        Returns:
+            What ``fn`` returns.
 
         Raises:
-            BackendUnavailable: attempts or time exhausted (``__cause__`` is the last error).
-            Exception: any non-transient error, at once and unchanged.
+            BackendUnavailable: attempts or time exhausted; ``__cause__`` is the last error.
+            Exception: any error that is not a ``TransientError``, at once and unchanged.
         """
         started = self.clock()
-        retrying = tenacity.Retrying(sleep=self.sleep, **self._kwargs(started))
+        retrying = tenacity.Retrying(sleep=self.sleep, **self._retrying_kwargs(started))
         try:
             result: T = retrying(fn, *args, **kwargs)
             return result
         except tenacity.RetryError as exc:
-            attempts = retrying.statistics.get("attempt_number", self.max_attempts)
-            raise _map_tenacity_error(exc, attempts, self.clock() - started) from (
-                exc.last_attempt.exception()
-            )
+            mapped, cause = _map_tenacity_error(exc, self.clock() - started), exc
+        # Raised outside the except block so tenacity's RetryError is not even __context__.
+        raise mapped from cause.last_attempt.exception()
 
     async def acall(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
-        """Async twin of ``call`` (waits with the injectable ``asleep``)."""
+        """Async twin of ``call``: awaits ``fn(*args, **kwargs)`` and waits with ``asleep``.
+
+        Returns:
+            What the awaitable returns.
+
+        Raises:
+            BackendUnavailable: attempts or time exhausted; ``__cause__`` is the last error.
+            Exception: any error that is not a ``TransientError``, at once and unchanged.
+        """
         started = self.clock()
-        retrying = tenacity.AsyncRetrying(sleep=self.asleep, **self._kwargs(started))
+        retrying = tenacity.AsyncRetrying(sleep=self.asleep, **self._retrying_kwargs(started))
 
         async def invoke() -> T:
-            # tenacity only awaits coroutine *functions*; a lambda returning an awaitable
-            # would be returned un-awaited, so always hand it a real coroutine function.
+            # tenacity awaits only coroutine *functions*; a plain callable returning an
+            # awaitable would come back un-awaited, so always hand it one.
             return await fn(*args, **kwargs)
 
         try:
             result: T = await retrying(invoke)
             return result
         except tenacity.RetryError as exc:
-            attempts = retrying.statistics.get("attempt_number", self.max_attempts)
-            raise _map_tenacity_error(exc, attempts, self.clock() - started) from (
-                exc.last_attempt.exception()
-            )
+            mapped, cause = _map_tenacity_error(exc, self.clock() - started), exc
+        raise mapped from cause.last_attempt.exception()
 
 
 # ---------------------------------------------------------------------------- breaker
 
 
-class BreakerState(str, enum.Enum):
-    """Circuit breaker states."""
+class BreakerState(enum.StrEnum):
+    """Circuit breaker states (``str(state)`` is the value, e.g. ``"half_open"``)."""
 
     CLOSED = "closed"
     OPEN = "open"
     HALF_OPEN = "half_open"
 
 
+#: The only edges the state machine takes.
+ALLOWED_TRANSITIONS = frozenset(
+    {
+        (BreakerState.CLOSED, BreakerState.OPEN),
+        (BreakerState.OPEN, BreakerState.HALF_OPEN),
+        (BreakerState.HALF_OPEN, BreakerState.CLOSED),
+        (BreakerState.HALF_OPEN, BreakerState.OPEN),
+    }
+)
+
+
 @attrs.frozen
 class BreakerStats:
-    """A consistent snapshot of a breaker."""
+    """A consistent snapshot of a breaker (counters are totals since creation)."""
 
     name: str
     state: BreakerState
     consecutive_failures: int
     successes: int
-    failures: int
-    rejections: int
-    opened_count: int
-    last_failure: str | None
-    last_transition: float | None  # clock() value
+    failures: int  # counted failures only (user errors are not failures)
+    rejections: int  # calls refused with CircuitOpenError
+    opened_count: int  # times the breaker went OPEN
+    last_failure: str | None  # "TransientError: message" (redacted, truncated)
+    last_transition: float | None  # clock() value of the last state change
+
+
+@attrs.frozen(eq=False)
+class BreakerToken:
+    """Proof of admission from ``before_call``; hand it back to ``record_*`` exactly once."""
+
+    probe: bool  # this call is the single half-open probe
 
 
 def counts_as_failure(exc: BaseException) -> bool:
@@ -173,27 +260,26 @@ def counts_as_failure(exc: BaseException) -> bool:
     return isinstance(exc, TransientError | BackendUnavailable)
 
 
-_ALLOWED = {
-    (BreakerState.CLOSED, BreakerState.OPEN),
-    (BreakerState.OPEN, BreakerState.HALF_OPEN),
-    (BreakerState.HALF_OPEN, BreakerState.CLOSED),
-    (BreakerState.HALF_OPEN, BreakerState.OPEN),
-}
-
-
 class CircuitBreaker:
     """A thread- and asyncio-safe circuit breaker; see the module docstring.
 
+    Use ``call``/``acall``, ``with breaker.guard():`` / ``async with breaker.guard():``, or
+    the primitives ``before_call`` + ``record_success``/``record_failure``.
+
     Args:
-        name: shown in logs and errors (e.g. "modal:whisper-modal").
-        failure_threshold: consecutive failures that open the breaker.
-        reset_timeout: seconds OPEN before one probe is allowed.
-        window: seconds of history for the failure-rate rule (None: rate rule off).
-        failure_rate: open when failures/calls in ``window`` reach this (with ``min_calls``).
+        name: shown in logs and errors (e.g. ``"modal:whisper-modal"``).
+        failure_threshold: consecutive counted failures that open the breaker.
+        reset_timeout: seconds OPEN before one probe call is let through.
+        window: seconds of history for the failure-rate rule (``None``: rule off).
+        failure_rate: open when failures / calls in ``window`` reach this fraction.
         min_calls: calls needed in the window before the rate rule applies.
         clock: monotonic clock (injectable for tests).
-        on_transition: called as ``on_transition(old, new)`` outside the lock.
+        on_transition: called as ``on_transition(old, new)`` outside the lock, in the order
+            the transitions happened; keep it quick (it may run on the event loop thread).
         is_failure: which exceptions count (default ``counts_as_failure``).
+
+    Raises:
+        ConfigurationError: inconsistent arguments.
     """
 
     def __init__(
@@ -209,6 +295,15 @@ class CircuitBreaker:
         on_transition: Callable[[BreakerState, BreakerState], None] | None = None,
         is_failure: Callable[[BaseException], bool] = counts_as_failure,
     ) -> None:
+        _check(failure_threshold >= 1, f"failure_threshold must be >= 1, got {failure_threshold}")
+        _check(reset_timeout > 0, f"reset_timeout must be positive, got {reset_timeout}")
+        _check((window is None) == (failure_rate is None), "give window and failure_rate together")
+        _check(window is None or window > 0, f"window must be positive, got {window}")
+        _check(
+            failure_rate is None or 0 < failure_rate <= 1,
+            f"failure_rate must be in (0, 1], got {failure_rate}",
+        )
+        _check(min_calls >= 1, f"min_calls must be >= 1, got {min_calls}")
         self.name = name
         self.failure_threshold = failure_threshold
         self.reset_timeout = reset_timeout
@@ -221,186 +316,270 @@ class CircuitBreaker:
         self._lock = threading.Lock()
         self._state = BreakerState.CLOSED
         self._opened_at = 0.0
-        self._probe_out = False
+        self._probe: BreakerToken | None = None  # the probe in flight, if any
         self._consecutive = 0
         self._successes = self._failures = self._rejections = self._opened = 0
         self._last_failure: str | None = None
         self._last_transition: float | None = None
         self._history: collections.deque[tuple[float, bool]] = collections.deque()
+        # Transitions are queued under _lock and delivered in order under _report_lock
+        # (reentrant, so a hook may use the breaker), never while holding _lock.
+        self._pending: collections.deque[tuple[BreakerState, BreakerState]] = collections.deque()
+        self._report_lock = threading.RLock()
 
     @property
     def state(self) -> BreakerState:
         """The current state (OPEN turns HALF_OPEN lazily once the reset timeout passed)."""
         with self._lock:
-            moved = self._maybe_half_open()
+            self._maybe_half_open()
             state = self._state
-        self._report(moved)
+        self._flush()
         return state
 
     def snapshot(self) -> BreakerStats:
-        """A consistent copy of the counters."""
+        """A consistent copy of the state and counters."""
         with self._lock:
-            moved = self._maybe_half_open()
+            self._maybe_half_open()
             stats = BreakerStats(
                 self.name, self._state, self._consecutive, self._successes, self._failures,
                 self._rejections, self._opened, self._last_failure, self._last_transition,
             )  # fmt: skip
-        self._report(moved)
+        self._flush()
         return stats
 
-    # The three primitives. A token says whether this caller holds the half-open probe.
-    def before_call(self) -> bool:
-        """Admit a call or raise ``CircuitOpenError``; returns the probe token."""
+    # -- the primitives
+    def before_call(self) -> BreakerToken:
+        """Admit a call, or refuse it.
+
+        Returns:
+            A token to pass to ``record_success`` or ``record_failure`` exactly once.
+
+        Raises:
+            CircuitOpenError: the breaker is open, or half-open with its probe in flight.
+        """
         refused: str | None = None
-        probe = False
+        token = BreakerToken(probe=False)
         with self._lock:
-            moved = self._maybe_half_open()
-            if self._state is BreakerState.HALF_OPEN and not self._probe_out:
-                self._probe_out = probe = True
-            elif self._state is not BreakerState.CLOSED:
+            self._maybe_half_open()
+            if self._state is BreakerState.HALF_OPEN and self._probe is None:
+                token = self._probe = BreakerToken(probe=True)
+            elif self._state is BreakerState.HALF_OPEN:
+                self._rejections += 1
+                refused = f"circuit {self.name} is half-open and its probe call is in flight"
+            elif self._state is BreakerState.OPEN:
                 self._rejections += 1
                 wait = max(0.0, self._opened_at + self.reset_timeout - self.clock())
                 refused = (
-                    f"circuit {self.name} is half-open and a probe is in flight"
-                    if self._state is BreakerState.HALF_OPEN
-                    else f"circuit {self.name} is open after repeated failures; "
-                    f"next probe in {wait:.1f} s"
+                    f"circuit {self.name} is open after repeated failures "
+                    f"(last: {self._last_failure}); next probe in {wait:.1f} s"
                 )
-        self._report(moved)
+        self._flush()
         if refused is not None:
             raise CircuitOpenError(refused)
-        return probe
+        return token
 
-    def record_success(self, probe: bool) -> None:
-        """Report a successful call."""
+    def record_success(self, token: BreakerToken) -> None:
+        """Report that an admitted call succeeded (a probe success closes the breaker)."""
         with self._lock:
             self._successes += 1
             self._consecutive = 0
             self._remember(ok=True)
-            moved = None
-            if probe:
-                self._probe_out = False
-                moved = self._move(BreakerState.CLOSED)
-        self._report(moved)
+            if self._release(token):
+                self._move(BreakerState.CLOSED)
+        self._flush()
 
-    def record_failure(self, probe: bool, exc: BaseException) -> None:
-        """Report a failed call; user errors only release a probe slot."""
+    def record_failure(self, token: BreakerToken, exc: BaseException) -> None:
+        """Report that an admitted call raised ``exc``.
+
+        A counted failure (``is_failure``) may open the breaker; a failed probe re-opens it
+        with a fresh timer. Any other exception (a user error, a cancellation) only
+        releases the probe slot and leaves the state alone.
+        """
         counts = self.is_failure(exc)
         with self._lock:
-            moved = None
-            if probe:
-                self._probe_out = False
+            probe = self._release(token)
             if counts:
                 self._failures += 1
                 self._consecutive += 1
-                self._last_failure = f"{type(exc).__name__}: {exc}"[:300]
+                self._last_failure = redact_text(f"{type(exc).__name__}: {exc}")[:300]
                 self._remember(ok=False)
                 if probe or self._should_open():
-                    moved = self._move(BreakerState.OPEN)
-        self._report(moved)
+                    self._move(BreakerState.OPEN)
+        self._flush()
 
+    # -- conveniences
     def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run ``fn`` through the breaker."""
-        probe = self.before_call()
+        """Run ``fn(*args, **kwargs)`` through the breaker.
+
+        Raises:
+            CircuitOpenError: refused without calling ``fn``.
+            Exception: whatever ``fn`` raises, unchanged (after being recorded).
+        """
+        token = self.before_call()
         try:
             result = fn(*args, **kwargs)
         except BaseException as exc:
-            self.record_failure(probe, exc)
+            self.record_failure(token, exc)
             raise
-        self.record_success(probe)
+        self.record_success(token)
         return result
 
     async def acall(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
-        """Await ``fn(...)`` through the breaker (cancellation releases the probe)."""
-        probe = self.before_call()
+        """Await ``fn(*args, **kwargs)`` through the breaker (cancellation frees the probe).
+
+        Raises:
+            CircuitOpenError: refused without calling ``fn``.
+            BaseException: whatever the awaitable raises, unchanged (after being recorded).
+        """
+        token = self.before_call()
         try:
             result = await fn(*args, **kwargs)
         except BaseException as exc:
-            self.record_failure(probe, exc)
+            self.record_failure(token, exc)
             raise
-        self.record_success(probe)
+        self.record_success(token)
         return result
 
-    # -- internals (called with the lock held)
-    def _maybe_half_open(self) -> tuple[BreakerState, BreakerState] | None:
+    def guard(self) -> _Guard:
+        """A fresh context manager (``with`` or ``async with``) around one call.
+
+        A new object per call, because the admission token belongs to the call, not to
+        the shared breaker.
+
+        Raises:
+            CircuitOpenError: on entry, when the call is refused.
+        """
+        return _Guard(self)
+
+    # -- internals (called with _lock held)
+    def _release(self, token: BreakerToken) -> bool:
+        # Identity, not the flag: a stale or repeated token cannot free someone's probe.
+        if token.probe and token is self._probe:
+            self._probe = None
+            return True
+        return False
+
+    def _maybe_half_open(self) -> None:
         if (
             self._state is BreakerState.OPEN
             and self.clock() - self._opened_at >= self.reset_timeout
         ):
-            return self._move(BreakerState.HALF_OPEN)
-        return None
+            self._move(BreakerState.HALF_OPEN)
 
     def _should_open(self) -> bool:
         if self._state is not BreakerState.CLOSED:
             return False
         if self._consecutive >= self.failure_threshold:
             return True
-        if self.window is None or self.failure_rate is None or len(self._history) < self.min_calls:
+        if self.failure_rate is None or len(self._history) < self.min_calls:
             return False
         failed = sum(1 for _, ok in self._history if not ok)
         return failed / len(self._history) >= self.failure_rate
 
     def _remember(self, *, ok: bool) -> None:
+        # Only successes and counted failures enter the window: a user error says nothing
+        # about the backend's availability.
         if self.window is None:
             return
         now = self.clock()
         self._history.append((now, ok))
-        while self._history and self._history[0][0] < now - self.window:
+        while self._history and self._history[0][0] <= now - self.window:
             self._history.popleft()
 
-    def _move(self, new: BreakerState) -> tuple[BreakerState, BreakerState] | None:
+    def _move(self, new: BreakerState) -> None:
         old = self._state
         if old is new:
-            return None
-        assert (old, new) in _ALLOWED, (old, new)
+            return
+        if (old, new) not in ALLOWED_TRANSITIONS:  # a bug here, never the caller's fault
+            raise RuntimeError(f"circuit {self.name}: illegal transition {old} -> {new}")
         self._state = new
         self._last_transition = self.clock()
         if new is BreakerState.OPEN:
             self._opened_at = self._last_transition
             self._opened += 1
-        if new is BreakerState.CLOSED:
+        elif new is BreakerState.CLOSED:
             self._consecutive = 0
             self._history.clear()
-        return old, new
+        self._pending.append((old, new))
 
-    def _report(self, moved: tuple[BreakerState, BreakerState] | None) -> None:
-        if moved is None:
+    # -- reporting (called without _lock)
+    def _flush(self) -> None:
+        if not self._pending:
             return
-        old, new = moved
-        level = logging.WARNING if new is BreakerState.OPEN else logging.INFO
-        log.log(
-            level,
-            "circuit %s: %s -> %s",
-            self.name,
-            old.value,
-            new.value,
-            extra={
-                "event": "breaker_transition",
-                "breaker": self.name,
-                "from": old.value,
-                "to": new.value,
-            },
-        )
-        if self.on_transition is not None:
-            self.on_transition(old, new)
+        with self._report_lock:
+            while self._pending:
+                try:
+                    old, new = self._pending.popleft()
+                except IndexError:  # another thread delivered it
+                    return
+                level = logging.WARNING if new is BreakerState.OPEN else logging.INFO
+                extra = {"event": "breaker_transition", "breaker": self.name,
+                         "from": old.value, "to": new.value}  # fmt: skip
+                log.log(level, "circuit %s: %s -> %s", self.name, old, new, extra=extra)
+                if self.on_transition is None:
+                    continue
+                try:
+                    self.on_transition(old, new)
+                except Exception:  # an observer must never break the protected call
+                    log.exception("on_transition hook of circuit %s failed", self.name)
+
+
+class _Guard:
+    """One guarded call: ``with breaker.guard(): ...`` or ``async with breaker.guard(): ...``."""
+
+    def __init__(self, breaker: CircuitBreaker) -> None:
+        self._breaker = breaker
+        self._token: BreakerToken | None = None
+
+    def __enter__(self) -> BreakerToken:
+        if self._token is not None:
+            raise RuntimeError("a breaker guard is single-use; call breaker.guard() again")
+        self._token = self._breaker.before_call()
+        return self._token
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        assert self._token is not None
+        if exc is None:
+            self._breaker.record_success(self._token)
+        else:
+            self._breaker.record_failure(self._token, exc)
+
+    async def __aenter__(self) -> BreakerToken:
+        return self.__enter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.__exit__(exc_type, exc, tb)
 
 
 # --------------------------------------------------------------------------- deadlines
 
 
-@attrs.define
+def _nonnegative(_: Any, attribute: Any, value: float) -> None:
+    _check(value >= 0 and not math.isnan(value), f"{attribute.name} must be >= 0, got {value}")
+
+
+@attrs.frozen
 class Deadline:
-    """A point in time after which work must stop."""
+    """A time budget: ``Deadline(30)`` expires 30 s (of ``clock``) after it is created."""
 
-    seconds: float
+    seconds: float = attrs.field(validator=_nonnegative)
     clock: Callable[[], float] = time.monotonic
-    started: float = attrs.field(init=False)
-
-    def __attrs_post_init__(self) -> None:
-        self.started = self.clock()
+    started: float = attrs.field(
+        init=False, default=attrs.Factory(lambda self: self.clock(), takes_self=True)
+    )
 
     def remaining(self) -> float:
-        """Seconds left (never negative)."""
+        """Seconds left, never negative (use it as the timeout of the next step)."""
         return max(0.0, self.seconds - (self.clock() - self.started))
 
     @property
@@ -409,33 +588,67 @@ class Deadline:
         return self.remaining() <= 0.0
 
     def check(self, what: str) -> None:
-        """Raise ``TransientError`` if the deadline has passed."""
+        """Stop work whose deadline has passed.
+
+        Args:
+            what: the step about to run, for the message ("uploading", "decoding").
+
+        Raises:
+            TransientError: ``deadline of S s passed while WHAT``.
+        """
         if self.expired:
             raise TransientError(f"deadline of {self.seconds:g} s passed while {what}")
 
 
 async def arun_with_deadline(awaitable: Awaitable[T], timeout: float, what: str = "waiting") -> T:
-    """Await with a deadline; a timeout cancels the awaitable and raises ``TransientError``."""
+    """Await ``awaitable`` for at most ``timeout`` seconds (it is cancelled on timeout).
+
+    Args:
+        awaitable: a coroutine, task or future.
+        timeout: seconds.
+        what: the step, for the message.
+
+    Returns:
+        The awaitable's result.
+
+    Raises:
+        TransientError: the deadline passed.
+        BaseException: whatever the awaitable raised, unchanged; a ``TimeoutError`` raised
+            *by the awaitable itself* (e.g. Modal's ``FunctionCall.get(timeout=0)``) stays a
+            ``TimeoutError`` rather than being mistaken for our deadline.
+    """
+    scope = asyncio.timeout(timeout)
     try:
-        return await asyncio.wait_for(awaitable, timeout)
+        async with scope:
+            return await awaitable
     except TimeoutError as exc:
-        raise TransientError(f"no answer within {timeout:g} s while {what}") from exc
+        if scope.expired():  # our deadline, not a TimeoutError raised by the awaitable
+            raise TransientError(f"no answer within {timeout:g} s while {what}") from exc
+        raise
 
 
 def run_with_deadline(fn: Callable[..., T], timeout: float, *args: Any, what: str = "waiting") -> T:
-    """Run ``fn`` on a daemon thread and stop waiting after ``timeout`` seconds.
+    """Run ``fn(*args)`` on a daemon worker thread and stop waiting after ``timeout`` s.
 
-    The worker cannot be killed; it is abandoned (a daemon thread never blocks exit).
+    A thread cannot be killed: on timeout the worker is abandoned and may keep running
+    (and keep its resources) until ``fn`` returns; being a daemon it never blocks exit.
+    Prefer ``arun_with_deadline`` where the work is cancellable.
+
+    Returns:
+        What ``fn`` returns.
 
     Raises:
         TransientError: ``fn`` did not finish in time.
+        BaseException: whatever ``fn`` raised, unchanged.
     """
+    _check(timeout > 0, f"timeout must be positive, got {timeout}")
     box: dict[str, Any] = {}
     done = threading.Event()
+    context = contextvars.copy_context()  # the caller's context vars travel with the call
 
     def work() -> None:
         try:
-            box["value"] = fn(*args)
+            box["value"] = context.run(fn, *args)
         except BaseException as exc:
             box["error"] = exc
         finally:
