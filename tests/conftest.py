@@ -1,55 +1,116 @@
-"""Shared fixtures: real speech clips, and a guard that no test leaks temp files."""
+"""Shared fixtures for every test file.
+
+* ``speech_clip``: ~25 s of real speech (espeak-ng), its reference text and WAV bytes.
+* ``speech_formats``: that clip encoded as wav, flac, mp3, ogg, opus, m4a and webm.
+* ``no_leaked_temp_files`` (autouse): fails a test that leaves temp files behind.
+* ``isolated_default_client`` (autouse): a test that configures (or creates) the
+  process-wide default client cannot hand it to the next test.
+
+The temp-file guard. Our code promises never to write temp files, so every test checks it.
+Several engineers (and CI jobs) share this machine's ``/tmp``, so a guard that watched it
+would blame a test for another process's files. Instead the session gets a private temp
+directory: ``tempfile.gettempdir()`` and ``$TMPDIR`` (inherited by subprocesses) point
+into it, so whatever appears there came from this test run. A test fails when an entry
+named like a temp file (``tmp*``, ``wm-*``, ``*whisper*``) is new after it. Library caches
+that land in the temp dir under other names (e.g. ``torchinductor_*``) are not flagged.
+pytest's own ``tmp_path`` lives outside the private directory and is never flagged.
+Opt a test out with ``@pytest.mark.allow_temp``.
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
+from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pytest
 
 from tests import speech
 
+_TEMP_ENV = ("TMPDIR", "TEMP", "TMP")
+
+
+class SpeechClip(NamedTuple):
+    """A clip of speech with a known transcript."""
+
+    samples: np.ndarray  # 16 kHz mono float32
+    text: str  # the reference transcript
+    wav: bytes  # the samples as a 16-bit PCM WAV file
+
 
 @pytest.fixture(scope="session")
-def speech_clip() -> tuple[np.ndarray, str]:
-    """About 20 s of speech (6 sentences with pauses) and its reference text."""
-    return speech.make_clip(speech.SENTENCES[5:11], gap_seconds=0.5)
+def speech_clip() -> SpeechClip:
+    """About 25 s of speech (6 sentences with 0.5 s pauses), its text and WAV bytes."""
+    samples, text = speech.make_clip(speech.SENTENCES[5:11], gap_seconds=0.5)
+    return SpeechClip(samples, text, speech.wav_bytes(samples))
 
 
 @pytest.fixture(scope="session")
-def speech_formats(speech_clip: tuple[np.ndarray, str]) -> dict[str, bytes]:
-    """The clip encoded as wav, flac, mp3, ogg, opus, m4a and webm."""
-    samples, _ = speech_clip
-    encoded = {
-        fmt: speech.to_format(samples, fmt) for fmt in ("flac", "mp3", "ogg", "opus", "m4a", "webm")
-    }
-    # a WAV with a real length header (ffmpeg writing to a pipe cannot fill it in)
-    return {"wav": speech.wav_bytes(samples), **encoded}
+def speech_formats(speech_clip: SpeechClip) -> dict[str, bytes]:
+    """The clip as files written the usual (seekable) way: fmt -> bytes.
+
+    Keys: wav, flac, mp3, ogg, opus, m4a, webm. The WAV has a real length header, the MP3
+    a Xing/LAME tag, the m4a its index at the end (see ``speech.to_format``).
+    """
+    return {fmt: speech.to_format(speech_clip.samples, fmt) for fmt in speech.FORMATS}
 
 
-def _temp_entries() -> set[str]:
-    root = tempfile.gettempdir()
+@pytest.fixture(scope="session", autouse=True)
+def private_tempdir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Point ``tempfile`` and ``$TMPDIR`` at a directory only this test run uses."""
+    tmp_path_factory.getbasetemp()  # pytest's own dirs stay where pytest put them
+    private = Path(tempfile.mkdtemp(prefix="pytest-tempguard-"))
+    saved_tempdir = tempfile.tempdir
+    saved_env = {name: os.environ.get(name) for name in _TEMP_ENV}
+    tempfile.tempdir = str(private)
+    os.environ.update(dict.fromkeys(_TEMP_ENV, str(private)))
+    try:
+        yield private
+    finally:
+        tempfile.tempdir = saved_tempdir
+        for name, value in saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        shutil.rmtree(private, ignore_errors=True)
+
+
+def _temp_entries(root: Path) -> set[str]:
     try:
         names = os.listdir(root)
     except OSError:
         return set()
-    # Our code must never create temp files; look at what Python's tempfile would name.
+    # what tempfile names things, and our own prefixes
     return {n for n in names if n.startswith(("tmp", "wm-")) or "whisper" in n.lower()}
 
 
 @pytest.fixture(autouse=True)
-def no_leaked_temp_files(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Fail a test that leaves new tmp*/whisper* entries in the system temp directory.
-
-    Tests that legitimately make temp dirs use pytest's ``tmp_path`` (under pytest-of-*),
-    which this guard ignores. Mark a test ``@pytest.mark.allow_temp`` to opt out.
-    """
+def no_leaked_temp_files(request: pytest.FixtureRequest, private_tempdir: Path) -> Iterator[None]:
+    """Fail a test that leaves new tmp*/wm-*/*whisper* entries in the temp directory."""
     if request.node.get_closest_marker("allow_temp"):
         yield
         return
-    before = _temp_entries()
+    root = Path(tempfile.gettempdir())
+    before = _temp_entries(root)
     yield
-    leaked = _temp_entries() - before
-    assert not leaked, f"test left temp files behind: {sorted(leaked)}"
+    leaked = _temp_entries(root) - before
+    assert not leaked, f"test left temp files behind in {root}: {sorted(leaked)}"
+
+
+@pytest.fixture(autouse=True)
+def isolated_default_client() -> Iterator[None]:
+    """Restore ``whisper_modal``'s process-wide default client after each test.
+
+    The default client resolves its settings (``WHISPER_MODAL_*``) when it is created, so
+    one created by an earlier test would carry that test's environment into later ones.
+    """
+    from whisper_modal import client
+
+    saved = client._DEFAULT
+    yield
+    client._DEFAULT = saved

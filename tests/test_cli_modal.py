@@ -20,10 +20,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture
 def fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeModal]:
     modal_fake = FakeModal()
-    previous = wm.default_client()
-    wm.configure(fake_client(modal_fake, monkeypatch))
+    wm.configure(fake_client(modal_fake, monkeypatch))  # conftest restores the default client
     yield modal_fake
-    wm.configure(previous)
     modal_fake.close()
 
 

@@ -1,17 +1,33 @@
 """Read any input to bytes; decode bytes to 16 kHz mono float32, in memory.
 
 Why this path: openai-whisper's ``load_audio`` starts an ffmpeg subprocess per file and
-needs a path on disk. Inside a container the audio arrives as bytes, so we decode from
-``io.BytesIO`` instead: libsndfile (through ``soundfile``) reads WAV, FLAC, OGG/Vorbis,
-Opus and MP3 directly, and ``soxr`` resamples. For containers libsndfile cannot read
-(m4a/mp4/aac, webm, ...) we fall back to PyAV (FFmpeg's libraries in-process), again from a
-``BytesIO``; it seeks, so mp4 files whose index sits at the end decode too. No temp files.
+needs the ``ffmpeg`` binary and a path on disk. Inside a container the audio arrives as
+bytes, so we decode from ``io.BytesIO`` instead, never through a temp file:
+
+* libsndfile (through ``soundfile``) reads WAV, FLAC, OGG/Vorbis, Opus and MP3 directly.
+  Channels are averaged to mono and ``soxr`` resamples ("HQ") when the rate differs.
+* Containers libsndfile cannot read (m4a/mp4/aac, webm/mka, ...) go to PyAV, FFmpeg's
+  libraries in-process. PyAV reads the ``BytesIO`` with seeking, so an mp4 whose index
+  (``moov``) sits at the end of the file decodes too, which a pipe into ffmpeg cannot do.
+  Its frames are mixed to mono here and resampled by a streaming ``soxr`` resampler, so
+  both paths sound the same and a long file never holds its native-rate samples in memory.
+
+Header facts are used before decoding: the duration limit is checked from the frame count
+when the header is trustworthy, and a WAV whose ``data`` chunk promises more bytes than
+present is refused as truncated (libsndfile would silently clamp it). An MP3's frame count
+is trusted only when it carries a Xing/Info/VBRI tag: without one libsndfile estimates
+from the first frame's bitrate, which is wrong for VBR files (a quiet start makes the
+estimate several times too long). Truncation is detected where the format makes it
+detectable (a header count, or a decoder error mid-stream); a raw MP3 cut between frames
+is indistinguishable from a shorter file.
+
+soundfile, soxr and PyAV are imported lazily: the client core imports this module without
+them, and a missing one raises an error naming ``pip install 'whisper-modal[local]'``.
 """
 
 from __future__ import annotations
 
 import io
-import math
 import os
 import struct
 from typing import Any, BinaryIO
@@ -32,9 +48,18 @@ __all__ = [
 ]
 
 SAMPLE_RATE = 16000  # Hz: what Whisper's log-mel front end expects
+BLOCK_FRAMES = 1 << 16  # frames decoded, mixed and resampled at a time (fits in L2 cache)
+MAX_ARRAY_CHANNELS = 8  # a 2-D array with more on both axes is not (n, channels) audio
+# A header count this far ahead of the decoded frames means the file was cut short
+# (leaves room for an MP3 decoder's rounding of its gapless padding).
+TRUNCATION_SLACK_FRAMES = 4096
+UNKNOWN_FRAMES = 1 << 62  # libsndfile reports 2**63-1 frames for a stream of unknown length
 _EXTRA = "pip install 'whisper-modal[local]'"
 
+#: everything ``load_audio`` accepts (``s3://`` URIs are handled by the client, not here)
 AudioInput = bytes | bytearray | memoryview | str | os.PathLike[str] | BinaryIO | np.ndarray
+
+Buffer = bytes | bytearray | memoryview
 
 
 def _need(module: str) -> Any:
@@ -44,44 +69,36 @@ def _need(module: str) -> Any:
         raise ConfigurationError(f"decoding audio needs {module}: {_EXTRA}") from exc
 
 
+# ------------------------------------------------------------------------------ reading
+
+
 def read_audio_bytes(source: Any, *, max_bytes: int | None = None) -> bytes:
     """Read bytes, a path or a binary file object into ``bytes``.
 
+    Args:
+        source: ``bytes``/``bytearray``/``memoryview``, a path (``str`` or ``PathLike``),
+            or a file object opened in binary mode.
+        max_bytes: refuse larger inputs; a path's size is checked before it is read.
+
+    Returns:
+        The encoded audio, unchanged.
+
     Raises:
-        AudioError: missing path ("not_found"), directory/text file/other type
-            ("unsupported_type"), nothing to read ("empty"), over ``max_bytes`` ("too_large").
-        ConfigurationError: an ``s3://`` URI (use the client, which handles S3).
+        AudioError: missing path ("not_found"); a directory, text-mode file or other type
+            ("unsupported_type"); nothing to read ("empty"); over ``max_bytes``
+            ("too_large"); the OS refused the read ("invalid").
+        ConfigurationError: an ``s3://`` or ``http(s)://`` URI (the client reads S3).
     """
     if isinstance(source, bytes | bytearray | memoryview):
         data = bytes(source)
     elif isinstance(source, str | os.PathLike):
-        path = os.fspath(source)
-        if isinstance(path, str) and path.startswith("s3://"):
-            raise ConfigurationError("s3:// inputs are read by the client: use wm.transcribe(uri)")
-        if not os.path.exists(path):
-            raise AudioError(f"no such audio file: {path}", reason="not_found")
-        if not os.path.isfile(path):
-            raise AudioError(f"not a regular file: {path}", reason="unsupported_type")
-        size = os.path.getsize(path)
-        if max_bytes is not None and size > max_bytes:
-            raise AudioError(
-                f"{path} is {size} bytes, over the limit of {max_bytes}", reason="too_large"
-            )
-        with open(path, "rb") as fh:
-            data = fh.read()
+        data = _read_path(source, max_bytes)
     elif hasattr(source, "read"):
-        if isinstance(source, io.TextIOBase):
-            raise AudioError(
-                "the file object is in text mode; open it with 'rb'", reason="unsupported_type"
-            )
-        chunk = source.read() if max_bytes is None else source.read(max_bytes + 1)
-        if not isinstance(chunk, bytes | bytearray):
-            raise AudioError("the file object did not return bytes", reason="unsupported_type")
-        data = bytes(chunk)
+        data = _read_file_object(source, max_bytes)
     else:
         raise AudioError(
             f"cannot read audio from {type(source).__name__}; pass bytes, a path, a binary file, "
-            "a numpy array or an s3:// URI",
+            "a numpy array (with sample_rate=) or an s3:// URI",
             reason="unsupported_type",
         )
     if not data:
@@ -91,27 +108,98 @@ def read_audio_bytes(source: Any, *, max_bytes: int | None = None) -> bytes:
     return data
 
 
-def probe_duration(data: bytes | bytearray | memoryview) -> float | None:
-    """Duration in seconds from the header when libsndfile can read it, else None."""
+def _read_path(source: str | os.PathLike[str], max_bytes: int | None) -> bytes:
+    path = os.fspath(source)
+    if path.startswith("s3://"):
+        raise ConfigurationError("s3:// inputs are read by the client: use wm.transcribe(uri)")
+    if path.startswith(("http://", "https://")):
+        raise ConfigurationError(f"URLs are not fetched: download {path} first, or use s3://")
+    if not os.path.exists(path):
+        raise AudioError(f"no such audio file: {path}", reason="not_found")
+    if not os.path.isfile(path):
+        raise AudioError(f"not a regular file: {path}", reason="unsupported_type")
+    try:
+        size = os.path.getsize(path)
+        if max_bytes is not None and size > max_bytes:
+            raise AudioError(
+                f"{path} is {size} bytes, over the limit of {max_bytes}", reason="too_large"
+            )
+        with open(path, "rb") as fh:
+            return fh.read()
+    except FileNotFoundError as exc:  # removed between the check and the read
+        raise AudioError(f"no such audio file: {path}", reason="not_found") from exc
+    except OSError as exc:  # permission denied, I/O error
+        raise AudioError(f"cannot read {path}: {exc.strerror or exc}", reason="invalid") from exc
+
+
+def _read_file_object(source: Any, max_bytes: int | None) -> bytes:
+    if isinstance(source, io.TextIOBase):
+        raise AudioError(
+            "the file object is in text mode; open it with 'rb'", reason="unsupported_type"
+        )
+    try:
+        # one byte over the cap is enough to know the input is too large
+        chunk = source.read() if max_bytes is None else source.read(max_bytes + 1)
+    except (OSError, ValueError) as exc:  # closed file, unreadable stream
+        raise AudioError(f"cannot read the file object: {exc}", reason="invalid") from exc
+    if not isinstance(chunk, bytes | bytearray | memoryview):
+        raise AudioError(
+            "the file object did not return bytes; open it with 'rb'", reason="unsupported_type"
+        )
+    return bytes(chunk)
+
+
+# ------------------------------------------------------------------------------ headers
+
+
+def probe_duration(data: Buffer) -> float | None:
+    """Duration in seconds read from the header, without decoding.
+
+    Args:
+        data: encoded audio.
+
+    Returns:
+        Seconds, or None when the header does not say reliably (a format libsndfile
+        cannot read, a stream without a length, an MP3 without a Xing/Info/VBRI tag).
+
+    Raises:
+        ConfigurationError: soundfile is not installed.
+    """
     sf = _need("soundfile")
     try:
         info = sf.info(io.BytesIO(data))
-    except Exception:  # any decoder complaint means "unknown", not an error here
-        return None
-    if info.samplerate <= 0 or info.frames <= 0:
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError):
+        return None  # unknown to libsndfile: "no header duration", not an error
+    if not _trust_frames(data, info.format, info.frames, info.samplerate):
         return None
     return float(info.frames) / float(info.samplerate)
 
 
-def _check_length(seconds: float, max_seconds: float | None) -> None:
-    if max_seconds is not None and seconds > max_seconds:
-        raise AudioError(
-            f"audio is {seconds:.1f} s long, over the limit of {max_seconds:g} s", reason="too_long"
-        )
+def _trust_frames(data: Buffer, fmt: str, frames: int, rate: int) -> bool:
+    """Is the header's frame count a real count (not unknown, not an MP3 estimate)?"""
+    # Streamed files (FLAC written to a pipe) report 0 or 2**63-1 frames.
+    known = rate > 0 and 0 < frames < UNKNOWN_FRAMES
+    return known and (fmt not in ("MP3", "MPEG") or _mp3_has_frame_count(data))
 
 
-def _declared_wav_shortfall(data: bytes | bytearray | memoryview) -> int:
-    """Bytes a RIFF/WAVE file's ``data`` chunk promises beyond what is present (0 if none).
+def _mp3_has_frame_count(data: Buffer) -> bool:
+    """True when the first MPEG frame carries a Xing/Info (with frame count) or VBRI tag."""
+    start = 0
+    head = bytes(data[:10])
+    if head[:3] == b"ID3" and len(head) == 10:  # skip an ID3v2 tag (syncsafe size)
+        size = (head[6] << 21) | (head[7] << 14) | (head[8] << 7) | head[9]
+        start = 10 + size + (10 if head[5] & 0x10 else 0)
+    first = bytes(data[start : start + 200])  # the tag sits in the first frame's payload
+    for tag in (b"Xing", b"Info"):
+        at = first.find(tag)
+        if at >= 0 and len(first) >= at + 8:
+            (flags,) = struct.unpack(">I", first[at + 4 : at + 8])
+            return bool(flags & 1)  # bit 0: the frame-count field is present
+    return b"VBRI" in first
+
+
+def _declared_wav_shortfall(data: Buffer) -> int:
+    """Bytes a RIFF/WAVE ``data`` chunk promises beyond what is present (0 if none).
 
     libsndfile quietly clamps a truncated WAV to the bytes it finds, so truncation is
     detected here from the header. Streamed WAVs (size 0 or 0xFFFFFFFF) promise nothing.
@@ -131,126 +219,222 @@ def _declared_wav_shortfall(data: bytes | bytearray | memoryview) -> int:
     return 0
 
 
-def _decode_soundfile(
-    data: bytes | bytearray | memoryview, max_seconds: float | None
-) -> tuple[np.ndarray, int] | None:
-    sf = _need("soundfile")
+def _container(data: Buffer) -> str | None:
+    """The container named by the file's magic bytes, if it is one we know."""
+    head = bytes(data[:12])
+    if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
+        return "wav"
+    if head[4:8] == b"ftyp":
+        return "mp4"
+    magics = {
+        b"fLaC": "flac",
+        b"OggS": "ogg",
+        b"\x1a\x45\xdf\xa3": "matroska",  # EBML: webm / mka
+        b"ID3": "mp3",
+        b"\xff\xfb": "mp3",
+        b"\xff\xf3": "mp3",
+        b"\xff\xf1": "aac",  # ADTS
+        b"\xff\xf9": "aac",
+    }
+    return next((name for magic, name in magics.items() if head.startswith(magic)), None)
+
+
+def _check_length(seconds: float, max_seconds: float | None) -> None:
+    if max_seconds is not None and seconds > max_seconds:
+        raise AudioError(
+            f"audio is {seconds:.1f} s long, over the limit of {max_seconds:g} s", reason="too_long"
+        )
+
+
+def _broken(data: Buffer, exc: BaseException) -> AudioError:
+    """A decoder failure: truncated/corrupt when the container is known, else not audio."""
+    kind = _container(data)
+    if kind is not None:
+        return AudioError(f"the {kind} audio is truncated or corrupt: {exc}", reason="truncated")
+    return AudioError(f"the input is not decodable audio: {exc}", reason="not_audio")
+
+
+# ----------------------------------------------------------------------------- decoding
+
+
+def decode_audio(data: Buffer, *, max_seconds: float | None = None) -> np.ndarray:
+    """Decode encoded audio bytes to 16 kHz mono float32 without touching the disk.
+
+    Args:
+        data: the encoded file's bytes (WAV, FLAC, OGG, Opus, MP3, M4A, WebM, ...).
+        max_seconds: refuse longer audio; checked from the header before decoding when
+            the header is trustworthy, else while decoding.
+
+    Returns:
+        A 1-D, C-contiguous float32 array of samples at ``SAMPLE_RATE``.
+
+    Raises:
+        AudioError: reason "empty", "not_audio", "truncated", "zero_length", "non_finite",
+            "too_long", or "unsupported_type" (a container that needs PyAV, not installed).
+        ConfigurationError: soundfile or soxr is not installed.
+    """
+    if not data:
+        raise AudioError("the audio input is empty", reason="empty")
     shortfall = _declared_wav_shortfall(data)
     if shortfall:
-        raise AudioError(f"WAV audio is truncated: {shortfall} bytes missing", reason="truncated")
-    try:
-        with sf.SoundFile(io.BytesIO(data)) as f:
-            rate = int(f.samplerate)
-            # Streamed files (e.g. FLAC written to a pipe) report no or absurd frame counts:
-            # trust the header only when it is plausible for the byte count.
-            plausible = 0 < f.frames < len(data) * 64
-            if plausible and rate > 0:
-                _check_length(f.frames / rate, max_seconds)
-            blocks: list[np.ndarray] = []
-            if plausible:
-                blocks.append(f.read(dtype="float32", always_2d=True))  # one allocation
-            else:  # unknown length: read in blocks, checking the limit as it grows
-                total = 0
-                for block in f.blocks(blocksize=1 << 18, dtype="float32", always_2d=True):
-                    blocks.append(block)
-                    total += block.shape[0]
-                    if rate > 0:
-                        _check_length(total / rate, max_seconds)
-            expected = f.frames if plausible else 0
-    except AudioError:
-        raise
-    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
-        text = str(exc).lower()
-        if "unknown format" in text or "not recognised" in text or "format not" in text:
-            return None
-        if _looks_foreign(data):
-            return None
-        # libsndfile knows the container but cannot finish it: truncated or corrupt, or a
-        # stream it cannot seek in (FLAC written to a pipe). PyAV decides which.
-        try:
-            return _decode_av(data, max_seconds)
-        except AudioError as av_error:
-            if av_error.reason == "too_long":
-                raise
-        return _raise_truncated(exc)
-    if not blocks:
-        raise AudioError("the audio has no samples", reason="zero_length")
-    samples = np.concatenate(blocks) if len(blocks) > 1 else blocks[0]
-    if expected > 0 and samples.shape[0] < expected * 0.99:
         raise AudioError(
-            f"audio is truncated: header promises {expected} frames, found {samples.shape[0]}",
+            f"the WAV audio is truncated: {shortfall} bytes missing", reason="truncated"
+        )
+    decoded = _decode_soundfile(data, max_seconds)
+    return _decode_av(data, max_seconds) if decoded is None else decoded
+
+
+class _Sink:
+    """Mix blocks of (frames, channels) to mono and resample them to 16 kHz as they come.
+
+    Working block by block keeps the big arrays at 16 kHz mono: an hour of 44.1 kHz stereo
+    is 1.3 GB as float32 but 230 MB once mixed and resampled. It is also faster: a
+    5-minute 44.1 kHz stereo WAV decoded in 0.14 s this way and 0.42 s as whole arrays
+    (``mean(axis=1)`` over a huge (n, 2) array is slow). The length limit is enforced as
+    the audio grows.
+    """
+
+    def __init__(self, rate: int, max_seconds: float | None) -> None:
+        self.rate = rate
+        self.max_seconds = max_seconds
+        self.frames = 0  # input frames seen
+        self.chunks: list[np.ndarray] = []
+        self.stream: Any = None
+        if rate != SAMPLE_RATE:
+            soxr = _need("soxr")
+            self.stream = soxr.ResampleStream(rate, SAMPLE_RATE, 1, dtype="float32", quality="HQ")
+
+    def add(self, block: np.ndarray) -> None:
+        """Take float32 samples shaped (frames, channels); the block may be reused after."""
+        if block.shape[0] == 0:
+            return
+        if not np.isfinite(block).all():
+            raise AudioError("the audio contains NaN or infinite samples", reason="non_finite")
+        self.frames += block.shape[0]
+        _check_length(self.frames / self.rate, self.max_seconds)
+        mono = block[:, 0].astype(np.float32, copy=True)  # a copy: callers reuse buffers
+        for channel in range(1, block.shape[1]):
+            mono += block[:, channel]
+        if block.shape[1] > 1:
+            mono *= np.float32(1.0 / block.shape[1])
+        self.chunks.append(mono if self.stream is None else self.stream.resample_chunk(mono))
+
+    def finish(self, keep: int | None = None) -> np.ndarray:
+        """The 16 kHz mono result (cut to ``keep`` samples when given)."""
+        if self.frames == 0:
+            raise AudioError("the audio has no samples", reason="zero_length")
+        if self.stream is not None:
+            self.chunks.append(self.stream.resample_chunk(np.zeros(0, np.float32), last=True))
+        out = np.concatenate(self.chunks) if len(self.chunks) > 1 else self.chunks[0]
+        self.chunks = []
+        return np.ascontiguousarray(out[:keep] if keep is not None else out, dtype=np.float32)
+
+
+def _decode_soundfile(data: Buffer, max_seconds: float | None) -> np.ndarray | None:
+    """Decode with libsndfile; None when it cannot open the input (PyAV's turn)."""
+    sf = _need("soundfile")
+    try:
+        f = sf.SoundFile(io.BytesIO(data))
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError):
+        return None
+    with f:
+        rate, frames = int(f.samplerate), int(f.frames)
+        trusted = _trust_frames(data, f.format, frames, rate)
+        try:
+            if trusted:
+                _check_length(frames / rate, max_seconds)  # before decoding anything
+            sink = _Sink(rate, max_seconds)
+            buffer = np.empty((BLOCK_FRAMES, max(1, int(f.channels))), np.float32)
+            # Not SoundFile.blocks(): it counts down from the header's frame estimate and,
+            # for an untagged VBR MP3, yields padding far past the real end (seen: a 28 s
+            # file read as 120 s). Read until libsndfile returns a short block.
+            while True:
+                block = f.read(out=buffer)
+                sink.add(block)
+                if block.shape[0] < BLOCK_FRAMES:
+                    break
+        except (AudioError, ConfigurationError):  # ours (both are also ValueErrors)
+            raise
+        except (sf.LibsndfileError, RuntimeError, ValueError) as exc:
+            if trusted:
+                raise _broken(data, exc) from exc
+            # libsndfile knew the container but could not finish it: truncated, corrupt, or
+            # a stream it cannot handle (FLAC written to a pipe). PyAV decides which.
+            return _decode_av_or_raise(data, max_seconds, exc)
+    if trusted and sink.frames + TRUNCATION_SLACK_FRAMES < frames:
+        raise AudioError(
+            f"audio is truncated: the header promises {frames} frames, found {sink.frames}",
             reason="truncated",
         )
-    return samples, rate
+    return sink.finish()
 
 
-def _looks_foreign(data: bytes | bytearray | memoryview) -> bool:
-    # Containers libsndfile does not handle: let PyAV try them.
-    head = bytes(data[:16])
-    return (
-        head[4:8] == b"ftyp"
-        or head[:4] == b"\x1a\x45\xdf\xa3"
-        or head[:2] in (b"\xff\xf1", b"\xff\xf9")
-    )
+def _decode_av_or_raise(
+    data: Buffer, max_seconds: float | None, cause: BaseException
+) -> np.ndarray:
+    try:
+        return _decode_av(data, max_seconds)
+    except AudioError as av_error:
+        if av_error.reason in ("too_long", "unsupported_type", "non_finite"):
+            raise
+        raise _broken(data, cause) from cause
 
 
-def _raise_truncated(exc: BaseException) -> tuple[np.ndarray, int]:
-    raise AudioError(f"audio is truncated or corrupt: {exc}", reason="truncated") from exc
-
-
-def _decode_av(
-    data: bytes | bytearray | memoryview, max_seconds: float | None
-) -> tuple[np.ndarray, int]:
+def _decode_av(data: Buffer, max_seconds: float | None) -> np.ndarray:
+    """Decode with PyAV from memory; returns 16 kHz mono float32 (see the module doc)."""
     try:
         import av
     except ImportError as exc:
-        raise AudioError(f"this format needs PyAV to decode: {_EXTRA}", reason="not_audio") from exc
+        raise AudioError(
+            f"this container needs PyAV to decode: {_EXTRA}", reason="unsupported_type"
+        ) from exc
+    sink: _Sink | None = None
     try:
         with av.open(io.BytesIO(data), mode="r") as container:
             if not container.streams.audio:
                 raise AudioError("the input has no audio stream", reason="not_audio")
             stream = container.streams.audio[0]
-            resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
-            chunks: list[np.ndarray] = []
-            total = 0
+            declared = _declared_samples(stream)
+            # float planar at the native layout and rate: we mix and resample ourselves,
+            # exactly as on the libsndfile path
+            planar = av.AudioResampler(format="fltp")
+            pending: list[np.ndarray] = []  # codec frames are small (1024 samples for AAC):
+            queued = 0  # hand the sink blocks of BLOCK_FRAMES, not thousands of calls
             for frame in container.decode(stream):
-                for out in resampler.resample(frame):
-                    array = out.to_ndarray().reshape(-1)
-                    chunks.append(array)
-                    total += array.shape[0]
-                    _check_length(total / SAMPLE_RATE, max_seconds)
-            for out in resampler.resample(None):
-                chunks.append(out.to_ndarray().reshape(-1))
-    except AudioError:
+                for out in planar.resample(frame):
+                    if sink is None:
+                        sink = _Sink(int(out.sample_rate), max_seconds)
+                    pending.append(out.to_ndarray())  # (channels, n)
+                    queued += pending[-1].shape[1]
+                    if queued >= BLOCK_FRAMES:
+                        sink.add(np.concatenate(pending, axis=1).T)
+                        pending, queued = [], 0
+            if sink is not None and pending:
+                sink.add(np.concatenate(pending, axis=1).T)
+    except (AudioError, ConfigurationError):  # ours (both are also ValueErrors)
         raise
-    except Exception as exc:  # av.error.* (InvalidDataError, EOFError, ...)
-        raise AudioError(f"the input is not decodable audio: {exc}", reason="not_audio") from exc
-    if not chunks:
+    except (av.FFmpegError, OSError, ValueError, EOFError) as exc:
+        if sink is not None:  # decoded a while, then the stream broke
+            raise AudioError(f"audio is truncated or corrupt: {exc}", reason="truncated") from exc
+        raise _broken(data, exc) from exc
+    if sink is None:
         raise AudioError("the audio has no samples", reason="zero_length")
-    return np.concatenate(chunks).astype(np.float32, copy=False)[:, None], SAMPLE_RATE
+    # AAC decoders emit the last frame's padding (up to 64 ms at 16 kHz); the container's
+    # duration (its edit list) says where the audio really ends.
+    samples = sink.finish()
+    if declared is not None and 0 < samples.shape[0] - declared <= SAMPLE_RATE // 2:
+        samples = samples[:declared]
+    return samples
 
 
-def decode_audio(
-    data: bytes | bytearray | memoryview, *, max_seconds: float | None = None
-) -> np.ndarray:
-    """Decode encoded audio bytes to 16 kHz mono float32 without touching the disk.
+def _declared_samples(stream: Any) -> int | None:
+    """The stream's duration from the container, in 16 kHz samples, if it has one."""
+    if not stream.duration or stream.time_base is None:
+        return None
+    return round(float(stream.duration * stream.time_base) * SAMPLE_RATE)
 
-    Args:
-        data: the encoded file's bytes (WAV, FLAC, OGG, Opus, MP3, M4A, WebM, ...).
-        max_seconds: refuse longer audio (checked from the header before decoding when
-            the format has one).
 
-    Raises:
-        AudioError: reason "empty", "not_audio", "truncated", "zero_length", "non_finite"
-            or "too_long".
-    """
-    if not data:
-        raise AudioError("the audio input is empty", reason="empty")
-    decoded = _decode_soundfile(data, max_seconds)
-    if decoded is None:
-        decoded = _decode_av(data, max_seconds)
-    samples, rate = decoded
-    return _finish(samples, rate, max_seconds)
+# ------------------------------------------------------------------------------- arrays
 
 
 def from_array(
@@ -258,64 +442,116 @@ def from_array(
 ) -> np.ndarray:
     """Validate samples, mix to mono and resample to 16 kHz float32.
 
-    Accepts shape (n,), (n, channels) or (channels, n) with few channels.
+    Args:
+        array: shape (n,), (n, channels) or (channels, n) with at most 8 channels; float
+            in [-1, 1] or integer PCM (scaled by its type's range).
+        sample_rate: the array's rate in Hz.
+        max_seconds: refuse longer audio.
+
+    Returns:
+        A new 1-D, C-contiguous float32 array of samples at ``SAMPLE_RATE``.
 
     Raises:
-        AudioError: empty, non-finite, or not a 1-D/2-D numeric array.
-        ConfigurationError: a non-positive sample rate.
+        AudioError: not a 1-D/2-D real numeric array ("unsupported_type"), no samples
+            ("zero_length"), NaN/inf ("non_finite"), too long ("too_long").
+        ConfigurationError: a sample rate that is not a positive integer.
     """
-    if not isinstance(sample_rate, int | np.integer) or sample_rate <= 0:
+    if isinstance(sample_rate, bool) or not isinstance(sample_rate, int | np.integer):
+        raise ConfigurationError(f"sample_rate must be a positive integer, not {sample_rate!r}")
+    if sample_rate <= 0:
         raise ConfigurationError(f"sample_rate must be a positive integer, not {sample_rate!r}")
     arr = np.asarray(array)
     if arr.dtype.kind not in "fiu" or arr.ndim not in (1, 2):
-        raise AudioError("a sample array must be 1-D or 2-D numbers", reason="unsupported_type")
-    if arr.ndim == 2 and arr.shape[0] <= 8 and arr.shape[1] > arr.shape[0]:
+        raise AudioError(
+            f"a sample array must be 1-D or 2-D real numbers, not {arr.dtype} {arr.shape}",
+            reason="unsupported_type",
+        )
+    if arr.ndim == 1:
+        arr = arr[:, None]
+    elif min(arr.shape) > MAX_ARRAY_CHANNELS:
+        raise AudioError(
+            f"cannot tell samples from channels in shape {arr.shape}; pass (n, channels)",
+            reason="unsupported_type",
+        )
+    elif arr.shape[0] <= MAX_ARRAY_CHANNELS and arr.shape[1] > arr.shape[0]:
         arr = arr.T  # (channels, n) -> (n, channels)
-    if arr.dtype.kind in "iu":
-        arr = arr.astype(np.float32) / float(np.iinfo(arr.dtype).max)
-    samples = arr.astype(np.float32, copy=False)
-    return _finish(
-        samples if samples.ndim == 2 else samples[:, None], int(sample_rate), max_seconds
-    )
+    _check_length(arr.shape[0] / int(sample_rate), max_seconds)  # before any work
+    # integer PCM -> [-1, 1): signed by 2**(bits-1); unsigned is centred on half its range
+    offset, scale = 0.0, 1.0
+    if arr.dtype.kind == "i":
+        scale = 1.0 / float(-np.iinfo(arr.dtype).min)
+    elif arr.dtype.kind == "u":
+        offset = float(np.iinfo(arr.dtype).max // 2 + 1)
+        scale = 1.0 / offset
+    sink = _Sink(int(sample_rate), max_seconds)
+    for start in range(0, arr.shape[0], BLOCK_FRAMES):
+        block = arr[start : start + BLOCK_FRAMES].astype(np.float32)
+        if arr.dtype.kind in "iu":
+            block = (block - np.float32(offset)) * np.float32(scale)
+        sink.add(block)
+    return sink.finish()
 
 
-def _finish(samples: np.ndarray, rate: int, max_seconds: float | None) -> np.ndarray:
-    if samples.shape[0] == 0:
-        raise AudioError("the audio has no samples", reason="zero_length")
-    if not np.isfinite(samples).all():
-        raise AudioError("the audio contains NaN or infinite samples", reason="non_finite")
-    _check_length(samples.shape[0] / rate, max_seconds)
-    mono = samples.mean(axis=1) if samples.shape[1] > 1 else samples[:, 0]
-    if rate != SAMPLE_RATE:
-        soxr = _need("soxr")
-        mono = soxr.resample(mono, rate, SAMPLE_RATE, quality="HQ")
-    return np.ascontiguousarray(mono, dtype=np.float32)
+# -------------------------------------------------------------------------- entry points
 
 
 def load_audio(
-    source: Any,
+    source: AudioInput,
     *,
     sample_rate: int | None = None,
     max_seconds: float | None = None,
     max_bytes: int | None = None,
 ) -> np.ndarray:
-    """Any supported input -> 16 kHz mono float32 (arrays need ``sample_rate``)."""
+    """Any supported input -> 16 kHz mono float32.
+
+    Args:
+        source: encoded bytes, a path, a binary file object, or a numpy array of samples.
+        sample_rate: the array's rate in Hz (required for arrays, ignored otherwise).
+        max_seconds: refuse longer audio.
+        max_bytes: refuse larger encoded inputs (a path's size is checked before reading).
+
+    Returns:
+        A 1-D float32 array at ``SAMPLE_RATE``.
+
+    Raises:
+        AudioError: see ``read_audio_bytes``, ``decode_audio`` and ``from_array``.
+        ConfigurationError: an array without ``sample_rate``, an ``s3://`` URI, or a
+            missing decoder dependency.
+    """
     if isinstance(source, np.ndarray):
         if sample_rate is None:
-            raise ConfigurationError("a numpy array needs sample_rate=")
+            raise ConfigurationError("a numpy array needs sample_rate= (its rate in Hz)")
         return from_array(source, sample_rate, max_seconds=max_seconds)
     return decode_audio(read_audio_bytes(source, max_bytes=max_bytes), max_seconds=max_seconds)
 
 
 def encode_flac(samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> bytes:
-    """Encode samples as 16-bit FLAC in memory (compact transport for array inputs)."""
+    """Encode mono or (n, channels) float samples as 16-bit FLAC, in memory.
+
+    Used to send array inputs (and fan-out chunks) compactly: speech FLAC is about a
+    third of the 16-bit PCM size, and 16 bits keep ~96 dB of range, far below what Whisper
+    can hear.
+
+    Args:
+        samples: float samples in [-1, 1] (values outside are clipped).
+        sample_rate: their rate in Hz.
+
+    Returns:
+        The FLAC file's bytes.
+
+    Raises:
+        AudioError: no samples ("zero_length") or NaN/inf ("non_finite").
+        ConfigurationError: soundfile is missing, or libsndfile rejects the rate.
+    """
     sf = _need("soundfile")
+    arr = np.asarray(samples, dtype=np.float32)
+    if arr.size == 0:
+        raise AudioError("the audio has no samples", reason="zero_length")
+    if not np.isfinite(arr).all():
+        raise AudioError("the audio contains NaN or infinite samples", reason="non_finite")
     buffer = io.BytesIO()
-    clipped = np.clip(samples, -1.0, 1.0)
-    sf.write(buffer, clipped, sample_rate, format="FLAC", subtype="PCM_16")
+    try:
+        sf.write(buffer, np.clip(arr, -1.0, 1.0), sample_rate, format="FLAC", subtype="PCM_16")
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
+        raise ConfigurationError(f"cannot encode FLAC at {sample_rate} Hz: {exc}") from exc
     return buffer.getvalue()
-
-
-def duration_seconds(samples: np.ndarray) -> float:
-    """Seconds of 16 kHz samples."""
-    return float(samples.shape[0]) / SAMPLE_RATE if math.isfinite(samples.shape[0]) else 0.0
