@@ -237,7 +237,9 @@ class TranscribeOptions:
     )
     logprob_threshold: float | None = attrs.field(default=-1.0, validator=_check_optional_float)
     no_speech_threshold: float | None = attrs.field(default=0.6, validator=_check_optional_float)
-    # "sequential" is openai-whisper's loop; "batched" decodes silence-cut windows together
+    # "sequential" is openai-whisper's loop; "batched" runs that loop on several streams
+    # (the audio split at pauses) in shared forward passes; "auto" batches audio long
+    # enough for two streams (100 s)
     mode: Mode = attrs.field(default="auto", validator=_check_mode)
 
     def __attrs_post_init__(self) -> None:

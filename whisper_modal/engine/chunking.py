@@ -11,7 +11,12 @@ Modal fan-out (chunks of minutes, one per container):
   30 s grid raised WER from ~5% to ~14% here.
 * Windows that contain no frame above the silence threshold are marked ``silent`` so the
   engine skips them (Whisper tends to hallucinate text on silence).
+* ``split_evenly`` cuts audio into N parts of about equal length at the pauses nearest
+  the even split points: the batched engine's parallel streams.
 * ``merge_results`` joins per-piece transcript dicts into one with absolute timestamps.
+
+Everything works on 10 ms analysis frames at 16 kHz; ``sample_rate`` scales the frame
+sizes for other rates.
 """
 
 from __future__ import annotations
@@ -23,51 +28,82 @@ from typing import Any
 import attrs
 import numpy as np
 
-__all__ = ["Window", "merge_results", "plan_chunks", "plan_windows", "speech_mask"]
+__all__ = [
+    "Window",
+    "frame_db",
+    "merge_results",
+    "plan_chunks",
+    "plan_windows",
+    "speech_mask",
+    "split_evenly",
+]
 
-SAMPLE_RATE = 16000  # Hz
-HOP = 160  # samples: 10 ms analysis hop
-FRAME = 400  # samples: 25 ms analysis frame
+SAMPLE_RATE = 16000  # Hz: Whisper's input rate, the default everywhere here
+HOP = 160  # samples at 16 kHz: 10 ms analysis hop (= one Whisper mel frame)
+FRAME = 400  # samples at 16 kHz: 25 ms analysis frame
+SILENCE_DB = 35.0  # dB below the clip's speech level (95th percentile) that counts as quiet
+FLOOR_DB = -60.0  # dBFS: anything quieter is silence whatever the clip's level
 
 
 @attrs.frozen
 class Window:
-    """A stretch of the input, in samples ``[start, end)``."""
+    """A stretch of the input, in samples ``[start, end)``; ``silent`` when it holds no sound."""
 
-    start: int
-    end: int
-    silent: bool = False
+    start: int  # first sample
+    end: int  # one past the last sample
+    silent: bool = False  # no frame above the pause threshold: nothing to transcribe
+    sample_rate: int = SAMPLE_RATE  # Hz, to turn samples into seconds
 
     @property
     def seconds(self) -> float:
         """Length in seconds."""
-        return (self.end - self.start) / SAMPLE_RATE
+        return (self.end - self.start) / self.sample_rate
 
     @property
     def offset(self) -> float:
         """Start time in seconds."""
-        return self.start / SAMPLE_RATE
+        return self.start / self.sample_rate
 
 
-def frame_db(samples: np.ndarray) -> np.ndarray:
-    """RMS level of each 10 ms hop (25 ms frames), in dB relative to full scale."""
-    if samples.shape[0] < FRAME:
-        samples = np.pad(samples, (0, FRAME - samples.shape[0]))
-    n = 1 + (samples.shape[0] - FRAME) // HOP
-    idx = np.arange(FRAME)[None, :] + HOP * np.arange(n)[:, None]
-    rms = np.sqrt(np.mean(np.square(samples[idx], dtype=np.float64), axis=1))
-    db: np.ndarray = 20.0 * np.log10(np.maximum(rms, 1e-10))
+def frame_db(samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """RMS level of each 10 ms hop (25 ms frames), in dB relative to full scale.
+
+    Frame ``i`` starts at sample ``i * hop``, so at 16 kHz frame indices are Whisper's mel
+    frame indices. Computed from sums over 5 ms blocks (a frame is 5 of them), so memory
+    stays linear in the input: an hour of audio needs no (frames x 400) copy.
+    """
+    half = max(1, sample_rate // 200)  # 5 ms in samples: 80 at 16 kHz
+    if samples.shape[0] < 5 * half:
+        samples = np.pad(samples, (0, 5 * half - samples.shape[0]))
+    blocks = samples.shape[0] // half
+    energy = np.square(samples[: blocks * half]).reshape(blocks, half).sum(axis=1, dtype=np.float64)
+    cumulative = np.concatenate(([0.0], np.cumsum(energy)))
+    n = 1 + (blocks - 5) // 2
+    starts = 2 * np.arange(n)
+    mean_square = (cumulative[starts + 5] - cumulative[starts]) / (5 * half)
+    db: np.ndarray = 10.0 * np.log10(np.maximum(mean_square, 1e-20))
     return db
 
 
 def speech_mask(
-    samples: np.ndarray, *, silence_db: float = 35.0, floor_db: float = -60.0
+    samples: np.ndarray,
+    sample_rate: int = SAMPLE_RATE,
+    *,
+    silence_db: float = SILENCE_DB,
+    floor_db: float = FLOOR_DB,
 ) -> np.ndarray:
-    """True for 10 ms frames that carry sound above the pause threshold."""
-    db = frame_db(samples)
+    """True for 10 ms frames that carry sound above the pause threshold.
+
+    The threshold is relative (``silence_db`` under the 95th-percentile frame level) so a
+    quiet recording and a loud one are cut alike, and never below ``floor_db``.
+    """
+    return _mask(frame_db(samples, sample_rate), silence_db, floor_db)
+
+
+def _mask(db: np.ndarray, silence_db: float, floor_db: float = FLOOR_DB) -> np.ndarray:
     loud = float(np.percentile(db, 95)) if db.size else floor_db
-    threshold = max(loud - silence_db, floor_db)
-    return db > threshold
+    mask: np.ndarray = db > max(loud - silence_db, floor_db)
+    return mask
 
 
 def _pauses(mask: np.ndarray, min_frames: int) -> list[tuple[int, int]]:
@@ -78,64 +114,148 @@ def _pauses(mask: np.ndarray, min_frames: int) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in runs if b - a >= min_frames]
 
 
+def _quietest(db: np.ndarray, lo: int, hi: int) -> int:
+    """The quietest frame in [lo, hi), levels smoothed over 100 ms so one click is no pause."""
+    smooth = np.convolve(db[lo:hi], np.ones(10) / 10, mode="same")
+    return lo + int(np.argmin(smooth))
+
+
+def _windows(
+    cuts: list[int], total: int, mask: np.ndarray, hop: int, sample_rate: int
+) -> list[Window]:
+    bounds = [0, *[c * hop for c in cuts], total]
+    windows = []
+    for a, b in itertools.pairwise(bounds):
+        fa, fb = a // hop, max(a // hop + 1, b // hop)
+        windows.append(Window(a, b, silent=not bool(mask[fa:fb].any()), sample_rate=sample_rate))
+    return windows
+
+
 def plan_windows(
     samples: np.ndarray,
+    sample_rate: int = SAMPLE_RATE,
     *,
     max_seconds: float = 30.0,
     min_seconds: float = 10.0,
-    min_pause_seconds: float = 0.15,
-    silence_db: float = 35.0,
+    min_pause_seconds: float = 0.2,
+    silence_db: float = SILENCE_DB,
 ) -> list[Window]:
     """Cut ``samples`` into windows of at most ``max_seconds``, at pauses.
 
+    Each cut goes in the middle of the latest pause (a quiet run of at least
+    ``min_pause_seconds``) between ``min_seconds`` and ``max_seconds`` into the window;
+    without one, at the quietest 100 ms of the window's last third.
+
     Args:
-        samples: 16 kHz mono audio.
+        samples: mono audio.
+        sample_rate: its rate in Hz.
         max_seconds: longest window (30 s for Whisper's encoder; minutes for fan-out).
         min_seconds: do not cut earlier than this into a window unless forced.
         min_pause_seconds: shortest quiet run that counts as a pause.
         silence_db: how far below the clip's speech level counts as quiet.
 
     Returns:
-        Windows covering the whole input in order; silent ones are marked.
+        Windows covering the whole input in order, none longer than ``max_seconds``;
+        windows with no sound are marked ``silent``. Empty input gives ``[]``.
+
+    Raises:
+        ValueError: ``max_seconds`` is shorter than 0.1 s or ``min_seconds`` is negative.
     """
+    if max_seconds < 0.1 or min_seconds < 0:
+        raise ValueError("max_seconds must be at least 0.1 and min_seconds not negative")
     total = int(samples.shape[0])
     if total == 0:
         return []
-    mask = speech_mask(samples, silence_db=silence_db)
-    frames = mask.shape[0]
-    max_f = int(max_seconds * SAMPLE_RATE / HOP)
-    min_f = min(int(min_seconds * SAMPLE_RATE / HOP), max_f - 1)
-    pauses = _pauses(mask, max(1, int(min_pause_seconds * SAMPLE_RATE / HOP)))
-    db = frame_db(samples)
+    hop = sample_rate // 100
+    db = frame_db(samples, sample_rate)
+    mask = _mask(db, silence_db)
+    max_f = int(max_seconds * 100)
+    min_f = min(int(min_seconds * 100), max_f - 1)
+    pauses = _pauses(mask, max(1, int(min_pause_seconds * 100)))
+    middles = np.array([(a + b) // 2 for a, b in pauses], dtype=np.int64)
     cuts: list[int] = []  # frame indices
     start = 0
-    while frames - start > max_f:
+    while total - start * hop > max_f * hop:
         lo, hi = start + min_f, start + max_f
-        inside = [(a, b) for a, b in pauses if lo < (a + b) // 2 < hi]
-        if inside:
-            # the latest pause keeps windows long (fewer windows); cut in its middle
-            a, b = max(inside, key=lambda p: (p[0] + p[1]) // 2)
-            cut = (a + b) // 2
-        else:
-            # no pause: the quietest 10 ms in the last third, smoothed over 100 ms
-            region_lo = start + (2 * max_f) // 3
-            smooth = np.convolve(db[region_lo:hi], np.ones(10) / 10, mode="same")
-            cut = region_lo + int(np.argmin(smooth))
+        # the latest pause in (lo, hi) keeps windows long (fewer windows); cut in its middle
+        inside = middles[(middles > lo) & (middles < hi)]
+        cut = int(inside[-1]) if inside.size else _quietest(db, start + (2 * max_f) // 3, hi)
         cuts.append(cut)
         start = cut
-    bounds = [0, *[c * HOP for c in cuts], total]
-    windows = []
-    for a, b in itertools.pairwise(bounds):
-        fa, fb = a // HOP, max(a // HOP + 1, b // HOP)
-        windows.append(Window(a, b, silent=not bool(mask[fa:fb].any())))
-    return windows
+    return _windows(cuts, total, mask, hop, sample_rate)
 
 
-def plan_chunks(samples: np.ndarray, *, target_seconds: float = 300.0) -> list[Window]:
-    """Cut long audio into chunks of at most ``target_seconds`` at pauses (for fan-out)."""
+def plan_chunks(
+    samples: np.ndarray, sample_rate: int = SAMPLE_RATE, *, target_seconds: float = 300.0
+) -> list[Window]:
+    """Cut long audio into chunks of at most ``target_seconds`` at pauses (for fan-out).
+
+    The same cutter as ``plan_windows``, with longer pauses preferred (0.3 s) and chunks
+    no shorter than 60% of the target unless the audio ends.
+
+    Args:
+        samples: mono audio.
+        sample_rate: its rate in Hz.
+        target_seconds: the longest chunk, e.g. 300 s per container.
+
+    Returns:
+        Chunks covering the input in order; silent ones are marked.
+    """
     return plan_windows(
-        samples, max_seconds=target_seconds, min_seconds=target_seconds * 0.6, min_pause_seconds=0.3
+        samples,
+        sample_rate,
+        max_seconds=target_seconds,
+        min_seconds=target_seconds * 0.6,
+        min_pause_seconds=0.3,
     )
+
+
+def split_evenly(
+    samples: np.ndarray,
+    parts: int,
+    sample_rate: int = SAMPLE_RATE,
+    *,
+    min_pause_seconds: float = 0.2,
+) -> list[Window]:
+    """Cut audio into ``parts`` pieces of about equal length, each cut at a pause.
+
+    Each cut goes in the pause nearest the even split point, looking up to a quarter of a
+    piece's length either way; without a pause there, at the quietest point in that range.
+
+    Args:
+        samples: mono audio.
+        parts: how many pieces (fewer when the audio is too short to give each 1 s).
+        sample_rate: its rate in Hz.
+        min_pause_seconds: shortest quiet run that counts as a pause.
+
+    Returns:
+        Pieces covering the input in order; silent ones are marked.
+
+    Raises:
+        ValueError: ``parts`` is less than 1.
+    """
+    if parts < 1:
+        raise ValueError("parts must be at least 1")
+    total = int(samples.shape[0])
+    if total == 0:
+        return []
+    hop = sample_rate // 100
+    db = frame_db(samples, sample_rate)
+    mask = _mask(db, SILENCE_DB)
+    parts = max(1, min(parts, total // sample_rate))
+    step = db.shape[0] / parts
+    reach = max(1, int(step / 4))
+    pauses = _pauses(mask, max(1, int(min_pause_seconds * 100)))
+    middles = np.array([(a + b) // 2 for a, b in pauses], dtype=np.int64)
+    cuts: list[int] = []
+    for k in range(1, parts):
+        target = int(k * step)
+        lo = max(target - reach, cuts[-1] + 1 if cuts else 1)
+        hi = min(target + reach, db.shape[0] - 1)
+        near = middles[(middles >= lo) & (middles < hi)]
+        cut = int(near[np.argmin(np.abs(near - target))]) if near.size else _quietest(db, lo, hi)
+        cuts.append(cut)
+    return _windows(cuts, total, mask, hop, sample_rate)
 
 
 def merge_results(parts: Sequence[tuple[float, dict[str, Any]]]) -> dict[str, Any]:
