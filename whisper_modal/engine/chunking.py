@@ -114,6 +114,14 @@ def _pauses(mask: np.ndarray, min_frames: int) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in runs if b - a >= min_frames]
 
 
+def _levels(
+    samples: np.ndarray, sample_rate: int, silence_db: float
+) -> tuple[int, np.ndarray, np.ndarray]:
+    """(samples per 10 ms hop, level of each hop in dBFS, speech mask of each hop)."""
+    db = frame_db(samples, sample_rate)
+    return sample_rate // 100, db, _mask(db, silence_db)
+
+
 def _quietest(db: np.ndarray, lo: int, hi: int) -> int:
     """The quietest frame in [lo, hi), levels smoothed over 100 ms so one click is no pause."""
     smooth = np.convolve(db[lo:hi], np.ones(10) / 10, mode="same")
@@ -166,9 +174,7 @@ def plan_windows(
     total = int(samples.shape[0])
     if total == 0:
         return []
-    hop = sample_rate // 100
-    db = frame_db(samples, sample_rate)
-    mask = _mask(db, silence_db)
+    hop, db, mask = _levels(samples, sample_rate, silence_db)
     max_f = int(max_seconds * 100)
     min_f = min(int(min_seconds * 100), max_f - 1)
     pauses = _pauses(mask, max(1, int(min_pause_seconds * 100)))
@@ -239,9 +245,7 @@ def split_evenly(
     total = int(samples.shape[0])
     if total == 0:
         return []
-    hop = sample_rate // 100
-    db = frame_db(samples, sample_rate)
-    mask = _mask(db, SILENCE_DB)
+    hop, db, mask = _levels(samples, sample_rate, SILENCE_DB)
     parts = max(1, min(parts, total // sample_rate))
     step = db.shape[0] / parts
     reach = max(1, int(step / 4))

@@ -182,6 +182,7 @@ def _needs_fallback(result: Any, options: TranscribeOptions) -> bool:
 
 
 def is_no_speech(result: Any, options: TranscribeOptions) -> bool:
+    """openai-whisper's no-speech rule: likely silence and an unlikely decoding."""
     if options.no_speech_threshold is None or result.no_speech_prob <= options.no_speech_threshold:
         return False
     return options.logprob_threshold is None or result.avg_logprob < options.logprob_threshold
