@@ -37,6 +37,7 @@ def test_transcribe_sample(client: wm.Client) -> None:
     assert wer(REFERENCE, t.text) <= MAX_WER, t.text
     assert t.backend == "local" and t.device == "cpu" and t.model == "tiny.en"
     assert t.language == "en" and t.fallback_reason is None
+    assert t.mode == "sequential"  # 20 s is one stream: auto runs openai-whisper's loop
     assert 20.0 < t.duration < 21.0
     assert t.timings.inference > 0 and t.timings.decode > 0
     previous_end = 0.0

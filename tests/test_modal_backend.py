@@ -206,6 +206,7 @@ def test_long_audio_fans_out_over_containers(
     chunks = fake.calls["remote"] - before
     assert chunks >= 3 and fake.max_in_flight >= 2  # several containers at once
     assert t.backend == "modal" and t.duration == pytest.approx(len(samples) / 16000, abs=0.5)
+    assert t.mode == "sequential"  # 25 s chunks are one stream each
     assert word_error_rate(reference, t.text) <= 0.12
     starts = [s.start for s in t.segments]
     assert starts == sorted(starts) and t.segments[-1].end > t.duration - 8
@@ -229,7 +230,7 @@ def test_packed_short_inputs_share_batches(client: Client, fake: FakeModal) -> N
     assert isinstance(results[-1], wm.AudioError) and results[-1].reason == "not_audio"
     texts = []
     for t in results[:-1]:
-        assert isinstance(t, wm.Transcript) and t.backend == "modal"
+        assert isinstance(t, wm.Transcript) and t.backend == "modal" and t.mode == "batched"
         texts.append(t.text)
     # tiny.en gets 20.8% WER on these 8 short sentences transcribed one by one (measured
     # with whisper.transcribe); packing them into shared batches must not be worse

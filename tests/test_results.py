@@ -22,6 +22,7 @@ def sample() -> Transcript:
         model="tiny.en",
         backend="modal",
         device="cuda:NVIDIA A10G",
+        mode="batched",
         timings=Timings(load=1.5, decode=0.01, inference=0.3, total=1.9),
         language_probability=None,
         fallback_reason=None,
@@ -110,3 +111,10 @@ def test_openai_whisper_segment_dicts_are_accepted() -> None:
     }
     seg = Segment.from_dict(raw)
     assert seg.id == 3 and seg.text == " hi" and seg.words == ()
+
+
+def test_a_dict_from_an_older_app_without_mode_still_parses() -> None:
+    d = sample().to_dict()
+    del d["mode"]  # added without a schema bump: an additive, optional key
+    t = Transcript.from_dict(d)
+    assert t.mode == "" and t.text == sample().text

@@ -93,6 +93,7 @@ def merge_transcripts(request: Request, chunks: list[Chunk], parts: list[Transcr
     reasons = [p.fallback_reason for p in parts if p.fallback_reason]
     data.update(
         backend="+".join(sorted({p.backend for p in parts})),
+        mode="+".join(sorted({p.mode for p in parts if p.mode})),
         fallback_reason=reasons[0] if reasons else None,
         job_id=request.client_job_id,
     )

@@ -123,6 +123,8 @@ class Transcript:
         model: the Whisper model that produced it.
         backend: "modal" or "local" (or "local-cpu"/"local-cuda" detail in ``device``).
         device: "cuda", "cpu" or the GPU name the engine ran on.
+        mode: the decoding that ran, "sequential" or "batched" ("" when not recorded,
+            e.g. from an older app version).
         timings: per-stage seconds.
         language_probability: confidence of detected language (None when it was given).
         fallback_reason: why the call ran on a fallback backend, None if it did not.
@@ -138,6 +140,7 @@ class Transcript:
     model: str = ""
     backend: str = "local"
     device: str = ""
+    mode: str = ""
     timings: Timings = attrs.field(factory=Timings)
     language_probability: float | None = None
     fallback_reason: str | None = None
@@ -161,6 +164,7 @@ class Transcript:
             "model": self.model,
             "backend": self.backend,
             "device": self.device,
+            "mode": self.mode,
             "timings": self.timings.to_dict(),
             "language_probability": self.language_probability,
             "fallback_reason": self.fallback_reason,
@@ -193,6 +197,7 @@ class Transcript:
                 model=str(data.get("model") or ""),
                 backend=str(data.get("backend") or "local"),
                 device=str(data.get("device") or ""),
+                mode=str(data.get("mode") or ""),
                 timings=Timings.from_dict(data.get("timings") or {}),
                 language_probability=None if lp is None else float(lp),
                 fallback_reason=data.get("fallback_reason"),

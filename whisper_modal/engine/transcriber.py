@@ -124,6 +124,7 @@ class Engine:
             model=options.model,
             backend=self.backend,
             device=_device_label(loaded.device),
+            mode=str(result.get("mode") or ""),
             timings=timings,
             language_probability=result.get("language_probability"),
             cold_start=cold,
@@ -181,6 +182,7 @@ class Engine:
                     model=options.model,
                     backend=self.backend,
                     device=_device_label(loaded.device),
+                    mode="batched",  # one stream per input, in shared forward passes
                     timings=Timings(
                         inference=share, total=share + (decoded - started) / len(inputs)
                     ),
