@@ -173,6 +173,28 @@ def test_default_batch_size_on_cpu() -> None:
     assert default_batch_size("cpu") == 8
 
 
+def test_gpu_streams_are_sized_by_memory_model_and_beams() -> None:
+    # GPU-only sizing, checked as arithmetic with the official checkpoints' dimensions
+    from whisper.model import ModelDimensions
+
+    from whisper_modal.engine.batching import streams_for_memory
+
+    large = dict(n_mels=128, n_audio_ctx=1500, n_audio_state=1280, n_audio_head=20,
+                 n_audio_layer=32, n_vocab=51866, n_text_ctx=448, n_text_state=1280,
+                 n_text_head=20)  # fmt: skip
+    large_v3 = ModelDimensions(**large, n_text_layer=32)
+    turbo = ModelDimensions(**large, n_text_layer=4)  # large-v3-turbo: 4 decoder layers
+    gib = 1 << 30
+    # an A10G with 20 GiB free gives half of it to the batch
+    assert default_batch_size("cuda", large_v3, beams=1, free_bytes=20 * gib) == 16
+    with_beams = default_batch_size("cuda", large_v3, beams=5, free_bytes=20 * gib)
+    assert 4 <= with_beams < 16  # five cross-attention caches per stream: ~1.3 GiB each
+    assert default_batch_size("cuda", turbo, beams=5, free_bytes=20 * gib) == 16
+    assert streams_for_memory(gib // 4, large_v3, beams=5) == 1  # never zero
+    assert streams_for_memory(4 * gib, large_v3, 5) < streams_for_memory(8 * gib, large_v3, 5)
+    assert default_batch_size("cuda", free_bytes=5 * gib) == 8  # no dims: by free memory
+
+
 def test_auto_mode_batches_only_audio_that_makes_two_streams() -> None:
     from whisper_modal.engine.batching import MIN_STREAM_SECONDS
     from whisper_modal.engine.decoding import choose_mode

@@ -40,7 +40,13 @@ from .chunking import SAMPLE_RATE, speech_mask, split_evenly
 from .decode_batch import INPUT_STRIDE, N_FRAMES, decode_with_fallback, is_no_speech
 from .models import LoadedModel
 
-__all__ = ["default_batch_size", "transcribe_batched", "transcribe_windows", "trim_repeats"]
+__all__ = [
+    "default_batch_size",
+    "streams_for_memory",
+    "transcribe_batched",
+    "transcribe_windows",
+    "trim_repeats",
+]
 
 HOP_LENGTH = 160  # samples per mel frame: 10 ms
 FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH  # 100 mel frames per second
@@ -55,21 +61,55 @@ MIN_LOOP_TOKENS = 8  # a loop: one phrase repeated 4+ times, 8+ tokens in all
 PROMPT_RESET_TEMPERATURE = 0.5  # openai-whisper: above this, do not prompt with the output
 
 
-def default_batch_size(device: str) -> int:
-    """Streams decoded together: up to 16 on a GPU (by free memory), 8 on a CPU.
+MAX_GPU_STREAMS = 16  # wider batches gave no more throughput in published GPU runs
+GPU_MEMORY_SHARE = 0.5  # of the free memory, for the batch's caches and activations
+
+
+def default_batch_size(
+    device: str, dims: Any | None = None, beams: int = 1, free_bytes: int | None = None
+) -> int:
+    """Streams decoded together: 8 on a CPU; on a GPU as many as half the free memory holds.
 
     On a CPU each decoder step is bound by memory bandwidth (the 51,864 x d output
     projection and the cross-attention cache are read once per step for the whole
     batch), so wider batches pay off until the encoder, which scales with the batch,
     dominates. Measured with tiny.en on 4.5-10 minute clips (2 cores): 8 streams of at
     least 50 s were 1.7-2.3x stock openai-whisper, 4 streams of 60 s 1.4-1.6x.
+
+    On a GPU the limit is memory: see ``streams_for_memory``.
+
+    Args:
+        device: "cuda" or "cpu".
+        dims: the model's ``ModelDimensions`` (GPU only; without it 16/8/4 by free memory).
+        beams: rows per stream (the beam size, or best_of when sampling).
+        free_bytes: free GPU memory (default: ``torch.cuda.mem_get_info``).
     """
     if device != "cuda":
         return 8
-    import torch
+    if free_bytes is None:
+        import torch
 
-    free, _ = torch.cuda.mem_get_info()
-    return 16 if free >= 8 << 30 else 8 if free >= 4 << 30 else 4
+        free_bytes, _ = torch.cuda.mem_get_info()
+    if dims is None:
+        return 16 if free_bytes >= 8 << 30 else 8 if free_bytes >= 4 << 30 else 4
+    return streams_for_memory(int(free_bytes * GPU_MEMORY_SHARE), dims, beams)
+
+
+def streams_for_memory(budget_bytes: int, dims: Any, beams: int = 1) -> int:
+    """How many streams fit in ``budget_bytes`` of fp16 GPU memory (1 to 16).
+
+    Per stream: the decoder's cross-attention key/value cache (audio context x text width
+    x 2 x decoder layers, for each of ``beams`` rows), the encoder's largest transient (one
+    layer's attention weights, context^2 x heads, plus its activations) and the window's
+    audio features. For large-v3 with beam search (5 rows) that is about 1.3 GB a stream,
+    so 16 streams would not fit on a 24 GB A10G; for turbo (4 decoder layers) about 0.25 GB.
+    """
+    fp16 = 2
+    ctx, audio_width = dims.n_audio_ctx, dims.n_audio_state
+    cross_cache = ctx * dims.n_text_state * 2 * dims.n_text_layer * fp16 * max(1, beams)
+    encoder = (ctx * ctx * dims.n_audio_head + 8 * ctx * audio_width) * fp16
+    per_stream = cross_cache + encoder + ctx * audio_width * fp16
+    return max(1, min(MAX_GPU_STREAMS, int(budget_bytes // per_stream)))
 
 
 @attrs.define
@@ -249,6 +289,11 @@ def _run(
             _step(loaded, active[i : i + batch_size], options, language, tokenizer)
 
 
+def _batch_size(loaded: LoadedModel, options: TranscribeOptions) -> int:
+    beams = max(options.beam_size or 1, options.best_of or 1)
+    return default_batch_size(loaded.device, loaded.model.dims, beams)
+
+
 def _source(samples: np.ndarray, n_mels: int) -> tuple[Any, np.ndarray, int]:
     """(log-mel with 30 s of padding as openai-whisper computes it, speech mask, frames)."""
     import whisper
@@ -315,7 +360,8 @@ def transcribe_batched(
         options: decoding options (``mode`` is ignored: this is the batched mode).
         language: the spoken language; default ``options.language``, else detected from
             the first 30 s (English for ``.en`` models).
-        batch_size: streams per forward pass; default ``default_batch_size(device)``.
+        batch_size: streams per forward pass; default ``default_batch_size`` for the device,
+            model and beam size.
         stream_seconds: the shortest stream: audio shorter than ``batch_size`` times this
             gets fewer streams, so more windows keep the previous text as their prompt.
 
@@ -325,7 +371,7 @@ def transcribe_batched(
         when asked), ``language``.
     """
     language = _language(loaded, samples, options, language)
-    size = batch_size or default_batch_size(loaded.device)
+    size = batch_size or _batch_size(loaded, options)
     mel, mask, frames = _source(samples, loaded.model.dims.n_mels)
     count = min(size, int(samples.shape[0] / SAMPLE_RATE // stream_seconds)) or 1
     prompt = _initial_prompt(loaded, options, language)
@@ -362,7 +408,8 @@ def transcribe_windows(
         options: decoding options.
         language: the spoken language of all inputs; default ``options.language``, else
             detected from the first input (English for ``.en`` models).
-        batch_size: windows per forward pass; default ``default_batch_size(device)``.
+        batch_size: windows per forward pass; default ``default_batch_size`` for the device,
+            model and beam size.
 
     Returns:
         One openai-whisper-shaped dict per input, in order.
@@ -377,5 +424,5 @@ def transcribe_windows(
             samples.astype(np.float32, copy=False), loaded.model.dims.n_mels
         )
         streams.append(_Stream(mel, mask, 0, frames, frames, list(prompt)))
-    _run(loaded, streams, options, language, batch_size or default_batch_size(loaded.device))
+    _run(loaded, streams, options, language, batch_size or _batch_size(loaded, options))
     return [_result(s.segments, language) for s in streams]
