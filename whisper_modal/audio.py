@@ -456,9 +456,11 @@ def from_array(
             ("zero_length"), NaN/inf ("non_finite"), too long ("too_long").
         ConfigurationError: a sample rate that is not a positive integer.
     """
-    if isinstance(sample_rate, bool) or not isinstance(sample_rate, int | np.integer):
-        raise ConfigurationError(f"sample_rate must be a positive integer, not {sample_rate!r}")
-    if sample_rate <= 0:
+    if (
+        isinstance(sample_rate, bool)
+        or not isinstance(sample_rate, int | np.integer)
+        or sample_rate <= 0
+    ):
         raise ConfigurationError(f"sample_rate must be a positive integer, not {sample_rate!r}")
     arr = np.asarray(array)
     if arr.dtype.kind not in "fiu" or arr.ndim not in (1, 2):

@@ -415,14 +415,8 @@ class CircuitBreaker:
             CircuitOpenError: refused without calling ``fn``.
             Exception: whatever ``fn`` raises, unchanged (after being recorded).
         """
-        token = self.before_call()
-        try:
-            result = fn(*args, **kwargs)
-        except BaseException as exc:
-            self.record_failure(token, exc)
-            raise
-        self.record_success(token)
-        return result
+        with self.guard():
+            return fn(*args, **kwargs)
 
     async def acall(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
         """Await ``fn(*args, **kwargs)`` through the breaker (cancellation frees the probe).
@@ -431,14 +425,8 @@ class CircuitBreaker:
             CircuitOpenError: refused without calling ``fn``.
             BaseException: whatever the awaitable raises, unchanged (after being recorded).
         """
-        token = self.before_call()
-        try:
-            result = await fn(*args, **kwargs)
-        except BaseException as exc:
-            self.record_failure(token, exc)
-            raise
-        self.record_success(token)
-        return result
+        async with self.guard():
+            return await fn(*args, **kwargs)
 
     def guard(self) -> _Guard:
         """A fresh context manager (``with`` or ``async with``) around one call.
@@ -507,11 +495,10 @@ class CircuitBreaker:
         if not self._pending:
             return
         with self._report_lock:
+            # Only this section pops (other threads only append), so a non-empty queue
+            # still holds its head here.
             while self._pending:
-                try:
-                    old, new = self._pending.popleft()
-                except IndexError:  # another thread delivered it
-                    return
+                old, new = self._pending.popleft()
                 level = logging.WARNING if new is BreakerState.OPEN else logging.INFO
                 extra = {"event": "breaker_transition", "breaker": self.name,
                          "from": old.value, "to": new.value}  # fmt: skip

@@ -61,7 +61,7 @@ MIN_LOOP_TOKENS = 8  # a loop: one phrase repeated 4+ times, 8+ tokens in all
 PROMPT_RESET_TEMPERATURE = 0.5  # openai-whisper: above this, do not prompt with the output
 
 
-MAX_GPU_STREAMS = 16  # wider batches gave no more throughput in published GPU runs
+MAX_GPU_STREAMS = 16  # the earlier fixed GPU batch; a cap, not measured here (no GPU)
 GPU_MEMORY_SHARE = 0.5  # of the free memory, for the batch's caches and activations
 
 
@@ -228,12 +228,12 @@ def _step(
         pieces, used, ended = _parse(result, tokenizer, offset, size)
         segments = []
         for start, end, tokens in pieces:
-            text_tokens = trim_repeats([t for t in tokens if t < tokenizer.eot])
-            text = tokenizer.decode(text_tokens)
             if (start + end) / 2 >= stream.end / FRAMES_PER_SECOND:
                 # the next stream's audio (by the midpoint: timestamps are coarse, the cut
                 # sits in a pause, so a sentence lies clearly on one side of it)
                 break
+            text_tokens = trim_repeats([t for t in tokens if t < tokenizer.eot])
+            text = tokenizer.decode(text_tokens)
             if end <= start or not text.strip() or not _has_sound(stream, start, end):
                 continue
             stamps = [t for t in tokens if t >= tokenizer.timestamp_begin]
@@ -277,13 +277,7 @@ def _run(
     batch_size: int,
 ) -> None:
     """Advance all streams in lockstep, ``batch_size`` windows per forward pass."""
-    from whisper.tokenizer import get_tokenizer
-
-    model = loaded.model
-    tokenizer = get_tokenizer(
-        model.is_multilingual, num_languages=model.num_languages, language=language,
-        task=options.task,
-    )  # fmt: skip
+    tokenizer = _tokenizer(loaded, options, language)
     while active := [s for s in streams if s.seek < s.end and _start_at_sound(s)]:
         for i in range(0, len(active), batch_size):
             _step(loaded, active[i : i + batch_size], options, language, tokenizer)
@@ -320,14 +314,18 @@ def _language(
 def _initial_prompt(loaded: LoadedModel, options: TranscribeOptions, language: str) -> list[int]:
     if not options.initial_prompt:
         return []
+    tokenizer = _tokenizer(loaded, options, language)
+    return list(tokenizer.encode(" " + options.initial_prompt.strip()))
+
+
+def _tokenizer(loaded: LoadedModel, options: TranscribeOptions, language: str) -> Any:
     from whisper.tokenizer import get_tokenizer
 
     model = loaded.model
-    tokenizer = get_tokenizer(
+    return get_tokenizer(
         model.is_multilingual, num_languages=model.num_languages, language=language,
         task=options.task,
     )  # fmt: skip
-    return list(tokenizer.encode(" " + options.initial_prompt.strip()))
 
 
 def _result(segments: list[dict[str, Any]], language: str) -> dict[str, Any]:

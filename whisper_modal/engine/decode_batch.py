@@ -44,7 +44,9 @@ def _prompted_task() -> Any:
             self.prompts = prompts
             if any(limit < N_FRAMES // INPUT_STRIDE for limit in limits):
                 # last, after ApplyTimestampRules (which may mask EOT)
-                stop = _StopAfterTimestamp(self.tokenizer, self.sample_begin, limits, self.n_group)
+                stop = _StopAfterTimestamp(
+                    self.tokenizer, self.sample_begin, limits, self.n_group, model.device
+                )
                 self.logit_filters.append(stop)
 
         def _main_loop(self, audio_features: Any, tokens: Any) -> Any:
@@ -97,21 +99,20 @@ class _StopAfterTimestamp:
     decoding it would only cost time.
     """
 
-    def __init__(self, tokenizer: Any, sample_begin: int, limits: list[int], n_group: int):
+    def __init__(
+        self, tokenizer: Any, sample_begin: int, limits: list[int], n_group: int, device: Any
+    ):
         import torch
 
-        self.eot, self.begin, self.sample_begin = (
-            tokenizer.eot,
-            tokenizer.timestamp_begin,
-            sample_begin,
-        )
-        self.limits = torch.tensor(limits).repeat_interleave(n_group)
+        self.eot, self.sample_begin = tokenizer.eot, sample_begin
+        # the first stopping token of each row, on the device once (this runs every step)
+        stops = torch.tensor(limits, device=device) + tokenizer.timestamp_begin
+        self.stops = stops.repeat_interleave(n_group)
 
     def apply(self, logits: Any, tokens: Any) -> None:
         if tokens.shape[1] <= self.sample_begin:
             return
-        last = tokens[:, -1]
-        done = (last >= self.begin + self.limits.to(last.device)).nonzero().flatten().tolist()
+        done = (tokens[:, -1] >= self.stops).nonzero().flatten().tolist()
         for row in done:
             logits[row, :] = -np.inf
             logits[row, self.eot] = 0.0
