@@ -68,7 +68,6 @@ def build(
     client.retry = RetryPolicy(
         max_attempts=settings.max_attempts, max_seconds=settings.retry_max_seconds,
         sleep=clock.sleep, asleep=clock.asleep, clock=clock, rng=random.Random(1),
-        on_retry=client._on_retry,
     )  # fmt: skip
     return client
 
@@ -132,9 +131,11 @@ def test_breaker_opens_falls_back_and_recovers(monkeypatch: pytest.MonkeyPatch) 
     fake = FakeModal()  # the real container class
     clock = FakeClock()
     try:
+        # the real engine: a deadline generous enough for a loaded 2-core machine (the test
+        # injects its faults; a slow CPU must not make the first call "unavailable")
         client = build(
             fake, monkeypatch, clock, allow_cpu_fallback=True, max_attempts=2,
-            breaker_failure_threshold=3, breaker_reset_seconds=30,
+            breaker_failure_threshold=3, breaker_reset_seconds=30, call_timeout=300.0,
         )  # fmt: skip
         assert client.transcribe(SAMPLE, language="en").backend == "modal"
         fake.faults.rule("remote", lambda n: Fault(raises=me.ConnectionError("down")))
