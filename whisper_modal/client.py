@@ -24,14 +24,7 @@ from whisper_modal.backends.base import (
     Request,
     is_in_process_job,
 )
-from whisper_modal.backends.chain import (
-    FallbackBackend,
-    MeteredBackend,
-    MeteredJobs,
-    ResilientBackend,
-    ResilientJobs,
-)
-from whisper_modal.backends.fanout import FanoutBackend
+from whisper_modal.backends.chain import MeteredJobs, ResilientJobs, compose
 from whisper_modal.backends.registry import in_process_jobs
 from whisper_modal.concurrency import arun_many
 from whisper_modal.config import BackendPolicy, Settings
@@ -168,25 +161,20 @@ class Client:
         key = (policy, packed and policy != "local")
         chain = self._chains.get(key)
         if chain is None:
-            chain = self._build_chain(policy, packed=key[1])
+            chain = compose(
+                policy,
+                packed=key[1],
+                modal=self._modal_backend if policy != "local" else None,
+                local=self._local_backend if policy != "modal" else None,
+                retry=self.retry,
+                breaker=self.breaker,
+                metrics=self.metrics,
+                settings=self.settings,
+                loop=self._loop,
+            )
             with self._lock:
                 chain = self._chains.setdefault(key, chain)
         return chain
-
-    def _build_chain(self, policy: BackendPolicy, *, packed: bool) -> Backend:
-        if policy == "local":
-            return MeteredBackend(self._local_backend(), self.metrics, self.settings)
-        transport = self._modal_backend()
-        if packed:
-            from whisper_modal.backends.modal import PackedModal
-
-            transport = PackedModal(transport)
-        chain: Backend = ResilientBackend(transport, self.retry, self.breaker)
-        if policy == "auto":
-            chain = FallbackBackend(chain, self._local_backend(), self.settings, self.metrics)
-        chain = MeteredBackend(chain, self.metrics, self.settings)
-        # packed calls are short by construction; everything else may fan out
-        return chain if packed else FanoutBackend(chain, self.settings, self._loop)
 
     def _attach(self, job_id: str, fallback_reason: str | None = None) -> Job:
         """A ``Job`` for ``job_id``, talking to the backend that owns such ids."""

@@ -27,7 +27,7 @@ import logging
 import time
 import warnings
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from whisper_modal.backends.base import Backend, JobBackend, JobStatus, Request, Submission
 from whisper_modal.config import Settings
@@ -41,6 +41,7 @@ from whisper_modal.resilience import CircuitBreaker, RetryPolicy
 from whisper_modal.results import Transcript
 
 if TYPE_CHECKING:  # the engine is imported only when a local backend is made
+    from whisper_modal._loop import LoopThread
     from whisper_modal.backends.local import LocalBackend
 
 __all__ = [
@@ -49,6 +50,7 @@ __all__ = [
     "MeteredJobs",
     "ResilientBackend",
     "ResilientJobs",
+    "compose",
 ]
 
 T = TypeVar("T")
@@ -300,3 +302,41 @@ class MeteredJobs:
     async def aprogress(self, job_id: str) -> tuple[int, int] | None:
         """The job's progress, when it has parts."""
         return await self.inner.aprogress(job_id)
+
+
+def compose(
+    policy: str,
+    *,
+    packed: bool,
+    modal: Callable[[], Any] | None,
+    local: Callable[[], LocalBackend] | None,
+    retry: RetryPolicy,
+    breaker: CircuitBreaker,
+    metrics: Metrics,
+    settings: Settings,
+    loop: LoopThread,
+) -> Backend:
+    """Build the chain for ``policy`` ("modal", "local" or "auto"); see the module docstring.
+
+    ``modal``/``local`` make the transports (called only when the policy needs them);
+    ``packed`` routes Modal calls to the ``@modal.batched`` class and skips fan-out.
+    """
+    if policy == "local":
+        assert local is not None
+        return MeteredBackend(local(), metrics, settings)
+    assert modal is not None
+    transport = modal()
+    if packed:
+        from whisper_modal.backends.modal import PackedModal
+
+        transport = PackedModal(transport)
+    chain: Backend = ResilientBackend(transport, retry, breaker)
+    if policy == "auto":
+        assert local is not None
+        chain = FallbackBackend(chain, local(), settings, metrics)
+    chain = MeteredBackend(chain, metrics, settings)
+    if packed:  # packed calls are short by construction
+        return chain
+    from whisper_modal.backends.fanout import FanoutBackend
+
+    return FanoutBackend(chain, settings, loop)
