@@ -194,7 +194,7 @@ def test_an_unknown_model_for_modal_fails_before_any_call(monkeypatch: pytest.Mo
         for model in ("/does/not/exist.pt", "tiny-but-not-a-model"):
             with pytest.raises(wm.ConfigurationError, match="known Whisper models"):
                 client.transcribe(b"RIFF", model=model)
-        assert fake.calls["hydrate"] == 0 and fake.calls["remote"] == 0
+        assert fake.calls["hydrate"] == 0 and fake.calls["run"] == 0
         client.close()
     finally:
         fake.close()

@@ -159,7 +159,7 @@ async def test_async_twins(client: Client) -> None:
 def test_hung_call_hits_the_sdk_deadline(fake: FakeModal, monkeypatch: pytest.MonkeyPatch) -> None:
     client = fake_client(fake, monkeypatch, call_timeout=0.5, max_attempts=1)
     client.transcribe(SAMPLE, language="en", timeout=60)  # warm: lookup done
-    fake.faults.hang_next("remote", 30)
+    fake.faults.hang_next("run", 30)
     import time
 
     started = time.monotonic()
@@ -199,10 +199,10 @@ def test_long_audio_fans_out_over_containers(
 
     samples, reference = speech.make_clip(speech.SENTENCES[:12], gap_seconds=0.7)
     client = fake_client(fake, monkeypatch, fanout_seconds=30, fanout_chunk_seconds=25)
-    before = fake.calls["remote"]
+    before = fake.calls["run"]
     fake.max_in_flight = 0
     t = client.transcribe(samples, sample_rate=16000, language="en")
-    chunks = fake.calls["remote"] - before
+    chunks = fake.calls["run"] - before
     assert chunks >= 3 and fake.max_in_flight >= 2  # several containers at once
     assert t.backend == "modal" and t.duration == pytest.approx(len(samples) / 16000, abs=0.5)
     assert t.mode == "sequential"  # 25 s chunks are one stream each
@@ -214,7 +214,7 @@ def test_long_audio_fans_out_over_containers(
     whole = fake_client(fake, monkeypatch, fanout_seconds=3600).transcribe(
         samples, sample_rate=16000, language="en"
     )
-    assert fake.calls["remote"] - before == chunks + 1 and whole.text
+    assert fake.calls["run"] - before == chunks + 1 and whole.text
 
 
 def test_packed_short_inputs_share_batches(client: Client, fake: FakeModal) -> None:
@@ -351,7 +351,7 @@ def test_transcribe_many_first_error_cancels_the_rest(monkeypatch: pytest.Monkey
             client.transcribe_many(audio, concurrency=2)
         assert time.monotonic() - started < 20  # not the 30 s the siblings would take
         # the bound held: only the first window of calls ever started, not 20
-        assert fake.calls["transcribe.remote"] <= 3
+        assert fake.calls["transcribe.run"] <= 3
         client.close()
     finally:
         fake.faults.release.set()
@@ -361,11 +361,11 @@ def test_transcribe_many_first_error_cancels_the_rest(monkeypatch: pytest.Monkey
 @pytest.mark.parametrize(
     ("op", "exc", "expected"),
     [
-        ("remote", me.ConnectionError("reset"), wm.TransientError),
-        ("remote", me.ResourceExhaustedError("busy"), wm.TransientError),
-        ("remote", me.InternalFailure("lost"), wm.TransientError),
-        ("remote", TimeoutError(), wm.TransientError),
-        ("remote", ValueError("remote bug"), wm.RemoteExecutionError),
+        ("run", me.ConnectionError("reset"), wm.TransientError),
+        ("run", me.ResourceExhaustedError("busy"), wm.TransientError),
+        ("run", me.InternalFailure("lost"), wm.TransientError),
+        ("run", TimeoutError(), wm.TransientError),
+        ("run", ValueError("remote bug"), wm.RemoteExecutionError),
         ("lookup", me.AuthError("bad token"), wm.BackendUnavailable),
         ("lookup", me.NotFoundError("no app"), wm.BackendUnavailable),
         ("spawn", me.ConnectionError("reset"), wm.TransientError),
@@ -405,7 +405,7 @@ def test_hung_call_is_abandoned_at_the_deadline_and_retried(
         client = Client(modal_backend=fake_backend(fake, monkeypatch), backend="modal")
         client.transcribe(b"RIFF-warm", timeout=5)  # lookup done
         for run in ("sync", "async"):
-            fake.faults.hang_next("remote", 30)  # the first attempt hangs, the retry answers
+            fake.faults.hang_next("run", 30)  # the first attempt hangs, the retry answers
             started = time.monotonic()
             if run == "sync":
                 t = client.transcribe(b"RIFF-x", timeout=0.5)

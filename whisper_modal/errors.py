@@ -234,9 +234,8 @@ def map_modal_error(exc: BaseException, *, job_id: str | None = None) -> Whisper
     ):
         return TransientError(f"Modal is temporarily unavailable ({name}: {text})")
     if isinstance(exc, me.RemoteError):
-        # A cancelled (terminated) input comes back as a RemoteError from FunctionCall.get.
-        if job_id is not None and "cancel" in text.lower():
-            return JobCancelled(f"job {job_id} was cancelled", job_id=job_id)
+        # (A cancelled input also arrives as a RemoteError; the Modal backend tells it
+        # apart by the call graph's TERMINATED status, not by this text.)
         return RemoteExecutionError(f"the remote call failed: {text}", remote_type=name)
     if isinstance(exc, me.ExecutionError):  # e.g. a remote exception we cannot unpickle
         return RemoteExecutionError(f"the remote call failed: {text}", remote_type=name)

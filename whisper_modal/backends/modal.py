@@ -17,9 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import threading
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
+
+import modal
+import modal.exception as modal_exception
+from modal.types import InputStatus
 
 from whisper_modal.backends.base import JobStatus, Request, Submission
 from whisper_modal.config import Settings
@@ -39,6 +44,13 @@ from whisper_modal.options import KNOWN_MODELS, is_known_model
 from whisper_modal.results import Transcript
 
 __all__ = ["ModalBackend", "PackedModal"]
+
+log = logging.getLogger("whisper_modal.backends.modal")
+
+
+class _NotFinished(TransientError):
+    """``FunctionCall.get`` said "not finished yet" (a call retries it, a job poll waits)."""
+
 
 T = TypeVar("T")
 _RESULT_CACHE = 256  # finished results kept per backend (status() then result() = one fetch)
@@ -88,13 +100,10 @@ class ModalBackend:
         gpu: str | None = None,
         remote_timeout: int | None = None,
     ) -> None:
-        import modal.exception
-
         self.settings = settings
         self._overrides: dict[str, Any] = {
             k: v for k, v in (("gpu", gpu), ("timeout", remote_timeout)) if v is not None
         }
-        self._input_cancellation: type[BaseException] = modal.exception.InputCancellation
         self._cls_lookup = cls_lookup or modal.Cls.from_name
         self._call_lookup = call_lookup or modal.FunctionCall.from_id
         self._lock = threading.Lock()
@@ -155,7 +164,7 @@ class ModalBackend:
             return await work
         except WhisperModalError:
             raise
-        except (Exception, self._input_cancellation) as exc:
+        except (Exception, modal_exception.InputCancellation) as exc:
             # InputCancellation is a BaseException in modal (so user code cannot swallow it)
             raise map_modal_error(exc, job_id=job_id) from exc
 
@@ -164,28 +173,115 @@ class ModalBackend:
     async def atranscribe(
         self, request: Request, *, timeout: float, packed: bool = False
     ) -> Transcript:
-        """Run one request remotely (``.remote.aio``) within ``timeout`` seconds.
+        """Run one request remotely, waiting at most ``timeout`` seconds for its result.
 
-        ``packed=True`` sends it to the ``@modal.batched`` class, which decodes concurrent
-        short inputs together.
+        The call is ``spawn`` + ``FunctionCall.get`` rather than ``.remote``, so that when
+        the deadline passes (or the caller gives up: a cancelled task, a failed sibling in
+        ``transcribe_many``) the input is cancelled on Modal (``FunctionCall.cancel``)
+        before any retry or fallback: ``.remote`` sends no cancellation, and the abandoned
+        input would run (and deliver) on a GPU up to the app's timeout. ``packed=True``
+        sends the request to the ``@modal.batched`` class, whose short inputs Modal
+        gathers from concurrent ``.remote`` calls.
         """
+        if packed:
+            return await self._guard(self._packed(request, timeout))
 
         async def work() -> Transcript:
-            if packed:
-                cls, name = self.settings.batch_class_name, "transcribe_batch"
-            else:
-                cls, name = self.settings.class_name, "transcribe"
-            method = await self._method(request.options.model, name, cls)
-            result: dict[str, Any] = await _within(
-                method.remote.aio(request.to_wire()),
-                timeout,
-                lambda: TransientError(f"no result from Modal within {timeout:g} s"),
-            )
-            if "error" in result:  # a per-item failure inside a packed batch
-                raise error_from_dict(result["error"])
+            method = await self._method(request.options.model, "transcribe")
+            call = await self._spawn(method, request)
+            try:
+                result = await self._get(call, timeout)
+            except BaseException:
+                # Deadline, a dropped connection while waiting, or a caller that gave up:
+                # the input may still run, so stop it before anyone retries or falls back.
+                # (Cancelling a call that already finished or failed changes nothing.)
+                await self._cancel_quietly(call)
+                raise
             return Transcript.from_dict(result)
 
         return await self._guard(work())
+
+    async def _packed(self, request: Request, timeout: float) -> Transcript:
+        method = await self._method(
+            request.options.model, "transcribe_batch", self.settings.batch_class_name
+        )
+        result: dict[str, Any] = await _within(
+            method.remote.aio(request.to_wire()),
+            timeout,
+            lambda: TransientError(f"no result from Modal within {timeout:g} s"),
+        )
+        if "error" in result:  # a per-item failure inside a packed batch
+            raise error_from_dict(result["error"])
+        return Transcript.from_dict(result)
+
+    async def _spawn(self, method: Any, request: Request) -> Any:
+        return await _within(
+            method.spawn.aio(request.to_wire()),
+            _SPAWN_SECONDS + self.settings.connect_timeout,
+            lambda: TransientError("Modal did not accept the call in time"),
+        )
+
+    async def _get(self, call: Any, timeout: float | None) -> dict[str, Any]:
+        """``call.get`` within ``timeout``; a terminated input is ``JobCancelled``.
+
+        Raises:
+            TransientError: not finished within ``timeout``. JobCancelled: terminated.
+        """
+        # ``get`` has its own timeout; ours is a backstop against a hung connection.
+        backstop = None if timeout is None else timeout + self.settings.connect_timeout
+        try:
+            result: dict[str, Any] = await _within(
+                call.get.aio(timeout=timeout),
+                backstop,
+                lambda: TransientError(f"no result from Modal within {timeout:g} s"),
+            )
+        except TimeoutError as exc:
+            if type(exc) is not TimeoutError:  # a subclass means something else: map it
+                raise
+            # the builtin TimeoutError is how ``get`` says "not finished yet"
+            raise _NotFinished(f"no result from Modal within {timeout:g} s") from exc
+        except modal_exception.RemoteError as exc:
+            # A cancelled input's result is TERMINATED, which modal's client turns into a
+            # RemoteError without data; the call graph keeps the status itself.
+            if await self._terminated(call):
+                job_id = str(call.object_id)
+                raise JobCancelled(f"job {job_id} was cancelled", job_id=job_id) from exc
+            raise
+        return result
+
+    async def _terminated(self, call: Any) -> bool:
+        """True when the call graph says the call's input was terminated (cancelled)."""
+        try:
+            graph = await _within(
+                call.get_call_graph.aio(),
+                self.settings.connect_timeout,
+                lambda: TransientError("no call graph in time"),
+            )
+        except Exception:  # best effort: without a graph, the error stays what it was
+            return False
+        return any(
+            getattr(i, "function_call_id", None) == call.object_id
+            and getattr(i, "status", None) == InputStatus.TERMINATED
+            for i in graph
+        )
+
+    async def _cancel_quietly(self, call: Any) -> None:
+        """Cancel an abandoned call; never raises (the caller's own error matters more)."""
+        try:
+            await asyncio.shield(
+                _within(
+                    call.cancel.aio(),
+                    self.settings.connect_timeout,
+                    lambda: TransientError("no answer to the cancellation"),
+                )
+            )
+        except BaseException as exc:
+            if isinstance(exc, KeyboardInterrupt | SystemExit):
+                raise
+            log.warning(
+                "could not cancel an abandoned Modal call",
+                extra={"event": "cancel_failed", "error": type(exc).__name__},
+            )
 
     async def asubmit(self, request: Request) -> Submission:
         """Spawn the request and return the FunctionCall id."""
@@ -222,21 +318,12 @@ class ModalBackend:
 
         async def work() -> Transcript:
             call = self._call_lookup(job_id)
-            # ``get`` has its own timeout; ours is a backstop against a hung connection.
-            backstop = None if timeout is None else timeout + self.settings.connect_timeout
             try:
-                result: dict[str, Any] = await _within(
-                    call.get.aio(timeout=timeout),
-                    backstop,
-                    lambda: TransientError(f"Modal did not answer about job {job_id} in time"),
-                )
-            except TimeoutError as exc:
-                if type(exc) is not TimeoutError:  # a subclass means something else: map it
-                    raise
-                # the builtin TimeoutError is how ``get`` says "not finished yet"
+                result = await self._get(call, timeout)
+            except _NotFinished as exc:
                 raise JobTimeout(
                     f"job {job_id} not finished after {timeout} s", job_id=job_id
-                ) from exc
+                ) from exc.__cause__
             return self._remember(job_id, Transcript.from_dict(result).with_changes(job_id=job_id))
 
         return await self._guard(work(), job_id=job_id)
