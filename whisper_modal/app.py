@@ -23,6 +23,7 @@ The container requires CUDA: without it transcribe and health fail with a named 
 # No "from __future__ import annotations": modal reads parameter annotations at runtime.
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -176,6 +177,22 @@ class _Loaded:
     cold_starts_served: int
 
 
+#: the per-request JSON lines. In a container they go to stdout, bare (one JSON object per
+#: line, for Modal's log search and log drains); elsewhere (tests, ``.local()``) they go
+#: wherever the process's logging sends them, so they never mix into a CLI's output.
+request_log = logging.getLogger("whisper_modal.requests")
+
+
+def _log_to_stdout() -> None:
+    if modal.is_local() or request_log.handlers:
+        return
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    request_log.addHandler(handler)
+    request_log.setLevel(logging.INFO)
+    request_log.propagate = False
+
+
 def _runtime_settings() -> Settings:
     return Settings.resolve(env=container_environ)
 
@@ -196,6 +213,7 @@ def _load(self: _Loaded) -> None:
 
     if not is_known_model(self.model):
         raise ConfigurationError(f"this app serves only known Whisper models, not {self.model!r}")
+    _log_to_stdout()
     runtime = _runtime_settings()  # inside the container: its env and secrets
     self.runtime = runtime
     # Before a CPU-memory snapshot there is no GPU: load on CPU, move in _to_device.
@@ -267,7 +285,7 @@ def _log_request(
     self: _Loaded, job_id: str | None, started: float, result: dict[str, Any] | None,
     outcome: str,
 ) -> None:  # fmt: skip
-    """One JSON line per request on stdout (Modal's log stream).
+    """One JSON line per request on ``request_log`` (stdout in a container: Modal's logs).
 
     Only ids, sizes, timings and the outcome: never audio, text, secrets or URLs (the
     request may carry presigned ones), so the logs may be shipped anywhere.
@@ -285,7 +303,7 @@ def _log_request(
         line["timings"] = {
             k: v for k, v in (result.get("timings") or {}).items() if isinstance(v, int | float)
         }
-    print(json.dumps(line, sort_keys=True, default=str), flush=True)
+    request_log.info(json.dumps(line, sort_keys=True, default=str))
 
 
 def _transcribe_one(self: _Loaded, request: dict[str, Any]) -> dict[str, Any]:

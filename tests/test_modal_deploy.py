@@ -1,0 +1,206 @@
+"""What a real deployment does that sharing the test's process used to hide (issue 10):
+the container's own environment, CUDA required, per-item failures in a packed batch,
+errors that must cross Modal's serialiser, lazy job lookups, snapshot hooks."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import whisper_modal.errors as errors
+from tests.fakes import fake_client, tiny_model_cache
+from tests.fakes.modal_fake import FakeModal, wire_exception
+from whisper_modal.backends.base import Request
+from whisper_modal.options import TranscribeOptions
+from whisper_modal.results import Transcript
+
+ROOT = Path(__file__).parents[1]
+SAMPLE = ROOT / "examples" / "sample.flac"
+
+
+# ------------------------------------------------------------------ errors cross the wire
+
+ERRORS = [
+    errors.JobTimeout("not yet", job_id="fc-1"),
+    errors.JobCancelled("cancelled", job_id="fc-2"),
+    errors.JobNotFound("none", job_id="fc-3"),
+    errors.JobExpired("old", job_id="fc-4"),
+    errors.AudioError("too long", reason="too_long"),
+    errors.BackendUnavailable("not deployed", fix="whisper-modal deploy"),
+    errors.RemoteExecutionError("boom", remote_type="RuntimeError"),
+    errors.ConfigurationError("bad"),
+    errors.StorageNotFound("no key"),
+]
+
+
+@pytest.mark.parametrize("exc", ERRORS, ids=lambda e: type(e).__name__)
+def test_every_error_survives_modals_serialiser(exc: errors.WhisperModalError) -> None:
+    back = wire_exception(exc)  # JobError subclasses came back as ExecutionError before
+    assert type(back) is type(exc)
+    assert str(back) == str(exc) and vars(back) == vars(exc)
+
+
+def test_an_unpicklable_error_arrives_as_modals_execution_error() -> None:
+    import modal.exception as me
+
+    class Local(Exception):  # defined in a function: cloudpickle sends it by value...
+        def __init__(self, a: str, *, b: str) -> None:
+            super().__init__(a)
+
+    back = wire_exception(Local("x", b="y"))  # ...but unpickling calls Local("x") -> fails
+    assert isinstance(back, me.ExecutionError) and "deserialize" in str(back)
+
+
+# ------------------------------------------------------------------ the container's env
+
+
+@pytest.fixture
+def sample_wire() -> dict[str, object]:
+    options = TranscribeOptions(model="tiny.en", language="en")
+    return Request(options=options, audio=SAMPLE.read_bytes()).to_wire()
+
+
+def _close(fake: FakeModal) -> Iterator[FakeModal]:
+    yield fake
+    fake.close()
+
+
+@pytest.fixture
+def gpu_less_fake() -> Iterator[FakeModal]:
+    """A container exactly as the image configures it (no device override) on this CPU box."""
+    yield from _close(FakeModal(secret_env={"WHISPER_MODAL_CACHE_DIR": str(tiny_model_cache())}))
+
+
+@pytest.mark.slow
+def test_container_without_cuda_fails_loudly(
+    gpu_less_fake: FakeModal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fault 3: the image used to say device=auto, so a broken GPU meant silent CPU."""
+    assert gpu_less_fake.container_env()["WHISPER_MODAL_DEVICE"] == "cuda"
+    client = fake_client(gpu_less_fake, monkeypatch)
+    with pytest.raises(errors.ConfigurationError, match="no CUDA device"):
+        client.transcribe(SAMPLE, language="en")
+    report = client.modal_backend().health(timeout=120)
+    assert report["failing"] == ["cuda", "model_loaded"]
+    assert "no CUDA device" in report["checks"]["model_loaded"]["detail"]
+    assert report["checks"]["weights_volume"]["ok"] is True
+    assert report["model_loaded"] is False and report["torch"]
+
+
+@pytest.mark.slow
+def test_container_does_not_see_the_tests_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WHISPER_MODAL_MAX_AUDIO_SECONDS", "1")  # the client's shell only
+    fake = FakeModal()
+    try:
+        assert "WHISPER_MODAL_MAX_AUDIO_SECONDS" not in fake.container_env()
+        t = fake_client(fake, monkeypatch, max_audio_seconds=3600).transcribe(SAMPLE, language="en")
+        assert t.backend == "modal" and t.duration > 1
+    finally:
+        fake.close()
+    # ... while a secret's variable does reach it
+    secret = {**fake.secret_env, "WHISPER_MODAL_MAX_AUDIO_SECONDS": "1"}
+    strict = FakeModal(secret_env=secret)
+    try:
+        client = fake_client(strict, monkeypatch, max_audio_seconds=3600)
+        with pytest.raises(errors.AudioError) as info:
+            client.transcribe(SAMPLE, language="en")
+        assert info.value.reason == "too_long"  # the attribute crossed the wire too
+    finally:
+        strict.close()
+
+
+def test_unknown_job_ids_fail_at_get_not_at_lookup(monkeypatch: pytest.MonkeyPatch) -> None:
+    import modal
+
+    modal.FunctionCall.from_id("fc-doesnotexist000000000000")  # the real one is lazy too
+    fake = FakeModal()
+    try:
+        call = fake.call_lookup("fc-doesnotexist")  # no error yet
+        with pytest.raises(modal.exception.NotFoundError):
+            call.get(timeout=0)
+        backend = fake_client(fake, monkeypatch).modal_backend()
+        with pytest.raises(errors.JobNotFound) as info:
+            backend.result("fc-doesnotexist", timeout=0)
+        assert info.value.job_id == "fc-doesnotexist"
+    finally:
+        fake.close()
+
+
+# ------------------------------------------------------------------ packed batch
+
+
+@pytest.mark.slow
+def test_one_bad_request_does_not_fail_a_packed_batch(
+    monkeypatch: pytest.MonkeyPatch, sample_wire: dict[str, object]
+) -> None:
+    """Fault 7: ``_check_model`` ran outside the per-item handling, failing all 3."""
+    monkeypatch.setenv("WHISPER_MODAL_CACHE_DIR", str(tiny_model_cache()))
+    monkeypatch.setenv("WHISPER_MODAL_DEVICE", "cpu")
+    from whisper_modal.app import BatchTranscriber
+
+    options = sample_wire["options"]
+    assert isinstance(options, dict)
+    bad = dict(sample_wire, options={**options, "model": "/etc/passwd"})
+    results = BatchTranscriber(model="tiny.en").transcribe_batch.local(
+        [sample_wire, bad, sample_wire]
+    )
+    assert [("error" in r) for r in results] == [False, True, False]
+    assert results[1]["error"]["type"] == "ConfigurationError"
+    assert "weekly planning meeting" in Transcript.from_dict(results[2]).text.lower()
+
+
+# ------------------------------------------------------------------ snapshots
+
+SNAPSHOT_PROBE = """
+import json
+from whisper_modal.app import Transcriber
+from whisper_modal.engine import models
+report = Transcriber(model="tiny.en").health.local()
+print(json.dumps({
+    "failing": report["failing"],
+    "detail": report["checks"]["model_loaded"]["detail"],
+    "on_cpu": sorted(device for (_, device) in models._CACHE),
+}))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("snapshot", [False, True])
+def test_snapshot_loads_on_cpu_then_moves(snapshot: bool) -> None:
+    """Fault 4: with snapshots the first (snap=True) hook loads the model on CPU, the
+    second moves it to CUDA. Here there is no GPU, so the move is what fails, after a
+    CPU load; without snapshots nothing is loaded on CPU at all."""
+    env = {
+        "PATH": os.environ["PATH"],
+        "PYTHONPATH": str(ROOT),
+        "HOME": str(ROOT),
+        "WHISPER_MODAL_ENABLE_MEMORY_SNAPSHOT": str(snapshot).lower(),
+    }
+    deploy = subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", "import whisper_modal.app as m, json; "
+         "print(json.dumps(m.IMAGE_ENV))"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert deploy.returncode == 0, deploy.stderr[-2000:]
+    image_env = json.loads(deploy.stdout.strip().splitlines()[-1])
+    container = {
+        "PATH": os.environ["PATH"],
+        "PYTHONPATH": str(ROOT),
+        "HOME": str(ROOT),
+        **image_env,
+        "WHISPER_MODAL_CACHE_DIR": str(tiny_model_cache()),
+    }
+    done = subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", SNAPSHOT_PROBE],
+        cwd=ROOT, env=container, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["failing"] == ["cuda", "model_loaded"] and "no CUDA device" in out["detail"]
+    assert out["on_cpu"] == (["cpu"] if snapshot else [])
