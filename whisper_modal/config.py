@@ -123,6 +123,12 @@ class Settings:
     # -- deadlines (seconds)
     connect_timeout: float = attrs.field(default=15.0, validator=_positive)  # lookup/first byte
     call_timeout: float = attrs.field(default=1800.0, validator=_positive)  # one remote call
+    # -- large inputs (Modal uploads call arguments over 2 MiB to its blob store inside the
+    #    call, no progress, all again on a retry): above max_upload_bytes, audio is staged
+    #    under s3_staging_prefix ("s3://bucket/prefix") and sent as an s3:// input instead,
+    #    or refused with a ConfigurationError naming this setting when none is configured
+    max_upload_bytes: int = attrs.field(default=256 * 1024**2, validator=_positive)
+    s3_staging_prefix: str | None = None
     # -- long-audio fan-out over many containers (Modal backend, needs the [local] decoder)
     fanout_seconds: float = attrs.field(default=900.0, validator=_positive)  # longer: split
     fanout_chunk_seconds: float = attrs.field(default=300.0, validator=_positive)

@@ -27,6 +27,13 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
 from typing import Any, TypeVar
 
 from whisper_modal.backends.base import JobStatus, Request
+from whisper_modal.backends.modal_transport import (
+    fail_fast,
+    server_urls,
+    spawn_deadline,
+    stage_large_audio,
+    upload_seconds,
+)
 from whisper_modal.config import Settings
 from whisper_modal.errors import (
     BackendUnavailable,
@@ -43,7 +50,6 @@ __all__ = ["ModalBackend"]
 
 T = TypeVar("T")
 _RESULT_CACHE = 256  # finished results kept per backend (status() then result() = one fetch)
-_SPAWN_SECONDS = 60.0  # to accept a job: inputs over 8 KiB are uploaded to blob storage first
 
 
 class _LoopThread:
@@ -125,6 +131,8 @@ class ModalBackend:
             k: v for k, v in (("gpu", gpu), ("timeout", remote_timeout)) if v is not None
         }
         self._input_cancellation: type[BaseException] = modal.exception.InputCancellation
+        # only the real client has a server to probe (a fake lookup never touches one)
+        self._probe_server = cls_lookup is None
         self._cls_lookup = cls_lookup or modal.Cls.from_name
         self._call_lookup = call_lookup or modal.FunctionCall.from_id
         self._lock = threading.Lock()
@@ -154,8 +162,11 @@ class ModalBackend:
         if class_name not in self._hydrated:
             # Modal's client is still retrying behind an expired lookup: retrying it again
             # would only multiply the wait, so report "unavailable" (falls back in auto mode).
+            lookup = handle.hydrate.aio()
+            if self._probe_server:  # a refused port or failed DNS answers in milliseconds
+                lookup = fail_fast(lookup, server_urls(), self.settings.connect_timeout)
             await _within(
-                handle.hydrate.aio(),
+                lookup,
                 self.settings.connect_timeout,
                 lambda: BackendUnavailable(
                     f"Modal did not answer the lookup of {self.settings.app_name!r} within "
@@ -205,9 +216,11 @@ class ModalBackend:
             else:
                 cls, name = self.settings.class_name, "transcribe"
             method = await self._method(request.options.model, name, cls)
+            staged = await stage_large_audio(request, self.settings)
+            deadline = timeout + upload_seconds(staged.size_bytes)  # uploaded inside the call
             result: dict[str, Any] = await _within(
-                method.remote.aio(request.to_wire()),
-                timeout,
+                method.remote.aio(staged.to_wire()),
+                deadline,
                 lambda: TransientError(f"no result from Modal within {timeout:g} s"),
             )
             if "error" in result:  # a per-item failure inside a packed batch
@@ -220,16 +233,18 @@ class ModalBackend:
         self, request: Request, *, timeout: float, packed: bool = False
     ) -> dict[str, Any]:
         """Sync twin of ``atranscribe`` (runs on the private loop, same deadline)."""
-        return self._sync(self.atranscribe(request, timeout=timeout, packed=packed), timeout)
+        backstop = timeout + 2 * upload_seconds(request.size_bytes)  # staging + the call
+        return self._sync(self.atranscribe(request, timeout=timeout, packed=packed), backstop)
 
     async def asubmit(self, request: Request) -> str:
         """Spawn the request and return the FunctionCall id."""
 
         async def work() -> str:
             method = await self._method(request.options.model, "transcribe")
+            staged = await stage_large_audio(request, self.settings)
             call = await _within(
-                method.spawn.aio(request.to_wire()),
-                _SPAWN_SECONDS + self.settings.connect_timeout,
+                method.spawn.aio(staged.to_wire()),
+                spawn_deadline(staged, self.settings),  # grows with the upload
                 lambda: TransientError("Modal did not accept the job in time"),
             )
             return str(call.object_id)
@@ -238,7 +253,8 @@ class ModalBackend:
 
     def submit(self, request: Request) -> str:
         """Sync twin of ``asubmit``."""
-        return self._sync(self.asubmit(request), _SPAWN_SECONDS + self.settings.connect_timeout)
+        backstop = spawn_deadline(request, self.settings) + upload_seconds(request.size_bytes)
+        return self._sync(self.asubmit(request), backstop)
 
     def map(
         self, requests: Iterable[Request], *, concurrency: int, timeout: float
