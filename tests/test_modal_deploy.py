@@ -204,3 +204,97 @@ def test_snapshot_loads_on_cpu_then_moves(snapshot: bool) -> None:
     out = json.loads(done.stdout.strip().splitlines()[-1])
     assert out["failing"] == ["cuda", "model_loaded"] and "no CUDA device" in out["detail"]
     assert out["on_cpu"] == (["cpu"] if snapshot else [])
+
+
+# ------------------------------------------------------------------ operations
+
+
+@pytest.mark.slow
+def test_cli_health_names_the_failing_checks(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import whisper_modal as wm
+    from tests.servers import free_port
+    from whisper_modal.cli import main
+
+    closed = f"http://127.0.0.1:{free_port()}"
+    fake = FakeModal(
+        secret_env={
+            "WHISPER_MODAL_CACHE_DIR": str(tiny_model_cache()),
+            "WHISPER_MODAL_S3_ENDPOINT_URL": closed,  # S3 configured but unreachable
+        }
+    )
+    try:
+        wm.configure(fake_client(fake, monkeypatch))  # conftest restores the default client
+        assert main(["health"]) == 1
+        out, err = capsys.readouterr()
+        report = json.loads(out)
+        assert report["failing"] == ["cuda", "model_loaded", "s3"]
+        assert report["whisper_modal"] == wm.__version__ and report["modal"]
+        last = err.strip().splitlines()[-1]
+        assert last.startswith("whisper-modal: failing checks: cuda: torch sees no CUDA")
+        assert "s3: 127.0.0.1" in last and "refused" in last and "Traceback" not in err
+    finally:
+        fake.close()
+
+
+def test_cli_prefetch_local_and_remote_without_credentials(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from whisper_modal.cli import main
+
+    monkeypatch.setenv("WHISPER_MODAL_CACHE_DIR", str(tiny_model_cache()))
+    assert main(["models", "prefetch", "tiny.en"]) == 0  # already in the cache: verified
+    assert "tiny.en ->" in capsys.readouterr().out
+    assert main(["models", "prefetch", "no-such-model"]) == 2
+    assert "unknown model 'no-such-model'" in capsys.readouterr().err
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("WHISPER_MODAL_", "MODAL_"))}
+    env = {**clean, "HOME": str(tmp_path), "MODAL_CONFIG_PATH": str(tmp_path / ".modal.toml")}
+    done = subprocess.run(
+        [sys.executable, "-m", "whisper_modal", "models", "prefetch", "turbo", "--remote"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr[-2000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("whisper-modal: failed: BackendUnavailable") and "modal token" in last
+
+
+@pytest.mark.slow
+def test_one_json_log_line_per_request_without_content(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+    sample_wire: dict[str, object],
+) -> None:  # fmt: skip
+    monkeypatch.setenv("WHISPER_MODAL_CACHE_DIR", str(tiny_model_cache()))
+    monkeypatch.setenv("WHISPER_MODAL_DEVICE", "cpu")
+    from whisper_modal.app import Transcriber
+
+    obj = Transcriber(model="tiny.en")
+    wire = dict(sample_wire, client_job_id="job-42")
+    caplog.set_level("INFO", logger="whisper_modal.requests")
+    result = obj.transcribe.local(wire)
+    options = wire["options"]
+    assert isinstance(options, dict)
+    with pytest.raises(errors.ConfigurationError):
+        obj.transcribe.local(dict(wire, options={**options, "model": "../evil"}))
+    lines = [
+        json.loads(r.getMessage()) for r in caplog.records if r.name == "whisper_modal.requests"
+    ]
+    assert [line["outcome"] for line in lines] == ["ok", "ConfigurationError"]
+    ok = lines[0]
+    assert ok["job_id"] == "job-42" and ok["model"] == "tiny.en"
+    assert ok["audio_seconds"] == pytest.approx(result["duration"]) and ok["seconds"] > 0
+    assert {"load", "decode", "inference", "total"} <= set(ok["timings"])
+    assert ok["timings"]["inference"] > 0
+    text = json.dumps(lines)
+    assert result["text"][:20] not in text and "audio" not in {k for line in lines for k in line}
+
+
+def test_warm_hours_window() -> None:
+    from whisper_modal.app import warm_containers_at, warm_window
+
+    assert warm_window("8-18") == (8, 18)
+    assert [warm_containers_at(h, "8-18", 2, 0) for h in (7, 8, 17, 18)] == [0, 2, 2, 0]
+    assert [warm_containers_at(h, "22-6", 1, 0) for h in (21, 22, 3, 6)] == [0, 1, 1, 0]
+    for bad in ("8", "8-8", "25-3", "a-b"):
+        with pytest.raises(errors.ConfigurationError, match="warm_hours"):
+            warm_window(bad)

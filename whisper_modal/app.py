@@ -356,7 +356,15 @@ def _health(self: _Loaded) -> dict[str, Any]:
         )
     except OSError as exc:
         check("weights_volume", False, f"{type(exc).__name__}: {exc}")
+    runtime = self.runtime
+    if runtime.s3_staging_prefix or runtime.s3_endpoint_url:
+        ok, detail = _s3_check(runtime)
+        check("s3", ok, detail)
+    from whisper_modal import __version__
+
     report.update(
+        whisper_modal=__version__,
+        modal=modal.__version__,
         model=self.model,
         model_loaded=self.load_error is None,
         device=self.engine.device if self.load_error is None else None,
@@ -368,6 +376,31 @@ def _health(self: _Loaded) -> dict[str, Any]:
         failing=sorted(name for name, c in checks.items() if not c["ok"]),
     )
     return report
+
+
+def _s3_check(runtime: Settings) -> tuple[bool, str]:
+    """Can this container reach the object store it is configured for?"""
+    import asyncio
+
+    from whisper_modal.backends.modal_transport import unreachable_reason
+
+    try:
+        if runtime.s3_staging_prefix:  # a bucket we must read: ask S3 about it
+            from whisper_modal.errors import map_boto_error
+            from whisper_modal.storage import S3Store, parse_s3_prefix
+
+            bucket, _ = parse_s3_prefix(runtime.s3_staging_prefix)
+            store = S3Store(runtime.s3_endpoint_url, runtime.s3_region)
+            try:
+                store.client.head_bucket(Bucket=bucket)
+            except Exception as exc:
+                raise map_boto_error(exc, uri=f"s3://{bucket}") from exc
+            return True, f"bucket {bucket} readable"
+        endpoint = str(runtime.s3_endpoint_url)
+        reason = asyncio.run(unreachable_reason([endpoint], 5.0))
+        return reason is None, reason or f"{endpoint} accepts connections"
+    except Exception as exc:  # a named failing check, never a traceback
+        return False, f"{type(exc).__name__}: {exc}"
 
 
 @app.cls(**_CLASS_OPTIONS)
