@@ -557,9 +557,9 @@ if settings.warm_hours:  # a baked setting: the same on the deploy side and in c
         n = warm_containers_at(
             hour, str(settings.warm_hours), settings.warm_containers, settings.min_containers
         )
-        pools: tuple[Any, ...] = (Transcriber, BatchTranscriber)  # modal.Cls at run time
-        for cls in pools:
-            cls(model=settings.model).update_autoscaler(min_containers=n)
+        for name in ("Transcriber", "BatchTranscriber"):
+            pool = modal.Cls.from_name(settings.app_name, name)(model=settings.model)
+            pool.update_autoscaler(min_containers=n)
         print(json.dumps({"event": "whisper_modal.warm_pool", "hour": hour, "min_containers": n}))
 
 

@@ -244,7 +244,7 @@ class ModalBackend:
             staged = await stage_large_audio(request, self.settings)
             call = await _within(
                 method.spawn.aio(staged.to_wire()),
-                spawn_deadline(staged, self.settings),  # grows with the upload
+                spawn_deadline(staged.size_bytes, self.settings),  # grows with the upload
                 lambda: TransientError("Modal did not accept the job in time"),
             )
             return str(call.object_id)
@@ -253,7 +253,9 @@ class ModalBackend:
 
     def submit(self, request: Request) -> str:
         """Sync twin of ``asubmit``."""
-        backstop = spawn_deadline(request, self.settings) + upload_seconds(request.size_bytes)
+        backstop = spawn_deadline(request.size_bytes, self.settings) + upload_seconds(
+            request.size_bytes
+        )
         return self._sync(self.asubmit(request), backstop)
 
     def map(

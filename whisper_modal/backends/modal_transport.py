@@ -62,9 +62,9 @@ def upload_seconds(nbytes: int) -> float:
     return nbytes / MIN_UPLOAD_BYTES_PER_SECOND
 
 
-def spawn_deadline(request: Request, settings: Settings) -> float:
-    """The deadline for ``.spawn``: lookup + acceptance + the upload of the audio."""
-    return SPAWN_SECONDS + settings.connect_timeout + upload_seconds(request.size_bytes)
+def spawn_deadline(nbytes: int, settings: Settings) -> float:
+    """The deadline for ``.spawn`` of ``nbytes`` of audio: lookup + upload + acceptance."""
+    return SPAWN_SECONDS + settings.connect_timeout + upload_seconds(nbytes)
 
 
 async def stage_large_audio(request: Request, settings: Settings) -> Request:
