@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,33 +20,70 @@ from whisper_modal.results import Transcript
 ROOT = Path(__file__).parents[1]
 SAMPLE = ROOT / "examples" / "sample.flac"
 
+# What Modal itself compares when a container starts (modal/_runtime/user_code_imports.py
+# and _container_entrypoint.py): each service function's ``_deps_(only_explicit_mounts=True)``
+# against the object ids recorded at deploy time. Printed from a fresh interpreter, once
+# with the deploying shell's environment and once with only what the image sets.
 INSPECT = """
 import json, warnings
 warnings.simplefilter("ignore")
-from whisper_modal.app import app, Transcriber
-fn = list(app.registered_functions.values())[0]
-info = fn.info()
+import whisper_modal.app as m
+from modal._partial_function import _find_partial_methods_for_user_cls, _PartialFunctionFlags
+
+def shape(fn):
+    info = fn.info()
+    return {
+        "deps": [repr(d) for d in fn._deps_(only_explicit_mounts=True)],
+        "gpus": info.gpus, "timeout": info.timeout, "regions": info.regions,
+        "volumes": {k: v.name for k, v in info.volumes.items()},
+        "secrets": [getattr(s, "name", s) for s in info.secrets or []],
+        "methods": sorted(info.method_names or []),
+        "schedule": str(info.schedule) if info.schedule else None,
+    }
+
+classes = {n: getattr(m, n) for n in ("Transcriber", "BatchTranscriber")}
+functions = {n: getattr(m, n) for n in ("prefetch", "warm_pool") if hasattr(m, n)}
 print(json.dumps({
-    "app": app.name, "gpus": info.gpus, "timeout": info.timeout,
-    "volumes": {k: v.name for k, v in info.volumes.items()},
-    "secrets": [getattr(s, "name", s) for s in info.secrets or []],
-    "methods": sorted(info.method_names),
-}))
+    "app": m.app.name,
+    "image_env": m.IMAGE_ENV,
+    "classes": {n: shape(c._get_class_service_function()) for n, c in classes.items()},
+    "functions": {n: shape(f) for n, f in functions.items()},
+    "snap_enter": {
+        n: sorted(_find_partial_methods_for_user_cls(c._get_user_cls(),
+                  _PartialFunctionFlags.ENTER_PRE_SNAPSHOT))
+        for n, c in classes.items()
+    },
+    "options": {k: m._CLASS_OPTIONS[k] for k in (
+        "enable_memory_snapshot", "experimental_options", "min_containers",
+        "buffer_containers", "max_containers", "scaledown_window")},
+}, default=str))
 """
 
+CLEAN = {k: v for k, v in os.environ.items() if not k.startswith("WHISPER_MODAL_")}
 
-def inspect_app(**env: str) -> dict[str, object]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("WHISPER_MODAL_")}
+
+def _run_inspect(env: dict[str, str]) -> dict[str, Any]:
     done = subprocess.run(
-        [sys.executable, "-c", INSPECT],
-        cwd=ROOT,
-        env={**clean, **env},
-        capture_output=True,
-        text=True,
+        [sys.executable, "-c", INSPECT], cwd=ROOT, env=env, capture_output=True, text=True,
         timeout=120,
-    )
+    )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def inspect_app(**env: str) -> dict[str, Any]:
+    """The app's shape as the deploying shell (``env`` = its WHISPER_MODAL_* variables) sees it."""
+    shape = _run_inspect({**CLEAN, **env})
+    transcriber = shape["classes"]["Transcriber"]
+    return {"app": shape["app"], **transcriber, "raw": shape}
+
+
+def inspect_container(image_env: dict[str, str]) -> dict[str, Any]:
+    """The app's shape as a container sees it: the image's variables and nothing else
+    from the deploying shell (a bare PATH, and PYTHONPATH standing in for
+    ``add_local_python_source``)."""
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT), "HOME": str(ROOT), **image_env}
+    return _run_inspect(env)
 
 
 def test_app_imports_offline_with_defaults() -> None:
@@ -69,6 +107,59 @@ def test_app_reads_its_settings_at_deploy_time() -> None:
     assert info["app"] == "stt-prod" and info["gpus"] == [["L4", 1]] and info["timeout"] == 900
     assert info["volumes"] == {"/weights": "stt-weights"}
     assert info["secrets"] == ["modal.Secret.from_name('stt-aws')"]
+
+
+DEPLOYS = {
+    "defaults": {},
+    "s3_and_webhooks": {"WHISPER_MODAL_SECRET_NAME": "stt-aws"},
+    "everything": {
+        "WHISPER_MODAL_APP_NAME": "stt-prod",
+        "WHISPER_MODAL_GPU": "L40S,A10G",
+        "WHISPER_MODAL_REMOTE_TIMEOUT": "900",
+        "WHISPER_MODAL_VOLUME_NAME": "stt-weights",
+        "WHISPER_MODAL_SECRET_NAME": "stt-aws",
+        "WHISPER_MODAL_MIN_CONTAINERS": "1",
+        "WHISPER_MODAL_BUFFER_CONTAINERS": "2",
+        "WHISPER_MODAL_MAX_CONTAINERS": "7",
+        "WHISPER_MODAL_SCALEDOWN_WINDOW": "120",
+        "WHISPER_MODAL_REGION": "us-east",
+        "WHISPER_MODAL_WARM_HOURS": "8-18",
+        "WHISPER_MODAL_ENABLE_MEMORY_SNAPSHOT": "true",
+    },
+}
+
+
+@pytest.mark.parametrize("deploy", sorted(DEPLOYS))
+def test_container_resolves_the_deploy_time_app(deploy: str) -> None:
+    """Fault 1: with only the image's environment the container must build the same app
+    (same object dependencies, GPU, timeouts, volume, secret, snapshot hooks)."""
+    deploy_side = inspect_app(**DEPLOYS[deploy])["raw"]
+    container_side = inspect_container(deploy_side["image_env"])
+    assert container_side == deploy_side
+    if "WHISPER_MODAL_SECRET_NAME" in DEPLOYS[deploy]:  # the case that broke every S3 deploy
+        deps = container_side["classes"]["Transcriber"]["deps"]
+        assert len(deps) == 3 and "modal.Secret.from_name('stt-aws')" in deps
+
+
+def test_everything_deploy_reaches_modal() -> None:
+    raw = inspect_app(**DEPLOYS["everything"])["raw"]
+    t = raw["classes"]["Transcriber"]
+    assert t["gpus"] == [["L40S", 1], ["A10G", 1]] and t["regions"] == ["us-east"]
+    assert raw["options"]["min_containers"] == 1 and raw["options"]["buffer_containers"] == 2
+    assert raw["options"]["enable_memory_snapshot"] is True
+    assert raw["snap_enter"] == {"BatchTranscriber": ["load"], "Transcriber": ["load"]}
+    assert raw["functions"]["warm_pool"]["schedule"] is not None
+    assert raw["functions"]["prefetch"]["gpus"] == []  # downloading needs no GPU
+
+
+def test_bad_gpu_name_fails_before_deploying() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", "import whisper_modal.app"],
+        cwd=ROOT, env={**CLEAN, "WHISPER_MODAL_GPU": "A100-90GB"},
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert "unknown Modal GPU 'A100-90GB'" in done.stderr and "A100-80GB" in done.stderr
 
 
 def test_autoscaler_settings_reach_modal() -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -27,8 +28,10 @@ MARGIN = 2.0  # process-internal slack on a loaded 2-core machine
 EXIT_LIMIT = 15.0  # the probe process must also *exit* promptly: no thread blocks shutdown
 
 
-def run_probe(module: str, mode: str, *extra: str, audio: bytes = b"") -> dict[str, Any]:
-    args = [sys.executable, "-m", module, mode, str(CONNECT), str(CALL), *extra]
+def run_probe(
+    module: str, mode: str, *extra: str, audio: bytes = b"", connect: float = CONNECT
+) -> dict[str, Any]:
+    args = [sys.executable, "-m", module, mode, str(connect), str(CALL), *extra]
     started = time.monotonic()
     done = subprocess.run(args, cwd=ROOT, input=audio, capture_output=True, timeout=120)
     assert done.returncode == 0, done.stderr.decode()[-2000:]
@@ -49,7 +52,27 @@ def test_backend_no_credentials_is_immediate_and_says_how_to_fix() -> None:
     assert out["process_seconds"] < EXIT_LIMIT, out
 
 
-@pytest.mark.parametrize("mode", ["closed", "hung"])
+#: a lookup deadline no test should ever wait out: fail-fast answers are far below it
+LONG_CONNECT = 60.0
+
+
+@pytest.mark.parametrize("mode", ["closed", "dns"])
+def test_backend_refused_or_unresolvable_server_fails_at_once(mode: str) -> None:
+    """Fault 6: a closed port or a name that does not resolve is known in milliseconds;
+    it used to cost the whole lookup deadline. The message says which it was, which only
+    the fail-fast probe knows (the deadline's message is "did not answer ... within")."""
+    out = run_probe("tests.test_modal_deadlines", mode, connect=LONG_CONNECT)
+    for path in ("sync", "async"):
+        result = out[path]
+        assert result["error"] == "BackendUnavailable", out
+        expected = "refused the connection" if mode == "closed" else "cannot resolve"
+        assert expected in result["message"] and "within" not in result["message"], out
+        assert result["seconds"] < LONG_CONNECT / 2, out
+    assert out["pending_tasks"] == 0 and out["non_daemon_threads"] == [], out
+    assert out["process_seconds"] < LONG_CONNECT, out
+
+
+@pytest.mark.parametrize("mode", ["hung"])
 def test_backend_unreachable_server_hits_the_connect_deadline(mode: str) -> None:
     out = run_probe("tests.test_modal_deadlines", mode)
     for path in ("sync", "async"):
@@ -72,7 +95,13 @@ def test_client_no_credentials() -> None:
     assert float(out["seconds"]) < 1.0 + MARGIN
 
 
-@pytest.mark.parametrize("mode", ["closed", "hung"])
+def test_client_refused_connection_fails_at_once() -> None:
+    out = run_probe("tests.modal_probe", "closed", connect=LONG_CONNECT)
+    assert out["error"] == "BackendUnavailable" and "refused" in str(out["message"]), out
+    assert float(out["seconds"]) < LONG_CONNECT / 2, out
+
+
+@pytest.mark.parametrize("mode", ["hung"])
 def test_client_unreachable_server_hits_the_connect_deadline(mode: str) -> None:
     out = run_probe("tests.modal_probe", mode)
     assert out["error"] == "BackendUnavailable", out
@@ -88,9 +117,11 @@ def test_unreachable_modal_falls_back_to_the_local_engine(
 
     monkeypatch.setenv("WHISPER_MODAL_CACHE_DIR", str(tiny_model_cache()))
     sample = (ROOT / "examples" / "sample.flac").read_bytes()
-    out = run_probe("tests.modal_probe", "closed", "--fallback", audio=sample)
+    # a lookup deadline far above the run: falling back must not wait for it
+    out = run_probe("tests.modal_probe", "closed", "--fallback", audio=sample, connect=LONG_CONNECT)
     assert out["ok"] is True and out["backend"] == "local", out
     assert "BackendUnavailable" in str(out["fallback_reason"])
+    assert "refused" in str(out["fallback_reason"])
     assert "weekly planning meeting" in str(out["text"]).lower()
 
 
@@ -126,7 +157,9 @@ def _probe(mode: str, connect: float, call: float) -> dict[str, Any]:
 
     from tests.modal_probe import isolate
 
-    isolate(mode)
+    isolate("closed" if mode == "dns" else mode)
+    if mode == "dns":  # a name that cannot resolve (RFC 2606 reserves .invalid)
+        os.environ["MODAL_SERVER_URL"] = "https://whisper-modal-test.invalid"
     from whisper_modal._loop import LoopThread
     from whisper_modal.backends.base import Request
     from whisper_modal.backends.modal import ModalBackend

@@ -3,11 +3,12 @@
     whisper-modal transcribe FILE [--model M] [--language L] [--format F] [--output PATH]
     whisper-modal submit FILE            prints a job id
     whisper-modal result JOB_ID [--format F] [--timeout S]
-    whisper-modal models list | import DIR --name NAME
-    whisper-modal health | deploy
+    whisper-modal models list | import DIR --name NAME | prefetch NAME [--remote]
+    whisper-modal health [--local] | deploy
 
-Exit codes: 0 success, 1 transcription/back-end failure, 2 bad input or usage,
-3 job not finished yet (``result --timeout``). Errors are one line on stderr.
+Exit codes: 0 success, 1 transcription/back-end failure (or a failing health check),
+2 bad input or usage, 3 job not finished yet (``result --timeout``). Errors are one line
+on stderr.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from whisper_modal.errors import (
     AudioError,
@@ -26,6 +28,9 @@ from whisper_modal.errors import (
 )
 from whisper_modal.formats import FORMATS
 from whisper_modal.options import TranscribeOptions
+
+if TYPE_CHECKING:
+    from whisper_modal.config import Settings
 
 __all__ = ["main"]
 
@@ -67,6 +72,13 @@ def _parser() -> argparse.ArgumentParser:
     imp = models.add_parser("import", help="import a CTranslate2/faster-whisper directory")
     imp.add_argument("directory")
     imp.add_argument("--name", required=True, help="name to load it by, e.g. tiny.en")
+    pre = models.add_parser("prefetch", help="download and verify a model into the cache")
+    pre.add_argument("name", help="a known Whisper model, e.g. turbo")
+    pre.add_argument(
+        "--remote",
+        action="store_true",
+        help="fill the deployed app's weights volume instead (runs on Modal, no GPU)",
+    )
 
     p = sub.add_parser("health", help="check the deployed Modal app (or --local)")
     p.add_argument("--local", action="store_true", help="check the local engine instead")
@@ -151,9 +163,52 @@ def _models(args: argparse.Namespace) -> int:
         for info in found:
             print(f"{info.name}\t{info.source}\t{info.size_bytes / 1e6:.0f} MB\t{info.path}")
         return EXIT_OK
+    if args.models_command == "prefetch":
+        settings = Settings.resolve()
+        if args.remote:
+            report = _prefetch_remote(args.name, settings)
+            print(f"{report['model']} on volume {settings.volume_name}: {report['path']} "
+                  f"({report['size_bytes'] / 1e6:.0f} MB, sha256 {report['sha256']})")  # fmt: skip
+            return EXIT_OK
+        path = store.ensure(args.name)
+        print(f"{args.name} -> {path} ({path.stat().st_size / 1e6:.0f} MB)")
+        return EXIT_OK
     info = store.import_ct2(args.directory, args.name)
     print(f"imported {info.name} -> {info.path} ({info.size_bytes / 1e6:.0f} MB)")
     return EXIT_OK
+
+
+def _prefetch_remote(name: str, settings: Settings) -> dict[str, Any]:
+    """Run the deployed app's ``prefetch`` function (it fills the weights volume)."""
+    import asyncio
+
+    from whisper_modal.backends.modal_transport import fail_fast, server_urls
+    from whisper_modal.errors import BackendUnavailable, map_modal_error
+
+    async def run() -> dict[str, Any]:
+        import modal
+
+        fn = modal.Function.from_name(
+            settings.app_name, "prefetch", environment_name=settings.environment_name
+        )
+        try:
+            async with asyncio.timeout(settings.connect_timeout):
+                await fail_fast(fn.hydrate.aio(), server_urls(), settings.connect_timeout)
+        except TimeoutError as exc:
+            raise BackendUnavailable(
+                f"Modal did not answer the lookup of {settings.app_name!r} within "
+                f"{settings.connect_timeout:g} s",
+                fix="check the network, or whisper-modal deploy first",
+            ) from exc
+        report: dict[str, Any] = await fn.remote.aio(name)  # a download: no deadline
+        return report
+
+    try:
+        return asyncio.run(run())
+    except WhisperModalError:
+        raise
+    except Exception as exc:
+        raise map_modal_error(exc) from exc
 
 
 def _health(args: argparse.Namespace) -> int:
@@ -164,6 +219,11 @@ def _health(args: argparse.Namespace) -> int:
     backend = "local" if args.local else "modal"
     report = default_client().health(backend=backend, model=args.model if args.local else None)
     print(json.dumps(report, indent=2, default=str))
+    failing = report.get("failing") or []
+    if failing:  # the container's named checks (cuda, model_loaded, weights_volume, s3)
+        details = "; ".join(f"{n}: {report['checks'][n]['detail']}" for n in failing)
+        print(f"whisper-modal: failing checks: {details}", file=sys.stderr)
+        return EXIT_FAILED
     return EXIT_OK
 
 

@@ -17,7 +17,7 @@ import attrs
 
 from whisper_modal.errors import ConfigurationError
 
-__all__ = ["ENV_PREFIX", "Settings", "default_cache_dir"]
+__all__ = ["ENV_PREFIX", "MODAL_GPU_TYPES", "Settings", "default_cache_dir", "gpu_request"]
 
 ENV_PREFIX = "WHISPER_MODAL_"
 
@@ -43,6 +43,57 @@ def _one_of(*choices: str) -> Any:
             )
 
     return check
+
+
+def _non_negative(_: Any, attribute: Any, value: int | None) -> None:
+    if value is not None and value < 0:
+        raise ConfigurationError(f"setting {attribute.name} must be 0 or more, got {value!r}")
+
+
+#: GPU types Modal accepts in ``gpu=`` (https://modal.com/docs/guide/gpu). The ``modal``
+#: client sends the string upper-cased and only the server checks it, so a typo fails at
+#: deploy time, or worse, names a GPU you did not mean. The proto's ``GPUType`` enum
+#: (T4, L4, A10G, L40S, A100, A100_80GB, H100, H200) is a subset; a contract test keeps
+#: it one. "A10" is Modal's current spelling of "A10G"; "!" after H100 forbids upgrades.
+MODAL_GPU_TYPES = frozenset(
+    {
+        "T4", "L4", "A10", "A10G", "L40S", "A100", "A100-40GB", "A100-80GB",
+        "RTX-PRO-6000", "H100", "H100!", "H200", "B200", "B200+", "ANY",
+    }
+)  # fmt: skip
+
+
+def gpu_request(spec: str) -> str | list[str]:
+    """Parse a GPU setting into what ``App.cls(gpu=...)`` takes, checking each name.
+
+    Args:
+        spec: one type (``"A10G"``, ``"H100:2"``) or a fallback list in order of preference
+            (``"L40S,A10G"``: Modal places the container on the first type available).
+
+    Returns:
+        The single spec, or the list of specs for a fallback list.
+
+    Raises:
+        ConfigurationError: an unknown GPU name or a bad count (names the accepted ones).
+    """
+    specs = [part.strip() for part in spec.split(",") if part.strip()]
+    if not specs:
+        raise ConfigurationError("setting gpu is empty; e.g. WHISPER_MODAL_GPU=A10G")
+    for one in specs:
+        name, _, count = one.partition(":")
+        if name.upper() not in MODAL_GPU_TYPES:
+            raise ConfigurationError(
+                f"unknown Modal GPU {name!r} in gpu={spec!r}; Modal accepts "
+                f"{', '.join(sorted(MODAL_GPU_TYPES))} (optionally NAME:COUNT, "
+                "or a fallback list such as L40S,A10G)"
+            )
+        if count and (not count.isdigit() or int(count) < 1):
+            raise ConfigurationError(f"bad GPU count {count!r} in gpu={spec!r}")
+    return specs[0] if len(specs) == 1 else specs
+
+
+def _gpu(_: Any, __: Any, value: str) -> None:
+    gpu_request(value)
 
 
 def _path(value: str | os.PathLike[str]) -> Path:
@@ -72,6 +123,12 @@ class Settings:
     # -- deadlines (seconds)
     connect_timeout: float = attrs.field(default=15.0, validator=_positive)  # lookup/first byte
     call_timeout: float = attrs.field(default=1800.0, validator=_positive)  # one remote call
+    # -- large inputs (Modal uploads call arguments over 2 MiB to its blob store inside the
+    #    call, no progress, all again on a retry): above max_upload_bytes, audio is staged
+    #    under s3_staging_prefix ("s3://bucket/prefix") and sent as an s3:// input instead,
+    #    or refused with a ConfigurationError naming this setting when none is configured
+    max_upload_bytes: int = attrs.field(default=256 * 1024**2, validator=_positive)
+    s3_staging_prefix: str | None = None
     # -- long-audio fan-out over many containers (Modal backend, needs the [local] decoder)
     fanout_seconds: float = attrs.field(default=900.0, validator=_positive)  # longer: split
     fanout_chunk_seconds: float = attrs.field(default=300.0, validator=_positive)
@@ -84,13 +141,21 @@ class Settings:
     breaker_window_seconds: float | None = None
     breaker_failure_rate: float | None = None
     # -- Modal app deployment knobs (read by whisper_modal.app at deploy time)
-    gpu: str = "A10G"
+    gpu: str = attrs.field(default="A10G", validator=_gpu)  # or a fallback list "L40S,A10G"
     remote_timeout: int = attrs.field(default=3600, validator=_positive)  # container timeout
     max_containers: int = attrs.field(default=10, validator=_positive)
-    scaledown_window: int = attrs.field(default=300, validator=_positive)
+    min_containers: int = attrs.field(default=0, validator=_non_negative)  # always warm (billed)
+    buffer_containers: int | None = attrs.field(default=None, validator=_non_negative)
+    scaledown_window: int = attrs.field(default=300, validator=_positive)  # idle s before stop
+    region: str | None = None  # e.g. "us-east" or "eu"; None: anywhere (cheapest, most GPUs)
+    # "keep N warm during these UTC hours": "8-18" with warm_containers=1 (a modal.Cron
+    # function raises min_containers at the start and lowers it at the end)
+    warm_hours: str | None = None
+    warm_containers: int = attrs.field(default=1, validator=_non_negative)
     volume_name: str = "whisper-modal-weights"
     secret_name: str | None = None  # modal.Secret holding AWS_* and WHISPER_MODAL_WEBHOOK_SECRET
-    enable_memory_snapshot: bool = False  # Modal memory snapshots of the loaded container
+    enable_memory_snapshot: bool = False  # snapshot the container with the model on CPU
+    enable_gpu_snapshot: bool = False  # Modal's GPU snapshot (alpha): also the CUDA state
     # -- storage and webhooks
     s3_endpoint_url: str | None = None  # R2 / MinIO / moto
     s3_region: str | None = None

@@ -27,6 +27,8 @@ is translated by exactly one function below (``map_*``), which callers use as
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "AudioError",
     "BackendError",
@@ -57,6 +59,21 @@ __all__ = [
 
 class WhisperModalError(Exception):
     """Base class of every error raised by whisper_modal."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Modal pickles exceptions raised in the container. The default reduce calls
+        # ``cls(*args)``, which fails for keyword-only fields (``JobError(job_id=)``) and
+        # drops them elsewhere (``AudioError.reason``): rebuild from args + attributes.
+        return (_rebuild_error, (type(self), self.args, self.__dict__.copy()))
+
+
+def _rebuild_error(
+    cls: type[WhisperModalError], args: tuple[Any, ...], state: dict[str, Any]
+) -> WhisperModalError:
+    exc = cls.__new__(cls)
+    exc.args = args
+    exc.__dict__.update(state)
+    return exc
 
 
 class ConfigurationError(WhisperModalError, ValueError):

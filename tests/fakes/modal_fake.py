@@ -12,6 +12,21 @@ every lookup, call, spawn and execution, so tests can prove nothing was lost or 
 
 A ``handler`` can replace the real class for throughput tests (1,000 submits): it still
 receives the real wire dict and must return a transcript dict.
+
+Strict where sharing the test's process would hide a real failure:
+
+- Every argument, result and exception crosses Modal's own serialiser
+  (``modal._serialization``: cloudpickle out, pickle in), so what cannot cross the wire
+  fails here as it would there: an exception that does not unpickle becomes Modal's
+  ``ExecutionError("Could not deserialize remote exception ...")``, one that does not
+  pickle a ``RemoteError`` with its repr.
+- The container side sees only the image's environment (``whisper_modal.app.IMAGE_ENV``)
+  plus ``secret_env`` (what a ``modal.Secret`` would inject), not the test's variables.
+  The default secret points at the tiny.en cache, runs on CPU (this machine has no GPU;
+  the image itself demands CUDA) and carries the S3 endpoint, region and webhook secret
+  the test set before creating the fake, which is what a deploy's secret holds.
+- ``call_lookup`` is lazy like ``modal.FunctionCall.from_id``: an unknown id fails at
+  ``get``/``cancel``, not at lookup.
 """
 
 from __future__ import annotations
@@ -20,12 +35,14 @@ import asyncio
 import collections
 import concurrent.futures as cf
 import itertools
+import os
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any
 
 import modal.exception as me
+from modal._serialization import deserialize, serialize
 from modal.types import InputStatus
 
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
@@ -98,6 +115,34 @@ class FaultPlan:
             return rule(self._counts[op]) if rule else None
 
 
+#: variables a deploy's modal.Secret carries that tests set before creating a fake
+SECRET_VARS = (
+    "WHISPER_MODAL_S3_ENDPOINT_URL",
+    "WHISPER_MODAL_S3_REGION",
+    "WHISPER_MODAL_WEBHOOK_SECRET",
+)
+
+
+def wire(obj: Any) -> Any:
+    """``obj`` after crossing Modal's serialiser (an argument or a result)."""
+    return deserialize(serialize(obj), None)
+
+
+def wire_exception(exc: BaseException) -> BaseException:
+    """What the client receives when the container raises ``exc`` (see ``_process_result``)."""
+    try:
+        data = serialize(exc)
+    except Exception:
+        return me.RemoteError(repr(exc))  # the container sends only the text
+    try:
+        back = deserialize(data, None)
+    except Exception as deser_exc:
+        return me.ExecutionError(
+            f"Could not deserialize remote exception due to local error:\n{deser_exc}"
+        )
+    return back if isinstance(back, BaseException) else me.ExecutionError(repr(back))
+
+
 def _apply(fault: Fault | None, release: threading.Event) -> None:
     if fault is None:
         return
@@ -115,23 +160,31 @@ def _job_key(args: tuple[Any, ...]) -> Any:
 class FakeFunctionCall:
     """Stands in for ``modal.FunctionCall``."""
 
-    def __init__(self, fake: FakeModal, object_id: str, future: cf.Future[dict[str, Any]]) -> None:
+    def __init__(
+        self, fake: FakeModal, object_id: str, future: cf.Future[dict[str, Any]] | None
+    ) -> None:
         self._fake = fake
         self.object_id = object_id
-        self._future = future
+        self._future = future  # None: an id no spawn returned (fails on first use)
         self.cancelled = False
         self.get = _Dual(self._get, self._aget)
         self.cancel = _Dual(self._cancel, self._acancel)
         self.get_call_graph = _Dual(self._graph, self._agraph)
 
+    def _known(self) -> cf.Future[dict[str, Any]]:
+        if self._future is None:
+            raise me.NotFoundError(f"Function call {self.object_id} not found")
+        return self._future
+
     def _get(self, timeout: float | None = None, *, index: int = 0) -> dict[str, Any]:
         _apply(self._fake.faults.take("get"), self._fake.faults.release)
+        future = self._known()
         if self.cancelled:
             # A TERMINATED result carries no data; modal's _process_result then raises
             # RemoteError(result.exception), with an empty text.
             raise me.RemoteError("")
         try:
-            return self._future.result(timeout=timeout)
+            return future.result(timeout=timeout)
         except cf.TimeoutError:
             raise TimeoutError() from None  # modal raises the builtin TimeoutError here
         except cf.CancelledError:
@@ -142,20 +195,22 @@ class FakeFunctionCall:
 
     def _cancel(self, terminate_containers: bool = False) -> None:
         self._fake.count("cancel")
-        if self._future.done():
+        future = self._known()
+        if future.done():
             return  # a finished input is left alone, as Modal does
         self.cancelled = True
-        self._future.cancel()  # a queued input never starts; a running one is terminated
+        future.cancel()  # a queued input never starts; a running one is terminated
 
     async def _acancel(self, terminate_containers: bool = False) -> None:
         self._cancel(terminate_containers)
 
     def _graph(self) -> list[Any]:
-        running = self._future.running() or self._future.done()
+        future = self._known()
+        running = future.running() or future.done()
         if self.cancelled:
             status = InputStatus.TERMINATED
-        elif self._future.done():
-            failed = self._future.exception() is not None
+        elif future.done():
+            failed = future.exception() is not None
             status = InputStatus.FAILURE if failed else InputStatus.SUCCESS
         else:
             status = InputStatus.PENDING
@@ -178,8 +233,10 @@ class FakeMethod:
         self.spawn = _Dual(self._spawn, self._aspawn)
         self.map = _Dual(self._map, self._amap)
 
-    def _execute(self, *args: Any) -> dict[str, Any]:
+    def _execute(self, payload: bytes) -> Any:
+        """Run in the "container": arguments arrive serialised, results leave serialised."""
         fake = self._fake
+        args: tuple[Any, ...] = deserialize(payload, None)
         with fake._lock:
             fake.in_flight += 1
             fake.max_in_flight = max(fake.max_in_flight, fake.in_flight)
@@ -187,11 +244,17 @@ class FakeMethod:
             if args and isinstance(args[0], dict):
                 with fake._lock:
                     fake.executions[args[0].get("client_job_id")] += 1
-            if fake.handler is not None and self._name == "transcribe":
-                return fake.handler(*args)
-            if self._name == "transcribe_batch":  # @modal.batched: Modal groups single calls
-                return fake.batcher(self._model).submit(args[0]).result()
-            return getattr(fake.instance(self._model, self._cls), self._name).local(*args)
+            try:
+                if fake.handler is not None and self._name == "transcribe":
+                    result = fake.handler(*args)
+                elif self._name == "transcribe_batch":  # @modal.batched groups single calls
+                    result = fake.batcher(self._model).submit(args[0]).result()
+                else:
+                    method = getattr(fake.instance(self._model, self._cls), self._name)
+                    result = method.local(*args)
+            except Exception as exc:
+                raise wire_exception(exc) from None
+            return wire(result)
         finally:
             with fake._lock:
                 fake.in_flight -= 1
@@ -224,7 +287,7 @@ class FakeMethod:
         self._fake.count("run")
         self._fake.count(f"{self._name}.run")
         _apply(self._fake.faults.take("run"), self._fake.faults.release)
-        return self._execute(*args)
+        return self._execute(serialize(args))
 
     def _remote(self, *args: Any) -> Any:
         self._fake.count("remote")
@@ -261,7 +324,7 @@ class FakeMethod:
     def _one_of_map(self, args: tuple[Any, ...]) -> Any:
         self._fake.count(f"{self._name}.map")
         _apply(self._fake.faults.take("map"), self._fake.faults.release)
-        return self._execute(*args)
+        return self._execute(serialize(args))
 
     def _map(
         self,
@@ -377,8 +440,18 @@ class FakeCls:
 class FakeModal:
     """The fake Modal: lookups, calls, faults and counters (see the module docstring)."""
 
-    def __init__(self, *, handler: Handler | None = None, workers: int = 4) -> None:
+    def __init__(
+        self,
+        *,
+        handler: Handler | None = None,
+        workers: int = 4,
+        secret_env: Mapping[str, str] | None = None,
+    ) -> None:
         self.handler = handler
+        if secret_env is None:
+            secret_env = {k: os.environ[k] for k in SECRET_VARS if k in os.environ}
+            secret_env = {**_tiny_cpu_env(), **secret_env}
+        self.secret_env = dict(secret_env)
         self.deployed = True
         self.faults = FaultPlan()
         self.pool = cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fake-modal")
@@ -408,8 +481,16 @@ class FakeModal:
 
         with self._lock:
             if (cls, model) not in self._instances:
+                # the enter hooks read this when the first call runs
+                app.container_environ = self.container_env()
                 self._instances[(cls, model)] = getattr(app, cls)(model=model)
             return self._instances[(cls, model)]
+
+    def container_env(self) -> dict[str, str]:
+        """The container's whole environment: the image's variables, then the secret's."""
+        import whisper_modal.app as app
+
+        return {**app.IMAGE_ENV, **self.secret_env}
 
     def batcher(self, model: str) -> Batcher:
         """The batching queue of the ``@modal.batched`` class for ``model``."""
@@ -428,18 +509,25 @@ class FakeModal:
         return FakeCls(self, name)
 
     def call_lookup(self, function_call_id: str) -> FakeFunctionCall:
-        """Stands in for ``modal.FunctionCall.from_id``."""
+        """Stands in for ``modal.FunctionCall.from_id``: lazy, an unknown id fails at use."""
         with self._lock:
             call = self.function_calls.get(function_call_id)
-        if call is None:
-            raise me.NotFoundError(f"FunctionCall {function_call_id} not found")
-        return call
+        return call if call is not None else FakeFunctionCall(self, function_call_id, None)
 
     def close(self) -> None:
-        """Release hangs and stop the worker pool."""
+        """Release hangs, stop the worker pool and give the app back the real environment."""
+        import whisper_modal.app as app
+
+        app.container_environ = os.environ
         self.faults.release.set()
         self.pool.shutdown(wait=True, cancel_futures=True)
         self.io_pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _tiny_cpu_env() -> dict[str, str]:
+    from tests.fakes import tiny_model_cache  # lazy: tests.fakes imports this module
+
+    return {"WHISPER_MODAL_CACHE_DIR": str(tiny_model_cache()), "WHISPER_MODAL_DEVICE": "cpu"}
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 30.0) -> bool:

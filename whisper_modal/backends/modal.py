@@ -27,6 +27,13 @@ import modal.exception as modal_exception
 from modal.types import InputStatus
 
 from whisper_modal.backends.base import JobStatus, Request, Submission
+from whisper_modal.backends.modal_transport import (
+    fail_fast,
+    server_urls,
+    spawn_deadline,
+    stage_large_audio,
+    upload_seconds,
+)
 from whisper_modal.config import Settings
 from whisper_modal.errors import (
     BackendUnavailable,
@@ -54,7 +61,6 @@ class _NotFinished(TransientError):
 
 T = TypeVar("T")
 _RESULT_CACHE = 256  # finished results kept per backend (status() then result() = one fetch)
-_SPAWN_SECONDS = 60.0  # to accept a job: inputs over 8 KiB are uploaded to blob storage first
 
 
 async def _within(
@@ -104,6 +110,8 @@ class ModalBackend:
         self._overrides: dict[str, Any] = {
             k: v for k, v in (("gpu", gpu), ("timeout", remote_timeout)) if v is not None
         }
+        # only the real client has a server to probe (a fake lookup never touches one)
+        self._probe_server = cls_lookup is None
         self._cls_lookup = cls_lookup or modal.Cls.from_name
         self._call_lookup = call_lookup or modal.FunctionCall.from_id
         self._lock = threading.Lock()
@@ -132,8 +140,11 @@ class ModalBackend:
         if class_name not in self._hydrated:
             # Modal's client is still retrying behind an expired lookup: retrying it again
             # would only multiply the wait, so report "unavailable" (falls back in auto mode).
+            lookup = handle.hydrate.aio()
+            if self._probe_server:  # a refused port or failed DNS answers in milliseconds
+                lookup = fail_fast(lookup, server_urls(), self.settings.connect_timeout)
             await _within(
-                handle.hydrate.aio(),
+                lookup,
                 self.settings.connect_timeout,
                 lambda: BackendUnavailable(
                     f"Modal did not answer the lookup of {self.settings.app_name!r} within "
@@ -205,9 +216,10 @@ class ModalBackend:
         method = await self._method(
             request.options.model, "transcribe_batch", self.settings.batch_class_name
         )
+        staged = await stage_large_audio(request, self.settings)
         result: dict[str, Any] = await _within(
-            method.remote.aio(request.to_wire()),
-            timeout,
+            method.remote.aio(staged.to_wire()),
+            timeout + upload_seconds(staged.size_bytes),  # uploaded inside the call
             lambda: TransientError(f"no result from Modal within {timeout:g} s"),
         )
         if "error" in result:  # a per-item failure inside a packed batch
@@ -215,9 +227,11 @@ class ModalBackend:
         return Transcript.from_dict(result)
 
     async def _spawn(self, method: Any, request: Request) -> Any:
+        """Spawn ``request`` (large audio staged first); the deadline grows with the upload."""
+        staged = await stage_large_audio(request, self.settings)
         return await _within(
-            method.spawn.aio(request.to_wire()),
-            _SPAWN_SECONDS + self.settings.connect_timeout,
+            method.spawn.aio(staged.to_wire()),
+            spawn_deadline(staged.size_bytes, self.settings),
             lambda: TransientError("Modal did not accept the call in time"),
         )
 
@@ -288,11 +302,7 @@ class ModalBackend:
 
         async def work() -> Submission:
             method = await self._method(request.options.model, "transcribe")
-            call = await _within(
-                method.spawn.aio(request.to_wire()),
-                _SPAWN_SECONDS + self.settings.connect_timeout,
-                lambda: TransientError("Modal did not accept the job in time"),
-            )
+            call = await self._spawn(method, request)
             return Submission(str(call.object_id))
 
         return await self._guard(work())

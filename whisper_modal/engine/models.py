@@ -7,19 +7,38 @@ downloads are shared):
     <cache>/imported/<name>.pt          imported from a CTranslate2 / faster-whisper directory
     <cache>/imported/<name>.json        where it came from and the SHA-256 of the .pt
 
+    <cache>/<official file>.pt.sha256   size, mtime and SHA-256 of the last verification
+    <cache>/.locks/<name>.lock          held while one process checks or downloads a model
+
 Imported checkpoints win over downloads of the same name, so an offline machine never
 tries the network for a model it already has. Every checkpoint is loaded with
 ``torch.load(..., weights_only=True)``: a checkpoint is data, never code.
+
+Downloads never use ``whisper._download``: it writes straight to the final name (a
+container killed mid-download leaves half a checkpoint there, on a Modal Volume for every
+later cold start), reads the whole file into memory to hash it, and on a mismatch after
+downloading raises with the corrupt file left in place. Here a download streams to a
+temporary name in the same directory while hashing, is checked against the SHA-256 in the
+official URL, then ``os.replace``-d into place (atomic). A downloaded checkpoint is
+verified before it is loaded: the sidecar ``.sha256`` file makes that a ``stat`` when size
+and mtime are unchanged, else the file is hashed again; a mismatch is repaired by
+downloading again. An ``flock`` serialises first downloads of one model between the
+threads and processes sharing the directory; across Modal containers (which do not share
+locks) the temporary name + verify + rename still leaves only whole, verified files.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import http.client
 import json
 import os
 import pickle
 import threading
 import time
+import urllib.request
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +58,7 @@ __all__ = [
     "ModelStore",
     "import_ct2_model",
     "load_model",
+    "move_model",
     "require_local_extra",
     "resolve_device",
 ]
@@ -72,7 +92,11 @@ def resolve_device(device: str = "auto") -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigurationError("device='cuda' but torch sees no CUDA device")
+        raise ConfigurationError(
+            "device='cuda' but torch sees no CUDA device (no GPU attached, or its driver "
+            f"does not match torch {torch.__version__}'s CUDA build); set "
+            "WHISPER_MODAL_DEVICE=cpu to run on CPU on purpose"
+        )
     if device not in ("cuda", "cpu"):
         raise ConfigurationError(f"device must be 'auto', 'cuda' or 'cpu', not {device!r}")
     return device
@@ -108,11 +132,24 @@ class LoadedModel:
         return bool(self.model.is_multilingual)
 
 
-class ModelStore:
-    """Checkpoints on disk under one cache directory."""
+#: seconds without a byte before a download gives up (the whole download has no limit)
+DOWNLOAD_STALL_SECONDS = 60.0
 
-    def __init__(self, cache_dir: str | os.PathLike[str]) -> None:
+
+class ModelStore:
+    """Checkpoints on disk under one cache directory.
+
+    Args:
+        cache_dir: the directory (a Modal Volume's mount point in the container).
+        urls: model name -> download URL whose second-to-last path part is the file's
+            SHA-256, as in openai-whisper's table (the default); tests serve a copy.
+    """
+
+    def __init__(
+        self, cache_dir: str | os.PathLike[str], *, urls: Mapping[str, str] | None = None
+    ) -> None:
         self.cache_dir = Path(cache_dir).expanduser()
+        self._urls = urls
 
     @property
     def imported_dir(self) -> Path:
@@ -150,33 +187,113 @@ class ModelStore:
                 the message names the cache path and the import command.
         """
         info = self.find(name)
-        if info is not None:
-            if info.source == "imported":
-                self._check_imported(info.path)
+        if info is not None and info.source == "imported":
+            self._check_imported(info.path)
             return info.path
         if not is_known_model(name):
             raise ConfigurationError(
                 f"unknown model {name!r}; known: {', '.join(KNOWN_MODELS)} "
                 "(or import one: whisper-modal models import DIR --name NAME)"
             )
-        if not allow_download:
-            raise ConfigurationError(self._missing_message(name, "downloads are disabled"))
-        return self._download(name)
+        if info is not None and self._is_verified(info.path, name):
+            return info.path  # the common case: no lock, no hashing (sidecar matches)
+        with self._locked(name):
+            info = self.find(name)  # another process may have finished it meanwhile
+            if info is not None:
+                if self._is_verified(info.path, name):
+                    return info.path
+                if not allow_download:
+                    raise ConfigurationError(
+                        f"checkpoint {info.path} does not match its SHA-256 (a partial "
+                        "download?) and downloads are disabled; delete it or allow downloads"
+                    )
+                info.path.unlink(missing_ok=True)  # repair: fetch a whole copy below
+            elif not allow_download:
+                raise ConfigurationError(self._missing_message(name, "downloads are disabled"))
+            return self._download(name)
 
-    def _download(self, name: str) -> Path:
+    def url(self, name: str) -> str:
+        """The download URL of an official model (its path holds the SHA-256)."""
+        if self._urls is not None:
+            return self._urls[name]
         require_local_extra()
         import whisper
 
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        return str(whisper._MODELS[name])
+
+    def expected_sha256(self, name: str) -> str:
+        """The SHA-256 an official checkpoint must have (from its URL)."""
+        return self.url(name).rstrip("/").split("/")[-2]
+
+    def verified_sha256(self, path: Path) -> str | None:
+        """The SHA-256 recorded by the last successful verification of ``path``, if current."""
+        record = _read_record(path)
+        return record.get("sha256") if record and _record_matches(record, path) else None
+
+    def _is_verified(self, path: Path, name: str) -> bool:
+        expected = self.expected_sha256(name)
+        if self.verified_sha256(path) == expected:
+            return True  # size and mtime unchanged since a hash matched
+        if _sha256(path) != expected:
+            return False
+        _write_record(path, expected)
+        return True
+
+    @contextlib.contextmanager
+    def _locked(self, name: str) -> Iterator[None]:
+        """Hold ``<cache>/.locks/<name>.lock`` (threads and processes of one machine)."""
         try:
-            # whisper._download verifies the SHA-256 embedded in the URL and retries a
-            # corrupt file once; it writes only to download_root.
-            path = whisper._download(whisper._MODELS[name], str(self.cache_dir), False)
-        except (OSError, RuntimeError) as exc:  # urllib errors are OSErrors
+            import fcntl
+        except ImportError:  # Windows: no flock; rename-into-place still keeps files whole
+            yield
+            return
+        lock_dir = self.cache_dir / ".locks"
+        try:
+            lock_dir.mkdir(parents=True, exist_ok=True)
+            handle = (lock_dir / f"{name}.lock").open("a")
+        except OSError:  # a read-only cache: nothing can be downloaded into it anyway
+            yield
+            return
+        with handle:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+    def _download(self, name: str) -> Path:
+        url, expected = self.url(name), self.expected_sha256(name)
+        target = self.official_path(name)
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        # same directory: os.replace is atomic only within one file system
+        partial = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.part")
+        try:
+            digest = hashlib.sha256()
+            with (
+                urllib.request.urlopen(url, timeout=DOWNLOAD_STALL_SECONDS) as source,
+                partial.open("wb") as out,
+            ):
+                for block in iter(lambda: source.read(1 << 20), b""):
+                    out.write(block)
+                    digest.update(block)
+                out.flush()
+                os.fsync(out.fileno())  # the bytes are on disk before the name is
+            if digest.hexdigest() != expected:
+                raise ConfigurationError(
+                    self._missing_message(
+                        name, f"the download's SHA-256 {digest.hexdigest()} is not {expected}"
+                    )
+                )
+            os.replace(partial, target)
+        except (OSError, ValueError, http.client.HTTPException) as exc:
+            # urllib errors are OSErrors; a cut connection is http.client.IncompleteRead
             raise ConfigurationError(
                 self._missing_message(name, f"download failed: {exc}")
             ) from exc
-        return Path(str(path))
+        finally:
+            partial.unlink(missing_ok=True)
+        _write_record(target, expected)
+        return target
 
     def _missing_message(self, name: str, why: str) -> str:
         return (
@@ -198,6 +315,33 @@ class ModelStore:
     def import_ct2(self, directory: str | os.PathLike[str], name: str) -> ModelInfo:
         """Import a CTranslate2 Whisper directory as ``name`` (see ``ct2_import``)."""
         return import_ct2_model(directory, name, self.cache_dir)
+
+
+def _record_path(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def _read_record(path: Path) -> dict[str, Any] | None:
+    try:
+        record = json.loads(_record_path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _record_matches(record: dict[str, Any], path: Path) -> bool:
+    try:
+        stat = path.stat()
+    except OSError:
+        return False
+    return record.get("size") == stat.st_size and record.get("mtime_ns") == stat.st_mtime_ns
+
+
+def _write_record(path: Path, sha256: str) -> None:
+    stat = path.stat()
+    record = {"sha256": sha256, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    with contextlib.suppress(OSError):  # a read-only cache just hashes again next time
+        _record_path(path).write_text(json.dumps(record))
 
 
 def _sha256(path: Path) -> str:
@@ -302,6 +446,42 @@ def load_model(
         loaded = LoadedModel(name, resolved_device, model, time.perf_counter() - started)
         _CACHE[key] = loaded
         return loaded
+
+
+def move_model(
+    name: str, *, store: ModelStore, device: str, allow_paths: bool = False
+) -> LoadedModel:
+    """Move a model loaded on CPU (e.g. before a memory snapshot) to ``device``.
+
+    Args:
+        name: the name it was loaded by (``load_model``), with the same store and
+            ``allow_paths``.
+        store: its store.
+        device: "cuda" (or "cpu", a no-op for a CPU model).
+
+    Returns:
+        The model on ``device``; later ``load_model(name, device=device)`` calls get it.
+
+    Raises:
+        ConfigurationError: the model was never loaded, or the device is not usable.
+    """
+    target = resolve_device(device)
+    with _CACHE_LOCK:
+        path = _RESOLVED.get((str(store.cache_dir), name, allow_paths))
+        moved = _CACHE.get((str(path), target)) if path is not None else None
+        if moved is not None:
+            return moved
+        loaded = _CACHE.get((str(path), "cpu")) if path is not None else None
+        if path is None or loaded is None:
+            raise ConfigurationError(f"model {name!r} is not loaded on CPU; nothing to move")
+        started = time.perf_counter()
+        loaded.model.to(target)  # in place: the CPU entry would now lie, so it goes
+        del _CACHE[(str(path), "cpu")]
+        moved = attrs.evolve(
+            loaded, device=target, load_seconds=time.perf_counter() - started, lock=loaded.lock
+        )
+        _CACHE[(str(path), target)] = moved
+        return moved
 
 
 def clear_model_cache() -> None:

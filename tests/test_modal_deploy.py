@@ -1,0 +1,305 @@
+"""What a real deployment does that sharing the test's process used to hide (issue 10):
+the container's own environment, CUDA required, per-item failures in a packed batch,
+errors that must cross Modal's serialiser, lazy job lookups, snapshot hooks."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import whisper_modal.errors as errors
+from tests.fakes import fake_client, tiny_model_cache
+from tests.fakes.modal_fake import FakeModal, wire_exception
+from whisper_modal.backends.base import Request
+from whisper_modal.options import TranscribeOptions
+from whisper_modal.results import Transcript
+
+ROOT = Path(__file__).parents[1]
+SAMPLE = ROOT / "examples" / "sample.flac"
+
+
+# ------------------------------------------------------------------ errors cross the wire
+
+ERRORS = [
+    errors.JobTimeout("not yet", job_id="fc-1"),
+    errors.JobCancelled("cancelled", job_id="fc-2"),
+    errors.JobNotFound("none", job_id="fc-3"),
+    errors.JobExpired("old", job_id="fc-4"),
+    errors.AudioError("too long", reason="too_long"),
+    errors.BackendUnavailable("not deployed", fix="whisper-modal deploy"),
+    errors.RemoteExecutionError("boom", remote_type="RuntimeError"),
+    errors.ConfigurationError("bad"),
+    errors.StorageNotFound("no key"),
+]
+
+
+@pytest.mark.parametrize("exc", ERRORS, ids=lambda e: type(e).__name__)
+def test_every_error_survives_modals_serialiser(exc: errors.WhisperModalError) -> None:
+    back = wire_exception(exc)  # JobError subclasses came back as ExecutionError before
+    assert type(back) is type(exc)
+    assert str(back) == str(exc) and vars(back) == vars(exc)
+
+
+def test_an_unpicklable_error_arrives_as_modals_execution_error() -> None:
+    import modal.exception as me
+
+    class Local(Exception):  # defined in a function: cloudpickle sends it by value...
+        def __init__(self, a: str, *, b: str) -> None:
+            super().__init__(a)
+
+    back = wire_exception(Local("x", b="y"))  # ...but unpickling calls Local("x") -> fails
+    assert isinstance(back, me.ExecutionError) and "deserialize" in str(back)
+
+
+# ------------------------------------------------------------------ the container's env
+
+
+@pytest.fixture(scope="module")
+def sample_wire() -> dict[str, object]:
+    """One short spoken sentence (~3 s: the container tests here are about plumbing)."""
+    from tests import speech
+
+    samples, _ = speech.make_clip(speech.SENTENCES[:1])
+    options = TranscribeOptions(model="tiny.en", language="en")
+    return Request(options=options, audio=speech.wav_bytes(samples)).to_wire()
+
+
+def _close(fake: FakeModal) -> Iterator[FakeModal]:
+    yield fake
+    fake.close()
+
+
+@pytest.fixture
+def gpu_less_fake() -> Iterator[FakeModal]:
+    """A container exactly as the image configures it (no device override) on this CPU box."""
+    yield from _close(FakeModal(secret_env={"WHISPER_MODAL_CACHE_DIR": str(tiny_model_cache())}))
+
+
+@pytest.mark.slow
+def test_container_without_cuda_fails_loudly(
+    gpu_less_fake: FakeModal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fault 3: the image used to say device=auto, so a broken GPU meant silent CPU."""
+    assert gpu_less_fake.container_env()["WHISPER_MODAL_DEVICE"] == "cuda"
+    client = fake_client(gpu_less_fake, monkeypatch)
+    with pytest.raises(errors.ConfigurationError, match="no CUDA device"):
+        client.transcribe(SAMPLE, language="en")
+    report = client.health(backend="modal")
+    assert report["failing"] == ["cuda", "model_loaded"]
+    assert "no CUDA device" in report["checks"]["model_loaded"]["detail"]
+    assert report["checks"]["weights_volume"]["ok"] is True
+    assert report["model_loaded"] is False and report["torch"]
+
+
+@pytest.mark.slow
+def test_container_does_not_see_the_tests_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WHISPER_MODAL_MAX_AUDIO_SECONDS", "1")  # the client's shell only
+    fake = FakeModal()
+    try:
+        assert "WHISPER_MODAL_MAX_AUDIO_SECONDS" not in fake.container_env()
+        t = fake_client(fake, monkeypatch, max_audio_seconds=3600).transcribe(SAMPLE, language="en")
+        assert t.backend == "modal" and t.duration > 1
+    finally:
+        fake.close()
+    # ... while a secret's variable does reach it
+    secret = {**fake.secret_env, "WHISPER_MODAL_MAX_AUDIO_SECONDS": "1"}
+    strict = FakeModal(secret_env=secret)
+    try:
+        client = fake_client(strict, monkeypatch, max_audio_seconds=3600)
+        with pytest.raises(errors.AudioError) as info:
+            client.transcribe(SAMPLE, language="en")
+        assert info.value.reason == "too_long"  # the attribute crossed the wire too
+    finally:
+        strict.close()
+
+
+def test_unknown_job_ids_fail_at_get_not_at_lookup(monkeypatch: pytest.MonkeyPatch) -> None:
+    import modal
+
+    modal.FunctionCall.from_id("fc-doesnotexist000000000000")  # the real one is lazy too
+    fake = FakeModal()
+    try:
+        call = fake.call_lookup("fc-doesnotexist")  # no error yet
+        with pytest.raises(modal.exception.NotFoundError):
+            call.get(timeout=0)
+        backend = fake_client(fake, monkeypatch)._modal_backend()
+        with pytest.raises(errors.JobNotFound) as info:
+            asyncio.run(backend.aresult("fc-doesnotexist", timeout=0))
+        assert info.value.job_id == "fc-doesnotexist"
+    finally:
+        fake.close()
+
+
+# ------------------------------------------------------------------ packed batch
+
+
+@pytest.mark.slow
+def test_one_bad_request_does_not_fail_a_packed_batch(
+    monkeypatch: pytest.MonkeyPatch, sample_wire: dict[str, object]
+) -> None:
+    """Fault 7: ``_check_model`` ran outside the per-item handling, failing all 3."""
+    monkeypatch.setenv("WHISPER_MODAL_CACHE_DIR", str(tiny_model_cache()))
+    monkeypatch.setenv("WHISPER_MODAL_DEVICE", "cpu")
+    from whisper_modal.app import BatchTranscriber
+
+    options = sample_wire["options"]
+    assert isinstance(options, dict)
+    bad = dict(sample_wire, options={**options, "model": "/etc/passwd"})
+    results = BatchTranscriber(model="tiny.en").transcribe_batch.local(
+        [sample_wire, bad, sample_wire]
+    )
+    assert [("error" in r) for r in results] == [False, True, False]
+    assert results[1]["error"]["type"] == "ConfigurationError"
+    assert "planning meeting" in Transcript.from_dict(results[2]).text.lower()
+
+
+# ------------------------------------------------------------------ snapshots
+
+SNAPSHOT_PROBE = """
+import json
+from whisper_modal.app import Transcriber
+from whisper_modal.engine import models
+report = Transcriber(model="tiny.en").health.local()
+print(json.dumps({
+    "failing": report["failing"],
+    "detail": report["checks"]["model_loaded"]["detail"],
+    "on_cpu": sorted(device for (_, device) in models._CACHE),
+}))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("snapshot", [False, True])
+def test_snapshot_loads_on_cpu_then_moves(snapshot: bool) -> None:
+    """Fault 4: with snapshots the first (snap=True) hook loads the model on CPU, the
+    second moves it to CUDA. Here there is no GPU, so the move is what fails, after a
+    CPU load; without snapshots nothing is loaded on CPU at all."""
+    env = {
+        "PATH": os.environ["PATH"],
+        "PYTHONPATH": str(ROOT),
+        "HOME": str(ROOT),
+        "WHISPER_MODAL_ENABLE_MEMORY_SNAPSHOT": str(snapshot).lower(),
+    }
+    deploy = subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", "import whisper_modal.app as m, json; "
+         "print(json.dumps(m.IMAGE_ENV))"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert deploy.returncode == 0, deploy.stderr[-2000:]
+    image_env = json.loads(deploy.stdout.strip().splitlines()[-1])
+    container = {
+        "PATH": os.environ["PATH"],
+        "PYTHONPATH": str(ROOT),
+        "HOME": str(ROOT),
+        **image_env,
+        "WHISPER_MODAL_CACHE_DIR": str(tiny_model_cache()),
+    }
+    done = subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", SNAPSHOT_PROBE],
+        cwd=ROOT, env=container, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["failing"] == ["cuda", "model_loaded"] and "no CUDA device" in out["detail"]
+    assert out["on_cpu"] == (["cpu"] if snapshot else [])
+
+
+# ------------------------------------------------------------------ operations
+
+
+@pytest.mark.slow
+def test_cli_health_names_the_failing_checks(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import whisper_modal as wm
+    from tests.servers import free_port
+    from whisper_modal.cli import main
+
+    closed = f"http://127.0.0.1:{free_port()}"
+    fake = FakeModal(
+        secret_env={
+            "WHISPER_MODAL_CACHE_DIR": str(tiny_model_cache()),
+            "WHISPER_MODAL_S3_ENDPOINT_URL": closed,  # S3 configured but unreachable
+        }
+    )
+    try:
+        wm.configure(fake_client(fake, monkeypatch))  # conftest restores the default client
+        assert main(["health"]) == 1
+        out, err = capsys.readouterr()
+        report = json.loads(out)
+        assert report["failing"] == ["cuda", "model_loaded", "s3"]
+        assert report["whisper_modal"] == wm.__version__ and report["modal"]
+        last = err.strip().splitlines()[-1]
+        assert last.startswith("whisper-modal: failing checks: cuda: torch sees no CUDA")
+        assert "s3: 127.0.0.1" in last and "refused" in last and "Traceback" not in err
+    finally:
+        fake.close()
+
+
+def test_cli_prefetch_local_and_remote_without_credentials(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from whisper_modal.cli import main
+
+    monkeypatch.setenv("WHISPER_MODAL_CACHE_DIR", str(tiny_model_cache()))
+    assert main(["models", "prefetch", "tiny.en"]) == 0  # already in the cache: verified
+    assert "tiny.en ->" in capsys.readouterr().out
+    assert main(["models", "prefetch", "no-such-model"]) == 2
+    assert "unknown model 'no-such-model'" in capsys.readouterr().err
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("WHISPER_MODAL_", "MODAL_"))}
+    env = {**clean, "HOME": str(tmp_path), "MODAL_CONFIG_PATH": str(tmp_path / ".modal.toml")}
+    done = subprocess.run(
+        [sys.executable, "-m", "whisper_modal", "models", "prefetch", "turbo", "--remote"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr[-2000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("whisper-modal: failed: BackendUnavailable") and "modal token" in last
+
+
+@pytest.mark.slow
+def test_one_json_log_line_per_request_without_content(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+    sample_wire: dict[str, object],
+) -> None:  # fmt: skip
+    monkeypatch.setenv("WHISPER_MODAL_CACHE_DIR", str(tiny_model_cache()))
+    monkeypatch.setenv("WHISPER_MODAL_DEVICE", "cpu")
+    from whisper_modal.app import Transcriber
+
+    obj = Transcriber(model="tiny.en")
+    wire = dict(sample_wire, client_job_id="job-42")
+    caplog.set_level("INFO", logger="whisper_modal.requests")
+    result = obj.transcribe.local(wire)
+    options = wire["options"]
+    assert isinstance(options, dict)
+    with pytest.raises(errors.ConfigurationError):
+        obj.transcribe.local(dict(wire, options={**options, "model": "../evil"}))
+    lines = [
+        json.loads(r.getMessage()) for r in caplog.records if r.name == "whisper_modal.requests"
+    ]
+    assert [line["outcome"] for line in lines] == ["ok", "ConfigurationError"]
+    ok = lines[0]
+    assert ok["job_id"] == "job-42" and ok["model"] == "tiny.en"
+    assert ok["audio_seconds"] == pytest.approx(result["duration"]) and ok["seconds"] > 0
+    assert {"load", "decode", "inference", "total"} <= set(ok["timings"])
+    assert ok["timings"]["inference"] > 0
+    text = json.dumps(lines)
+    assert result["text"][:20] not in text and "audio" not in {k for line in lines for k in line}
+
+
+def test_warm_hours_window() -> None:
+    from whisper_modal.app import warm_containers_at, warm_window
+
+    assert warm_window("8-18") == (8, 18)
+    assert [warm_containers_at(h, "8-18", 2, 0) for h in (7, 8, 17, 18)] == [0, 2, 2, 0]
+    assert [warm_containers_at(h, "22-6", 1, 0) for h in (21, 22, 3, 6)] == [0, 1, 1, 0]
+    for bad in ("8", "8-8", "25-3", "a-b"):
+        with pytest.raises(errors.ConfigurationError, match="warm_hours"):
+            warm_window(bad)
