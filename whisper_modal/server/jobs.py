@@ -192,7 +192,9 @@ class PersistentJobs:
         for job_id, wire, audio, backend_id in rows:
             await self._recover(job_id, wire, audio, backend_id)
 
-    async def _recover(self, job_id: str, wire: str, audio: bytes | None, backend: str) -> None:
+    async def _recover(
+        self, job_id: str, wire: str, audio: bytes | None, backend: str | None
+    ) -> None:
         if backend and not backend.startswith("local-"):
             # a Modal (or fan-out) job kept running without us: watch it again
             self._watch(job_id, Job(backend, client=self.client))
@@ -256,12 +258,18 @@ class PersistentJobs:
         task.add_done_callback(lambda _: self._tasks.pop(job_id, None))
 
     async def _follow(self, job_id: str, job: Job) -> None:
+        await self._settle(job_id, job, timeout=None)
+
+    async def _settle(self, job_id: str, job: Job, *, timeout: float | None = 0) -> None:
         try:
-            transcript = await job.aresult(timeout=None)
+            if timeout is None:
+                transcript = await job.aresult(timeout=None)
+            else:
+                transcript = await asyncio.to_thread(job.result, timeout)
         except JobCancelled:
             self._end(job_id, JobStatus.CANCELLED)
-        except JobTimeout:  # pragma: no cover - timeout=None never times out
-            raise
+        except JobTimeout:  # polled (timeout=0) and not finished after all: nothing to write
+            return
         except WhisperModalError as exc:
             self._end(job_id, JobStatus.FAILED, error=_error_fields(exc))
         else:
@@ -310,6 +318,9 @@ class PersistentJobs:
             handle = self.client.get_job(backend_id)
             with contextlib.suppress(WhisperModalError):
                 live = await asyncio.to_thread(handle.status)
+                if live.done:  # ended, and its watcher has not written it yet: settle now
+                    await self._settle(job_id, handle)
+                    return await self.get(job_id)
                 state = JobStatus.RUNNING if live is JobStatus.RUNNING else state
                 progress = await asyncio.to_thread(handle.progress)
         return JobView(
