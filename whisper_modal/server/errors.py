@@ -15,15 +15,18 @@ from typing import Any
 
 from whisper_modal.errors import (
     AudioError,
+    BackendError,
     BackendUnavailable,
     CircuitOpenError,
     ConfigurationError,
     JobCancelled,
+    JobError,
     JobExpired,
     JobNotFound,
     JobTimeout,
     RemoteExecutionError,
     StorageAccessDenied,
+    StorageError,
     StorageNotFound,
     StorageTooLarge,
     StorageTransient,
@@ -65,6 +68,7 @@ _TABLE: tuple[tuple[type[BaseException], int, str, str], ...] = (
     (StorageNotFound, 404, INVALID, "storage_not_found"),
     (StorageAccessDenied, 403, INVALID, "storage_access_denied"),
     (StorageTransient, 503, SERVER, "storage_unavailable"),
+    (StorageError, 502, SERVER, "storage_error"),
     (JobNotFound, 404, INVALID, "job_not_found"),
     (JobExpired, 410, INVALID, "job_expired"),
     (JobCancelled, 409, INVALID, "job_cancelled"),
@@ -74,6 +78,9 @@ _TABLE: tuple[tuple[type[BaseException], int, str, str], ...] = (
     (BackendUnavailable, 503, SERVER, "backend_unavailable"),
     (TransientError, 503, SERVER, "backend_busy"),
     (RemoteExecutionError, 500, SERVER, "engine_failed"),
+    (JobError, 400, INVALID, "job_error"),
+    (BackendError, 500, SERVER, "backend_error"),
+    (WhisperModalError, 500, SERVER, "error"),  # ours: the message is safe to show
 )
 
 
