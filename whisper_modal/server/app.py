@@ -114,9 +114,9 @@ def create_app(
     Args:
         client: runs every request (its settings give the default model, the served
             models, the upload limit and the webhook allow-list).
-        jobs: ``"persistent"`` (SQLite at ``settings.jobs_db``; the default for a local
-            backend), ``"direct"`` (stateless, job id = backend id; the default otherwise)
-            or a ``Jobs`` object.
+        jobs: ``"persistent"`` (the default: SQLite at ``settings.jobs_db``, survives
+            restarts), ``"direct"`` (stateless, the job id is the backend's: for Modal,
+            where many web containers answer and Modal keeps the jobs) or a ``Jobs``.
         api_keys: accepted bearer keys (default: ``settings.api_keys``); none: no auth.
         require_auth: refuse every ``/v1`` request when no key is configured.
 
@@ -130,9 +130,7 @@ def create_app(
     keys = ApiKeys(
         split_list(settings.api_keys) if api_keys is None else api_keys, required=require_auth
     )
-    if jobs is None:
-        jobs = "persistent" if settings.backend == "local" else "direct"
-    if jobs == "persistent":
+    if jobs is None or jobs == "persistent":
         store: Jobs = PersistentJobs(client, settings.jobs_db)
     elif jobs == "direct":
         store = DirectJobs(client)

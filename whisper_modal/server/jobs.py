@@ -195,8 +195,9 @@ class PersistentJobs:
     async def _recover(
         self, job_id: str, wire: str, audio: bytes | None, backend: str | None
     ) -> None:
-        if backend and not backend.startswith("local-"):
-            # a Modal (or fan-out) job kept running without us: watch it again
+        if backend and Job(backend, client=self.client).backend == "modal":
+            # a Modal job kept running without us: watch it again (local and fan-out jobs
+            # lived in the old process and are submitted again below)
             self._watch(job_id, Job(backend, client=self.client))
             log.info("job re-attached after restart", extra={"event": "job_reattached"})
             return
