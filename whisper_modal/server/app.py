@@ -15,6 +15,7 @@ caller makes, so limits, fallback and retries behave exactly as in Python.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -246,8 +247,8 @@ def create_app(
         if webhook is not None:
             from whisper_modal.webhooks import check_destination
 
-            try:
-                check_destination(str(webhook), allow=allow_hosts)
+            try:  # resolving the host may block: off the event loop
+                await asyncio.to_thread(check_destination, str(webhook), allow=allow_hosts)
             except ConfigurationError as exc:
                 raise ApiError(400, str(exc), param="webhook_url", code="webhook_refused") from exc
         try:

@@ -179,16 +179,24 @@ class PersistentJobs:
         finally:
             conn.close()
 
+    def _run_sql(self, query: str, params: tuple[Any, ...]) -> list[Any]:
+        with self._db() as db:
+            return db.execute(query, params).fetchall()
+
+    async def _sql(self, query: str, *params: Any) -> list[Any]:
+        # on a thread: an insert carries the whole upload, and the disk may be slow
+        return await asyncio.to_thread(self._run_sql, query, params)
+
     async def start(self) -> None:
         """Create the table and recover every job a previous process left unfinished."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._db() as db:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute(_SCHEMA)
-            rows = db.execute(
-                "SELECT id, wire, audio, backend_id FROM jobs WHERE status IN (?, ?)",
-                (JobStatus.PENDING.value, JobStatus.RUNNING.value),
-            ).fetchall()
+        await self._sql("PRAGMA journal_mode=WAL")
+        await self._sql(_SCHEMA)
+        rows = await self._sql(
+            "SELECT id, wire, audio, backend_id FROM jobs WHERE status IN (?, ?)",
+            JobStatus.PENDING.value,
+            JobStatus.RUNNING.value,
+        )
         for job_id, wire, audio, backend_id in rows:
             await self._recover(job_id, wire, audio, backend_id)
 
@@ -206,14 +214,13 @@ class PersistentJobs:
             data["audio"] = audio
             request = Request.from_wire(data)
         except (WhisperModalError, ValueError, TypeError) as exc:
-            self._end(
-                job_id, JobStatus.FAILED, error=("ServerRestart", f"lost in a restart: {exc}")
-            )
+            error = ("ServerRestart", f"lost in a server restart, cannot be resumed: {exc}")
+            await self._end(job_id, JobStatus.FAILED, error=error)
             return
         try:
             await self._launch(job_id, request)
         except WhisperModalError as exc:
-            self._end(job_id, JobStatus.FAILED, error=_error_fields(exc))
+            await self._end(job_id, JobStatus.FAILED, error=_error_fields(exc))
             return
         log.info("job resumed after restart", extra={"event": "job_resumed"})
 
@@ -232,51 +239,54 @@ class PersistentJobs:
         wire = request.to_wire()
         audio = wire.pop("audio")
         now = time.time()
-        with self._db() as db:
-            db.execute(
-                "INSERT INTO jobs (id, status, created, updated, wire, audio) VALUES (?,?,?,?,?,?)",
-                (job_id, JobStatus.PENDING.value, now, now, json.dumps(wire), audio),
-            )
+        await self._sql(
+            "INSERT INTO jobs (id, status, created, updated, wire, audio) VALUES (?,?,?,?,?,?)",
+            job_id,
+            JobStatus.PENDING.value,
+            now,
+            now,
+            json.dumps(wire),
+            audio,
+        )
         try:
             await self._launch(job_id, request)
         except WhisperModalError as exc:
-            self._end(job_id, JobStatus.FAILED, error=_error_fields(exc))
+            await self._end(job_id, JobStatus.FAILED, error=_error_fields(exc))
             raise
         return JobView(job_id, JobStatus.PENDING, created_at=now)
 
     async def _launch(self, job_id: str, request: Request) -> None:
         job = await asyncio.to_thread(self.client.submit_request, request)
-        with self._db() as db:
-            db.execute(
-                "UPDATE jobs SET backend_id = ?, attempts = attempts + 1, updated = ? WHERE id = ?",
-                (job.id, time.time(), job_id),
-            )
+        await self._sql(
+            "UPDATE jobs SET backend_id = ?, attempts = attempts + 1, updated = ? WHERE id = ?",
+            job.id,
+            time.time(),
+            job_id,
+        )
         self._watch(job_id, job)
 
     def _watch(self, job_id: str, job: Job) -> None:
-        task = asyncio.get_running_loop().create_task(self._follow(job_id, job))
+        task = asyncio.get_running_loop().create_task(self._settle(job_id, job, timeout=None))
         self._tasks[job_id] = task
         task.add_done_callback(lambda _: self._tasks.pop(job_id, None))
 
-    async def _follow(self, job_id: str, job: Job) -> None:
-        await self._settle(job_id, job, timeout=None)
-
     async def _settle(self, job_id: str, job: Job, *, timeout: float | None = 0) -> None:
+        """Wait for (``timeout=None``) or poll (``0``) the job and write how it ended."""
         try:
             if timeout is None:
                 transcript = await job.aresult(timeout=None)
             else:
                 transcript = await asyncio.to_thread(job.result, timeout)
         except JobCancelled:
-            self._end(job_id, JobStatus.CANCELLED)
-        except JobTimeout:  # polled (timeout=0) and not finished after all: nothing to write
+            await self._end(job_id, JobStatus.CANCELLED)
+        except JobTimeout:  # polled and not finished after all: nothing to write
             return
         except WhisperModalError as exc:
-            self._end(job_id, JobStatus.FAILED, error=_error_fields(exc))
+            await self._end(job_id, JobStatus.FAILED, error=_error_fields(exc))
         else:
-            self._end(job_id, JobStatus.SUCCEEDED, result=transcript)
+            await self._end(job_id, JobStatus.SUCCEEDED, result=transcript)
 
-    def _end(
+    async def _end(
         self,
         job_id: str,
         status: JobStatus,
@@ -286,44 +296,49 @@ class PersistentJobs:
     ) -> None:
         # only an unfinished row changes: a job cancelled by the caller stays cancelled
         # even when its (uninterruptible) local run completes afterwards
-        with self._db() as db:
-            db.execute(
-                "UPDATE jobs SET status = ?, updated = ?, audio = NULL, result = ?, "
-                "error_type = ?, error = ? WHERE id = ? AND status IN (?, ?)",
-                (
-                    status.value,
-                    time.time(),
-                    None if result is None else json.dumps(result.to_dict()),
-                    None if error is None else error[0],
-                    None if error is None else error[1],
-                    job_id,
-                    JobStatus.PENDING.value,
-                    JobStatus.RUNNING.value,
-                ),
-            )
+        await self._sql(
+            "UPDATE jobs SET status = ?, updated = ?, audio = NULL, result = ?, "
+            "error_type = ?, error = ? WHERE id = ? AND status IN (?, ?)",
+            status.value,
+            time.time(),
+            None if result is None else json.dumps(result.to_dict()),
+            None if error is None else error[0],
+            None if error is None else error[1],
+            job_id,
+            JobStatus.PENDING.value,
+            JobStatus.RUNNING.value,
+        )
+
+    async def _row(self, job_id: str) -> tuple[Any, ...]:
+        rows = await self._sql(
+            "SELECT status, created, backend_id, attempts, result, error_type, error "
+            "FROM jobs WHERE id = ?",
+            job_id,
+        )
+        if not rows:
+            raise JobNotFound(f"no job {job_id}", job_id=job_id)
+        return tuple(rows[0])
 
     async def get(self, job_id: str) -> JobView:
-        """Read the job's row (``running`` while its backend says so)."""
-        with self._db() as db:
-            row = db.execute(
-                "SELECT status, created, backend_id, attempts, result, error_type, error "
-                "FROM jobs WHERE id = ?",
-                (job_id,),
-            ).fetchone()
-        if row is None:
-            raise JobNotFound(f"no job {job_id}", job_id=job_id)
-        status, created, backend_id, attempts, result, error_type, error = row
-        state = JobStatus(status)
-        progress = None
+        """Read the job's row (``running`` while its backend says so).
+
+        Raises:
+            JobNotFound: no such job.
+        """
+        row = await self._row(job_id)
+        state, backend_id, progress = JobStatus(row[0]), row[2], None
         if not state.done and backend_id:
             handle = self.client.get_job(backend_id)
             with contextlib.suppress(WhisperModalError):
                 live = await asyncio.to_thread(handle.status)
                 if live.done:  # ended, and its watcher has not written it yet: settle now
                     await self._settle(job_id, handle)
-                    return await self.get(job_id)
-                state = JobStatus.RUNNING if live is JobStatus.RUNNING else state
-                progress = await asyncio.to_thread(handle.progress)
+                    row = await self._row(job_id)
+                    state = JobStatus(row[0])
+                else:
+                    state = JobStatus.RUNNING if live is JobStatus.RUNNING else state
+                    progress = await asyncio.to_thread(handle.progress)
+        _, created, _, attempts, result, error_type, error = row
         return JobView(
             job_id,
             state,
@@ -336,16 +351,16 @@ class PersistentJobs:
         )
 
     async def cancel(self, job_id: str) -> JobView:
-        """Mark the job cancelled and ask its backend to stop it."""
-        view = await self.get(job_id)
-        if view.status.done:
-            return view
-        with self._db() as db:
-            (backend_id,) = db.execute(
-                "SELECT backend_id FROM jobs WHERE id = ?", (job_id,)
-            ).fetchone()
-        self._end(job_id, JobStatus.CANCELLED)
-        if backend_id:
+        """Mark the job cancelled and ask its backend to stop it.
+
+        Raises:
+            JobNotFound: no such job.
+        """
+        row = await self._row(job_id)
+        if JobStatus(row[0]).done:
+            return await self.get(job_id)
+        await self._end(job_id, JobStatus.CANCELLED)
+        if row[2]:
             with contextlib.suppress(WhisperModalError):
-                await asyncio.to_thread(self.client.get_job(backend_id).cancel)
+                await asyncio.to_thread(self.client.get_job(row[2]).cancel)
         return await self.get(job_id)
