@@ -15,6 +15,7 @@ import resource
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -184,6 +185,20 @@ def test_junk_audio_is_a_bad_request(sdk: openai.OpenAI, server: ApiServer) -> N
         sdk.audio.transcriptions.create(
             file=("clip.wav", b"x"), model="whisper-1", timestamp_granularities=["word"]
         )
+
+
+def test_http_client_example(server: ApiServer, clip: bytes, tmp_path: Path) -> None:
+    audio = tmp_path / "clip.wav"
+    audio.write_bytes(clip)
+    args = [sys.executable, "examples/http_client.py", str(audio), "--base-url",
+            f"{server.url}/v1", "--key", KEY, "--format", "srt", "--language", "en"]  # fmt: skip
+    root = Path(__file__).parents[1]
+    done = subprocess.run(args, cwd=root, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr
+    assert wer(SENTENCE, " ".join(s.text for s in pysrt.from_string(done.stdout))) <= MAX_WER
+    bad = subprocess.run([*args[:-6], "--key", "sk-nope"], cwd=root, capture_output=True,
+                         text=True, timeout=120, check=False)  # fmt: skip
+    assert bad.returncode == 1 and "401" in bad.stderr
 
 
 # ---------------------------------------------------------------------------- limits
