@@ -155,6 +155,9 @@ def test_translation_and_model_list(sdk: openai.OpenAI, clip: bytes) -> None:
     translated = sdk.audio.translations.create(file=("clip.wav", clip), model="whisper-1")
     assert wer(SENTENCE, translated.text) <= MAX_WER, translated.text
     assert [m.id for m in sdk.models.list()] == ["whisper-1", "tiny.en"]
+    assert sdk.models.retrieve("tiny.en").id == "tiny.en"
+    with pytest.raises(openai.NotFoundError):
+        sdk.models.retrieve("large-v3")
 
 
 def test_wrong_key_is_an_authentication_error(server: ApiServer, clip: bytes) -> None:

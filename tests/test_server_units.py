@@ -193,6 +193,8 @@ def test_openai_fields_become_options() -> None:
     )  # fmt: skip
     assert opts.word_timestamps is True and opts.mode == "sequential"
     assert build_options(json_fields({"model": "base"}), s, task="translate").task == "translate"
+    nested = build_options(json_fields({"options": {"model": "base", "language": "fr"}}), s)
+    assert (nested.model, nested.language) == ("base", "fr")
     en = build_options(json_fields({}), s, task="translate")
     assert (en.task, en.language) == ("transcribe", "en")  # English-only model
     with pytest.raises(ApiError) as caught:

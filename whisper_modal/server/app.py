@@ -2,7 +2,7 @@
 
     POST   /v1/audio/transcriptions   multipart, OpenAI's fields -> json|text|srt|vtt|verbose_json
     POST   /v1/audio/translations     the same, output in English
-    GET    /v1/models                 OpenAI's list shape: the models this deployment serves
+    GET    /v1/models[/{model}]       OpenAI's list shape: the models this deployment serves
     POST   /v1/jobs                   multipart upload, or JSON {"s3_uri": ...}; -> 202 {id, status}
     GET    /v1/jobs/{id}[?format=]    status, progress, error, result (srt|vtt|txt|json|...)
     DELETE /v1/jobs/{id}              cancel
@@ -225,6 +225,14 @@ def create_app(
                 for n in names
             ],
         }
+
+    @app.get("/v1/models/{model}")
+    async def model(request: HttpRequest, model: str) -> dict[str, Any]:
+        """One model of the list (OpenAI's retrieve), or 404 ``model_not_found``."""
+        authorize(request)
+        if model not in (oa.OPENAI_ALIAS, *oa.served_models(settings)):
+            raise ApiError(404, f"the model {model!r} does not exist here", code="model_not_found")
+        return {"id": model, "object": "model", "created": 0, "owned_by": "whisper-modal"}
 
     @app.post("/v1/jobs", status_code=202)
     async def submit_job(request: HttpRequest) -> JSONResponse:

@@ -194,7 +194,13 @@ def render(t: Transcript, fmt: str, *, task: str, grains: frozenset[str]) -> Res
 
 
 def json_fields(data: Mapping[str, Any]) -> Fields:
-    """``Fields`` over a JSON body (lists for repeatable fields)."""
+    """``Fields`` over a JSON body (lists for repeatable fields).
+
+    Options may also sit in an ``"options"`` object; top-level fields win.
+    """
+    nested = data.get("options")
+    if isinstance(nested, Mapping):
+        data = {**nested, **data}
 
     def get(name: str) -> Any:
         value = data.get(name)
