@@ -31,7 +31,7 @@ import whisper_modal as wm
 from tests import speech
 from tests.api_server import ApiServer, ServeProcess
 from tests.models_cache import tiny_en_cache
-from tests.servers import WebhookReceiver
+from tests.servers import WebhookReceiver, moto_server
 from tests.wer import wer
 from whisper_modal.server import create_app
 
@@ -328,6 +328,26 @@ def test_webhooks_to_inner_addresses_are_refused_at_submit(server: ApiServer, ur
     assert status == 400, body
     _assert_openai_error(body, "webhook_refused")
     assert body["error"]["param"] == "webhook_url"
+
+
+def test_json_job_with_an_s3_key(clip: bytes, tmp_path: Path) -> None:
+    with moto_server() as s3:
+        s3.client().create_bucket(Bucket="calls")
+        s3.client().put_object(Bucket="calls", Key="in/42.wav", Body=clip)
+        client = wm.Client(
+            backend="local", model="tiny.en", cache_dir=tiny_en_cache(), device="cpu",
+            s3_endpoint_url=s3.endpoint, jobs_db=tmp_path / "jobs.sqlite3",
+        )  # fmt: skip
+        with ApiServer(create_app(client)) as server:
+            status, ok = _call(server, "POST", "/v1/jobs",
+                               {"s3_uri": "s3://calls/in/42.wav", "options": {"language": "en"}})  # fmt: skip
+            assert status == 202, ok
+            status, missing = _call(server, "POST", "/v1/jobs", {"s3_uri": "s3://calls/nope.wav"})
+            assert status == 202  # accepted: the object is read by the job, not at submit
+            done, failed = _wait_job(server, ok["id"]), _wait_job(server, missing["id"])
+    assert s3.requests_for("/calls/in/42.wav").count("GET") >= 1
+    assert done["status"] == "succeeded" and wer(SENTENCE, done["result"]["text"]) <= MAX_WER
+    assert failed["status"] == "failed" and failed["error"]["type"] == "StorageNotFound"
 
 
 def test_json_job_needs_an_s3_key(server: ApiServer) -> None:
