@@ -98,7 +98,8 @@ def _error_response(request: HttpRequest, exc: BaseException) -> JSONResponse:
 def _form_fields(form: Form) -> oa.Fields:
     def get_all(name: str) -> list[str]:
         # the SDKs send "timestamp_granularities[]"; curl users often drop the brackets
-        return form.get_all(name) + form.get_all(name.removesuffix("[]"))
+        bare = name.removesuffix("[]")
+        return form.get_all(name) + (form.get_all(bare) if bare != name else [])
 
     return form.get, get_all
 
@@ -157,8 +158,6 @@ def create_app(
         summary="OpenAI-compatible speech-to-text and a jobs API",
         lifespan=lifespan,
     )
-    app.state.jobs = store
-    app.state.client = client
     app.add_middleware(_RequestId)
 
     # Our errors are answered by FastAPI's exception middleware; anything else reaches
