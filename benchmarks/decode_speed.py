@@ -30,7 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests import speech  # noqa: E402
-from whisper_modal.audio import SAMPLE_RATE, load_audio  # noqa: E402
+from whisper_modal.engine.audio import load_audio  # noqa: E402
+from whisper_modal.engine.constants import SAMPLE_RATE  # noqa: E402
 
 AUDIO_DIR = Path(__file__).parent / ".audio"
 SOURCE_RATE = 44100  # Hz: a typical recording

@@ -109,7 +109,7 @@ def worker(engine: str, wav: str, model: str, device: str, cache: str) -> dict[s
 
             mode = engine.split()[-1]
             opts = TranscribeOptions(model=model, language="en", mode=mode)  # type: ignore[arg-type]
-            text = run_whisper(lm, samples, opts)["text"]
+            text = run_whisper(lm, samples, opts, language="en")["text"]
     done = time.perf_counter()
     return {"load": loaded - started, "wall": done - loaded, "text": text, "peak_mb": _hwm_mb()}
 
@@ -159,7 +159,7 @@ def decode_table(minutes: list[float]) -> None:
     import whisper
 
     from tests import speech
-    from whisper_modal.audio import decode_audio, encode_flac
+    from whisper_modal.engine.audio import decode_audio, encode_flac
 
     print("\n## In-memory decode vs whisper.load_audio (ffmpeg subprocess)\n")
     print("| audio | format | ours s | ffmpeg s | speed-up |")

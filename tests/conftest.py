@@ -109,8 +109,10 @@ def isolated_default_client() -> Iterator[None]:
     The default client resolves its settings (``WHISPER_MODAL_*``) when it is created, so
     one created by an earlier test would carry that test's environment into later ones.
     """
-    from whisper_modal import client
+    from whisper_modal import _api
 
-    saved = client._DEFAULT
+    saved = _api._DEFAULT
     yield
-    client._DEFAULT = saved
+    made, _api._DEFAULT = _api._DEFAULT, saved
+    if made is not None and made is not saved:
+        made.close()  # its loop thread and local job thread end with the test

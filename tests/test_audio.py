@@ -22,16 +22,16 @@ import soxr
 
 from tests import speech
 from tests.conftest import SpeechClip
-from whisper_modal.audio import (
-    SAMPLE_RATE,
+from whisper_modal.engine.audio import (
     decode_audio,
     encode_flac,
     from_array,
     load_audio,
     probe_duration,
-    read_audio_bytes,
 )
+from whisper_modal.engine.constants import SAMPLE_RATE
 from whisper_modal.errors import AudioError, ConfigurationError
+from whisper_modal.reading import read_audio_bytes
 
 MAX_LENGTH_ERROR = 0.050  # seconds: decoded vs source duration, for files written normally
 
@@ -274,7 +274,7 @@ _WITHOUT_DEPS = """
 import json, sys
 for name in ("soundfile", "soxr", "av"):
     sys.modules[name] = None  # makes `import name` raise ImportError
-import whisper_modal.audio as audio  # the client core imports without the decoders
+import whisper_modal.engine.audio as audio  # imports without the decoders (lazy)
 from whisper_modal.errors import AudioError, ConfigurationError
 data, cuts = sys.stdin.buffer.read(), [int(n) for n in sys.argv[1:]]
 wav16k, wav44k, m4a = data[: cuts[0]], data[cuts[0] : cuts[1]], data[cuts[1] :]

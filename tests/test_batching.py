@@ -18,7 +18,8 @@ from whisper_modal.engine.batching import (
     transcribe_windows,
     trim_repeats,
 )
-from whisper_modal.engine.chunking import SAMPLE_RATE, speech_mask, split_evenly
+from whisper_modal.engine.chunking import speech_mask, split_evenly
+from whisper_modal.engine.constants import SAMPLE_RATE
 from whisper_modal.engine.decoding import run_whisper
 from whisper_modal.engine.models import LoadedModel, ModelStore, load_model
 from whisper_modal.options import TranscribeOptions
@@ -51,7 +52,9 @@ def sequential(loaded: LoadedModel, clip: tuple[np.ndarray, str]) -> dict[str, A
 def streams(loaded: LoadedModel, clip: tuple[np.ndarray, str]) -> dict[str, Any]:
     # 30 s streams: two streams of ~38 s (two windows each) side by side, word timestamps
     opts = OPTS.replace(word_timestamps=True)
-    return transcribe_batched(loaded, clip[0], opts, batch_size=4, stream_seconds=30)
+    return transcribe_batched(
+        loaded, clip[0], opts, language="en", batch_size=4, stream_seconds=30
+    )
 
 
 @pytest.mark.slow
@@ -59,7 +62,7 @@ def test_one_stream_is_openai_whispers_loop(loaded: LoadedModel) -> None:
     # ~35 s: two windows, the second prompted by the first one's text
     samples, _ = speech.make_clip(speech.SENTENCES[30:39], gap_seconds=0.5, noise_db=-55)
     sequential = whisper.transcribe(loaded.model, samples, language="en", fp16=False)
-    one = transcribe_batched(loaded, samples, OPTS)
+    one = transcribe_batched(loaded, samples, OPTS, language="en")
     # the same seeks, prompts and fallbacks give the same text and times
     assert one["text"] == sequential["text"]
     assert [(s["start"], s["end"]) for s in one["segments"]] == [
@@ -117,10 +120,13 @@ def test_no_segment_straddles_a_stream_cut(
 def test_silence_and_hiss_produce_no_text(loaded: LoadedModel) -> None:
     rng = np.random.default_rng(1)
     quiet = rng.normal(0, 3e-4, 20 * SAMPLE_RATE).astype(np.float32)  # ~ -70 dBFS hiss
-    result = transcribe_batched(loaded, quiet, OPTS)
+    result = transcribe_batched(loaded, quiet, OPTS, language="en")
     assert result["text"].strip() == "" and result["segments"] == []
     assert (
-        transcribe_windows(loaded, [np.zeros(5 * SAMPLE_RATE, np.float32)], OPTS)[0]["text"] == ""
+        transcribe_windows(
+            loaded, [np.zeros(5 * SAMPLE_RATE, np.float32)], OPTS, language="en"
+        )[0]["text"]
+        == ""
     )
 
 
@@ -130,7 +136,7 @@ def test_speech_silence_speech(loaded: LoadedModel) -> None:
     b = speech.synthesize(speech.SENTENCES[-1])
     gap = np.zeros(40 * SAMPLE_RATE, dtype=np.float32)
     samples = np.concatenate([a, gap, b])
-    result = transcribe_batched(loaded, samples, OPTS)
+    result = transcribe_batched(loaded, samples, OPTS, language="en")
     text = result["text"].lower()
     assert "planning meeting" in text and "station was crowded" in text
     second = next(s for s in result["segments"] if "station" in s["text"].lower())
@@ -141,7 +147,7 @@ def test_speech_silence_speech(loaded: LoadedModel) -> None:
 def test_many_short_inputs_equal_one_by_one(loaded: LoadedModel) -> None:
     sentences = speech.SENTENCES[24:29]
     inputs = [speech.synthesize(s, speed=140 + 10 * i) for i, s in enumerate(sentences)]
-    packed = transcribe_windows(loaded, inputs, OPTS, batch_size=5)
+    packed = transcribe_windows(loaded, inputs, OPTS, language="en", batch_size=5)
     assert len(packed) == 5
     for x, result in zip(inputs, packed, strict=True):
         alone = whisper.transcribe(loaded.model, x, language="en", fp16=False)
@@ -154,7 +160,7 @@ def test_many_short_inputs_equal_one_by_one(loaded: LoadedModel) -> None:
 @pytest.mark.slow
 def test_run_whisper_dispatches_batched_mode(loaded: LoadedModel) -> None:
     x = speech.synthesize(speech.SENTENCES[3])
-    result = run_whisper(loaded, x, OPTS.replace(mode="batched"))
+    result = run_whisper(loaded, x, OPTS.replace(mode="batched"), language="en")
     assert result["mode"] == "batched" and result["language"] == "en"
     assert wer(speech.SENTENCES[3], result["text"]) <= 0.2
 
@@ -167,10 +173,6 @@ def test_trim_repeats_cuts_loops_only() -> None:
     assert trim_repeats(ordinary) == ordinary
     assert trim_repeats([7, 8, 9] * 4) == [7, 8, 9]
     assert trim_repeats([]) == []
-
-
-def test_default_batch_size_on_cpu() -> None:
-    assert default_batch_size("cpu") == 8
 
 
 def test_gpu_streams_are_sized_by_memory_model_and_beams() -> None:

@@ -13,7 +13,7 @@ from whisper_modal.engine.chunking import (
     SAMPLE_RATE,
     Window,
     frame_db,
-    merge_results,
+    merge_transcripts,
     plan_chunks,
     plan_windows,
     speech_mask,
@@ -149,18 +149,17 @@ def _part(text: str, start: float, end: float, duration: float) -> dict[str, obj
 
 def test_merge_offsets_ids_words_and_timings() -> None:
     silent = {**_part("", 0, 0, 10.0), "segments": [], "text": "", "language": "cy"}
-    merged = merge_results(
+    t = merge_transcripts(
         [
-            (0.0, silent),
-            (10.0, _part("one", 0.5, 1.0, 30.0)),
-            (40.0, _part("two", 2.0, 3.0, 25.0)),
+            (0.0, Transcript.from_dict(silent)),
+            (10.0, Transcript.from_dict(_part("one", 0.5, 1.0, 30.0))),
+            (40.0, Transcript.from_dict(_part("two", 2.0, 3.0, 25.0))),
         ]
     )
-    t = Transcript.from_dict(merged)
     assert t.text == "one two" and t.duration == 65.0 and t.language == "en"
     assert [(s.id, s.start, s.end) for s in t.segments] == [(0, 10.5, 11.0), (1, 42.0, 43.0)]
     assert [(w.start, w.end) for w in t.words] == [(10.5, 11.0), (42.0, 43.0)]
     assert t.timings.inference == 3.0 and t.timings.total == 1.5
     assert t.timings.decode == pytest.approx(0.3)
     with pytest.raises(ValueError, match="nothing to merge"):
-        merge_results([])
+        merge_transcripts([])

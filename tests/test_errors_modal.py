@@ -80,7 +80,9 @@ def test_every_modal_exception_maps_to_the_tree(cls: type[BaseException]) -> Non
         (me.NotFoundError("no such call"), "fc-1", errors.JobNotFound),
         (me.OutputExpiredError(), "fc-1", errors.JobExpired),
         (me.InputCancellation("cancelled"), "fc-1", errors.JobCancelled),
-        (me.RemoteError("Input was cancelled by user"), "fc-1", errors.JobCancelled),
+        # text is not evidence: a terminated input is recognised by its call-graph status
+        # (ModalBackend), so a remote error that merely mentions cancelling stays an error
+        (me.RemoteError("Input was cancelled by user"), "fc-1", errors.RemoteExecutionError),
     ],
     ids=lambda v: type(v).__name__ if isinstance(v, BaseException) else str(v),
 )

@@ -68,7 +68,6 @@ def build(
     client.retry = RetryPolicy(
         max_attempts=settings.max_attempts, max_seconds=settings.retry_max_seconds,
         sleep=clock.sleep, asleep=clock.asleep, clock=clock, rng=random.Random(1),
-        on_retry=client._on_retry,
     )  # fmt: skip
     return client
 
@@ -90,7 +89,7 @@ def test_transient_faults_are_retried(
 ) -> None:
     clock = FakeClock()
     client = build(fast_fake, monkeypatch, clock)
-    fast_fake.faults.fail_next("remote", exc, times=2)
+    fast_fake.faults.fail_next("run", exc, times=2)
     t = client.transcribe(AUDIO)
     assert t.backend == "modal" and t.fallback_reason is None
     stats = client.stats()
@@ -103,7 +102,7 @@ def test_remote_engine_error_is_not_retried_and_not_counted(
     clock = FakeClock()
     client = build(fast_fake, monkeypatch, clock)
     for _ in range(10):
-        fast_fake.faults.fail_next("remote", ValueError("CUDA kernel failed"))
+        fast_fake.faults.fail_next("run", ValueError("CUDA kernel failed"))
         with pytest.raises(wm.RemoteExecutionError) as info:
             client.transcribe(AUDIO)
         assert info.value.remote_type == "ValueError"
@@ -117,7 +116,7 @@ def test_hung_calls_never_outlive_their_deadline(
     clock = FakeClock()
     client = build(fast_fake, monkeypatch, clock, backend="modal", call_timeout=0.3, max_attempts=3)
     client.transcribe(AUDIO)  # lookup done
-    fast_fake.faults.hang_next("remote", 30, times=3)
+    fast_fake.faults.hang_next("run", 30, times=3)
     started = time.monotonic()
     with pytest.raises(wm.BackendUnavailable) as info:
         client.transcribe(AUDIO)
@@ -132,12 +131,14 @@ def test_breaker_opens_falls_back_and_recovers(monkeypatch: pytest.MonkeyPatch) 
     fake = FakeModal()  # the real container class
     clock = FakeClock()
     try:
+        # the real engine: a deadline generous enough for a loaded 2-core machine (the test
+        # injects its faults; a slow CPU must not make the first call "unavailable")
         client = build(
             fake, monkeypatch, clock, allow_cpu_fallback=True, max_attempts=2,
-            breaker_failure_threshold=3, breaker_reset_seconds=30,
+            breaker_failure_threshold=3, breaker_reset_seconds=30, call_timeout=300.0,
         )  # fmt: skip
         assert client.transcribe(SAMPLE, language="en").backend == "modal"
-        fake.faults.rule("remote", lambda n: Fault(raises=me.ConnectionError("down")))
+        fake.faults.rule("run", lambda n: Fault(raises=me.ConnectionError("down")))
         reasons = []
         with pytest.warns(RuntimeWarning, match="local CPU"):
             for _ in range(3):
@@ -150,10 +151,10 @@ def test_breaker_opens_falls_back_and_recovers(monkeypatch: pytest.MonkeyPatch) 
         assert client.breaker.state.value == "open"
         assert "BackendUnavailable" in reasons[0]
         assert "CircuitOpenError" in reasons[1] and "CircuitOpenError" in reasons[2]
-        remote_calls = fake.calls["remote"]
+        remote_calls = fake.calls["run"]
         with pytest.warns(RuntimeWarning, match="CircuitOpenError"):
             client.transcribe(SAMPLE, language="en")
-        assert fake.calls["remote"] == remote_calls  # open: Modal not called
+        assert fake.calls["run"] == remote_calls  # open: Modal not called
         fake.faults.clear()  # Modal recovers
         clock.now += 30
         assert client.transcribe(SAMPLE, language="en").backend == "modal"  # the probe
@@ -171,7 +172,7 @@ def test_fallback_only_when_policy_allows(
     fast_fake: FakeModal, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     clock = FakeClock()
-    fast_fake.faults.rule("remote", lambda n: Fault(raises=me.ConnectionError("down")))
+    fast_fake.faults.rule("run", lambda n: Fault(raises=me.ConnectionError("down")))
     strict = build(fast_fake, monkeypatch, clock, backend="modal")
     with pytest.raises(wm.BackendUnavailable):
         strict.transcribe(AUDIO)
@@ -242,7 +243,7 @@ def test_32_threads_and_32_tasks_through_one_client(
         with lock:
             return Fault(raises=me.ResourceExhaustedError("busy")) if rng.random() < 0.10 else None
 
-    fast_fake.faults.rule("remote", faulty)
+    fast_fake.faults.rule("run", faulty)
     outcomes: collections.Counter[str] = collections.Counter()
 
     def worker() -> None:

@@ -10,6 +10,7 @@ Each case runs in a fresh process (modal keeps global client state: tokens, serv
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -93,6 +94,30 @@ def test_unreachable_modal_falls_back_to_the_local_engine(
     assert "weekly planning meeting" in str(out["text"]).lower()
 
 
+async def test_the_transport_deadline_fires_on_time_and_maps_to_the_given_error() -> None:
+    from whisper_modal.backends.modal import _within
+    from whisper_modal.errors import TransientError
+
+    started = time.monotonic()
+    with pytest.raises(TransientError, match="ours") as info:
+        await _within(asyncio.sleep(30), 0.2, lambda: TransientError("ours"))
+    assert time.monotonic() - started < 10.0  # far below the 30 s the work would take
+    assert isinstance(info.value.__cause__, TimeoutError)
+    assert await _within(asyncio.sleep(0, result="done"), 1.0, lambda: TransientError("x")) == "done"
+
+
+async def test_a_timeout_raised_by_the_work_is_not_our_deadline() -> None:
+    from whisper_modal.backends.modal import _within
+    from whisper_modal.errors import TransientError
+
+    async def modal_get() -> None:  # like FunctionCall.get(timeout=0) on a running call
+        raise TimeoutError("not ready")
+
+    with pytest.raises(TimeoutError, match="not ready") as info:
+        await _within(modal_get(), 5.0, lambda: TransientError("ours"))
+    assert not isinstance(info.value, TransientError)
+
+
 # ------------------------------------------------------------------- the probe process
 
 
@@ -102,6 +127,7 @@ def _probe(mode: str, connect: float, call: float) -> dict[str, Any]:
     from tests.modal_probe import isolate
 
     isolate(mode)
+    from whisper_modal._loop import LoopThread
     from whisper_modal.backends.base import Request
     from whisper_modal.backends.modal import ModalBackend
     from whisper_modal.config import Settings
@@ -110,12 +136,13 @@ def _probe(mode: str, connect: float, call: float) -> dict[str, Any]:
     settings = Settings.resolve(env={}, model="tiny.en", connect_timeout=connect)
     request = Request(options=TranscribeOptions(model="tiny.en"), audio=b"RIFF0000WAVE")
     out: dict[str, Any] = {"mode": mode}
+    runner = LoopThread()  # how the client's sync API drives the backend
     for path in ("sync", "async"):
         backend = ModalBackend(settings)  # a fresh lookup each time
         started = time.monotonic()
         try:
             if path == "sync":
-                backend.transcribe(request, timeout=call)
+                runner.run(backend.atranscribe(request, timeout=call))
             else:
                 asyncio.run(backend.atranscribe(request, timeout=call))
             result: dict[str, Any] = {"ok": True}
@@ -128,9 +155,7 @@ def _probe(mode: str, connect: float, call: float) -> dict[str, Any]:
     async def count() -> int:
         return len(asyncio.all_tasks()) - 1
 
-    out["pending_tasks"] = asyncio.run_coroutine_threadsafe(
-        count(), backend._runner._ensure()
-    ).result(5)
+    out["pending_tasks"] = runner.submit(count()).result(5)
     out["non_daemon_threads"] = [
         t.name for t in threading.enumerate() if not t.daemon and t is not threading.main_thread()
     ]
@@ -139,3 +164,4 @@ def _probe(mode: str, connect: float, call: float) -> dict[str, Any]:
 
 if __name__ == "__main__":
     print(json.dumps(_probe(sys.argv[1], float(sys.argv[2]), float(sys.argv[3]))), flush=True)
+

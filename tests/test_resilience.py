@@ -31,11 +31,8 @@ from whisper_modal.resilience import (
     BreakerState,
     BreakerToken,
     CircuitBreaker,
-    Deadline,
     RetryPolicy,
-    arun_with_deadline,
     counts_as_failure,
-    run_with_deadline,
 )
 
 
@@ -652,51 +649,3 @@ def test_transitions_are_logged_and_a_failing_hook_is_contained(
     assert (record.breaker, getattr(record, "from"), record.to) == ("logged", "closed", "open")  # type: ignore[attr-defined]
     assert any("on_transition hook" in r.getMessage() for r in caplog.records)
     assert b.state is BreakerState.OPEN
-
-
-# --------------------------------------------------------------------- deadlines
-
-
-def test_deadline_object() -> None:
-    clock = FakeClock()
-    clock.now = 100.0
-    d = Deadline(10, clock=clock)
-    clock.now = 104.0
-    assert d.remaining() == 6 and not d.expired
-    d.check("uploading")  # still in time: no error
-    clock.now = 111.0
-    assert d.remaining() == 0 and d.expired
-    with pytest.raises(TransientError, match="deadline of 10 s passed while uploading"):
-        d.check("uploading")
-    with pytest.raises(ConfigurationError):
-        Deadline(-1)
-
-
-def test_hung_sync_call_returns_on_time() -> None:
-    release = threading.Event()
-    started = time.monotonic()
-    with pytest.raises(TransientError, match=r"0\.2 s while fetching"):
-        run_with_deadline(release.wait, 0.2, 30, what="fetching")
-    assert time.monotonic() - started < 1.0  # timeout + a small margin
-    release.set()
-    assert run_with_deadline(lambda a, b: a * b, 1.0, 6, 7) == 42
-    with pytest.raises(AudioError):
-        run_with_deadline(_raiser(AudioError("x")), 1.0)
-
-
-async def test_hung_async_call_returns_on_time() -> None:
-    started = time.monotonic()
-    with pytest.raises(TransientError, match="while polling") as info:
-        await arun_with_deadline(asyncio.sleep(30), 0.2, what="polling")
-    assert time.monotonic() - started < 1.0
-    assert isinstance(info.value.__cause__, TimeoutError)
-    assert await arun_with_deadline(asyncio.sleep(0, result="done"), 1.0) == "done"
-
-
-async def test_a_timeout_raised_by_the_awaitable_is_not_our_deadline() -> None:
-    async def modal_get() -> None:  # like FunctionCall.get(timeout=0) on a running call
-        raise TimeoutError("not ready")
-
-    with pytest.raises(TimeoutError, match="not ready") as info:
-        await arun_with_deadline(modal_get(), 5.0)
-    assert not isinstance(info.value, TransientError)

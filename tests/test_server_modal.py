@@ -59,17 +59,17 @@ def sdk(server: ApiServer) -> openai.OpenAI:
 def test_transcription_through_the_modal_backend(
     sdk: openai.OpenAI, fake: FakeModal, clip: bytes
 ) -> None:
-    before = fake.calls["remote"]
+    before = fake.calls["run"]
     text = sdk.audio.transcriptions.create(
         file=("clip.wav", clip), model="whisper-1", response_format="text"
     )
     assert wer(SENTENCE, text) <= MAX_WER, text
-    assert fake.calls["remote"] == before + 1  # one container call, no local fallback
+    assert fake.calls["run"] == before + 1  # one container call, no local fallback
 
 
 def test_engine_failure_is_a_500_with_a_request_id(sdk: openai.OpenAI, fake: FakeModal,
                                                   clip: bytes) -> None:  # fmt: skip
-    fake.faults.fail_next("remote", me.RemoteError("CUDA error: an illegal memory access"))
+    fake.faults.fail_next("run", me.RemoteError("CUDA error: an illegal memory access"))
     with pytest.raises(openai.InternalServerError) as caught:
         sdk.audio.transcriptions.create(file=("clip.wav", clip), model="whisper-1")
     error = caught.value

@@ -175,6 +175,27 @@ def test_public_and_allowed_destinations_pass() -> None:
             check_destination(bad, resolve=resolver(table))
 
 
+def test_delivery_refuses_inner_destinations_unless_allowed() -> None:
+    import time
+
+    from tests.servers import WebhookReceiver
+    from whisper_modal.backends.base import Request
+    from whisper_modal.delivery import notify
+    from whisper_modal.options import TranscribeOptions
+    from whisper_modal.results import Transcript
+
+    result = Transcript(text="hi", language="en", duration=1.0)
+    with WebhookReceiver("s3cret") as receiver:
+        request = Request(options=TranscribeOptions(), audio=b"x", webhook_url=receiver.url)
+        refused = Settings.resolve(env={}, webhook_secret="s3cret")
+        notify(refused, request, "job_1", time.perf_counter(), result=result)
+        assert receiver.requests == []  # 127.0.0.1 is not allowed: nothing was sent
+        allowed = refused.replace(webhook_allow_hosts="127.0.0.0/8")
+        notify(allowed, request, "job_1", time.perf_counter(), result=result)
+        (hook,) = receiver.wait_for(1)
+    assert hook["verified"] and hook["json"]["transcript"]["text"] == "hi"
+
+
 # ---------------------------------------------------------------------------- options
 
 

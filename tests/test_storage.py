@@ -22,6 +22,7 @@ import whisper_modal as wm
 from tests.models_cache import tiny_en_cache
 from tests.servers import FAKE_AWS_ENV, FaultyS3Server, S3Server, aws_env, free_port
 from tests.wer import wer
+from whisper_modal.delivery import result_keys, write_results
 from whisper_modal.errors import map_boto_error
 from whisper_modal.storage import (
     S3Object,
@@ -29,9 +30,7 @@ from whisper_modal.storage import (
     is_s3_uri,
     parse_s3_prefix,
     parse_s3_uri,
-    result_keys,
     safe_name,
-    write_results,
 )
 
 ROOT = Path(__file__).parents[1]
@@ -326,7 +325,7 @@ def test_write_results(s3: S3Server) -> None:
     s3.client().create_bucket(Bucket="results")
     t = wm.Transcript(text="hello", language="en", duration=1.0,
                       segments=(wm.Segment(0, 0.0, 1.0, "hello"),))  # fmt: skip
-    location = write_results(store(s3), t.to_dict(), "s3://results/out", "job-1", ["srt"])
+    location = write_results(store(s3), t, "s3://results/out", "job-1", ["srt"])
     assert location == "s3://results/out/job-1/"
     keys = [p for m, p in s3.log if m == "PUT" and p.startswith("/results/out/")]
     assert keys == ["/results/out/job-1/transcript.srt", "/results/out/job-1/transcript.json"]
@@ -338,7 +337,7 @@ def test_write_results(s3: S3Server) -> None:
     srt = s3.client().get_object(Bucket="results", Key="out/job-1/transcript.srt")["Body"].read()
     assert srt.decode() == "1\n00:00:00,000 --> 00:00:01,000\nhello\n"
     with pytest.raises(wm.ConfigurationError):
-        write_results(store(s3), t.to_dict(), "s3://results/out", "../escape", ["srt"])
+        write_results(store(s3), t, "s3://results/out", "../escape", ["srt"])
     listed = s3.client().list_objects_v2(Bucket="results")["Contents"]
     assert all(o["Key"].startswith("out/job-1/") for o in listed)
 

@@ -8,10 +8,7 @@ This module is the whole public contract: it only re-exports (``__all__`` is sor
 checked by ``tests/test_public_api.py``).
 """
 
-from whisper_modal.backends.base import JobStatus
-from whisper_modal.client import (
-    CallOptions,
-    Client,
+from whisper_modal._api import (
     asubmit,
     atranscribe,
     atranscribe_many,
@@ -21,6 +18,8 @@ from whisper_modal.client import (
     transcribe,
     transcribe_many,
 )
+from whisper_modal.backends.base import JobStatus
+from whisper_modal.client import Client
 from whisper_modal.config import Settings
 from whisper_modal.errors import (
     AudioError,
@@ -40,13 +39,16 @@ from whisper_modal.errors import (
     StorageTooLarge,
     StorageTransient,
     TransientError,
+    WebhookVerificationError,
     WhisperModalError,
 )
+from whisper_modal.inputs import CallOptions
 from whisper_modal.jobs import Job
 from whisper_modal.metrics import Stats
 from whisper_modal.options import TranscribeOptions
 from whisper_modal.results import Segment, Timings, Transcript, Word
 from whisper_modal.storage import S3Object
+from whisper_modal.webhooks import verify
 
 __version__ = "0.1.0"
 
@@ -79,6 +81,7 @@ __all__ = [
     "TranscribeOptions",
     "Transcript",
     "TransientError",
+    "WebhookVerificationError",
     "WhisperModalError",
     "Word",
     "__version__",
@@ -90,4 +93,5 @@ __all__ = [
     "submit",
     "transcribe",
     "transcribe_many",
+    "verify",
 ]

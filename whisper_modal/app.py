@@ -45,7 +45,6 @@ IMAGE_PACKAGES = (
     "openai-whisper==20250625",
     "torch==2.13.0",
     "numpy==2.4.6",
-    "librosa==0.11.0",
     "soundfile==0.14.0",
     "soxr==1.1.0",
     "av==18.1.0",
@@ -163,7 +162,7 @@ class Transcriber(_Loaded):
         """Run one request dict (``Request.to_wire()``) and return ``Transcript.to_dict()``."""
         _check_model(request)
         job_id = modal.current_function_call_id() or request.get("client_job_id")
-        return _mark_cold(self, self.service.handle(request, job_id=job_id))
+        return _mark_cold(self, self.service.handle(request, job_id=job_id).to_dict())
 
     @modal.method()
     def health(self) -> dict[str, Any]:
@@ -196,10 +195,17 @@ class BatchTranscriber(_Loaded):
     @modal.batched(max_batch_size=16, wait_ms=250)
     def transcribe_batch(self, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """One result dict per request; failures are ``{"error": {...}}`` entries."""
+        from whisper_modal.errors import error_to_dict
+
         for request in requests:
             _check_model(request)
         results = self.service.handle_batch(requests)
-        return [_mark_cold(self, r) for r in results]
+        return [
+            {"error": error_to_dict(r)}
+            if isinstance(r, Exception)
+            else _mark_cold(self, r.to_dict())
+            for r in results
+        ]
 
 
 #: settings the deployed app reads at import (passed on to ``modal deploy`` as variables)

@@ -25,13 +25,12 @@ from whisper_modal.errors import (
     StorageError,
     WhisperModalError,
 )
+from whisper_modal.formats import FORMATS
 from whisper_modal.options import TranscribeOptions
 
 __all__ = ["main"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PENDING = 0, 1, 2, 3
-
-_FORMATS = ("srt", "vtt", "txt", "tsv", "json", "md")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -52,14 +51,14 @@ def _parser() -> argparse.ArgumentParser:
 
     p = audio_command("transcribe", "transcribe a file and print or write the result")
     p.add_argument(
-        "--format", "-f", choices=_FORMATS, default=None, help="default: from --output or txt"
+        "--format", "-f", choices=FORMATS, default=None, help="default: from --output or txt"
     )
     p.add_argument("--output", "-o", help="write here instead of stdout")
     audio_command("submit", "submit a file and print the job id")
 
     p = sub.add_parser("result", help="fetch a submitted job's result")
     p.add_argument("job_id")
-    p.add_argument("--format", "-f", choices=_FORMATS, default="txt")
+    p.add_argument("--format", "-f", choices=FORMATS, default="txt")
     p.add_argument("--timeout", type=float, default=None, help="seconds to wait (default: forever)")
 
     models = sub.add_parser("models", help="list or import model checkpoints").add_subparsers(
@@ -90,10 +89,12 @@ def _read_input(path: str) -> object:
 
 
 def _options(args: argparse.Namespace) -> TranscribeOptions:
-    from whisper_modal.client import default_client
+    from whisper_modal import default_client
+    from whisper_modal.inputs import build_options
 
     keys = ("model", "language", "task", "word_timestamps", "initial_prompt", "mode")
-    return default_client().make_options(None, **{k: getattr(args, k, None) for k in keys})
+    model = default_client().settings.model
+    return build_options(model, None, **{k: getattr(args, k, None) for k in keys})
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -168,13 +169,10 @@ def _models(args: argparse.Namespace) -> int:
 def _health(args: argparse.Namespace) -> int:
     import json
 
-    from whisper_modal.client import default_client
+    from whisper_modal import default_client
 
-    client = default_client()
-    if args.local:
-        report = client.local_backend().engine.health(args.model)
-    else:
-        report = client.modal_backend().health(timeout=client.settings.connect_timeout + 60)
+    backend = "local" if args.local else "modal"
+    report = default_client().health(backend=backend, model=args.model if args.local else None)
     print(json.dumps(report, indent=2, default=str))
     return EXIT_OK
 

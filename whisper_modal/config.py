@@ -93,6 +93,9 @@ class Settings:
     retry_max_seconds: float = attrs.field(default=60.0, validator=_positive)
     breaker_failure_threshold: int = attrs.field(default=5, validator=_positive)
     breaker_reset_seconds: float = attrs.field(default=30.0, validator=_positive)
+    # also open when this fraction of calls failed within the window (both or neither)
+    breaker_window_seconds: float | None = None
+    breaker_failure_rate: float | None = None
     # -- Modal app deployment knobs (read by whisper_modal.app at deploy time)
     gpu: str = "A10G"
     remote_timeout: int = attrs.field(default=3600, validator=_positive)  # container timeout
@@ -150,7 +153,14 @@ class Settings:
             raise ConfigurationError(f"invalid settings: {exc}") from exc
 
     def replace(self, **changes: Any) -> Settings:
-        """Return a validated copy with some settings changed."""
+        """Return a validated copy with some settings changed (None: unchanged).
+
+        Raises:
+            ConfigurationError: an unknown setting or an invalid value.
+        """
+        unknown = sorted(set(changes) - set(attrs.fields_dict(Settings)))
+        if unknown:
+            raise ConfigurationError(f"unknown setting(s): {', '.join(unknown)}")
         return attrs.evolve(self, **{k: v for k, v in changes.items() if v is not None})
 
 

@@ -13,11 +13,12 @@
     │  ├─ BackendUnavailable   retries exhausted / not deployed / no credentials -> may fall back
     │  ├─ CircuitOpenError     breaker refused the call -> may fall back
     │  └─ RemoteExecutionError the engine failed inside the container (carries the remote message)
-    └─ JobError(job_id)
-       ├─ JobTimeout           result not ready in time (also a builtin TimeoutError)
-       ├─ JobCancelled
-       ├─ JobNotFound
-       └─ JobExpired           older than Modal's 7-day result retention
+    ├─ JobError(job_id)
+    │  ├─ JobTimeout           result not ready in time (also a builtin TimeoutError)
+    │  ├─ JobCancelled
+    │  ├─ JobNotFound
+    │  └─ JobExpired           older than Modal's 7-day result retention
+    └─ WebhookVerificationError  a received webhook's signature or timestamp is wrong
 
 Foreign exceptions (modal, botocore, torch, tenacity) never reach the user: each family
 is translated by exactly one function below (``map_*``), which callers use as
@@ -44,6 +45,7 @@ __all__ = [
     "StorageTooLarge",
     "StorageTransient",
     "TransientError",
+    "WebhookVerificationError",
     "WhisperModalError",
     "error_from_dict",
     "error_to_dict",
@@ -67,7 +69,8 @@ class AudioError(WhisperModalError, ValueError):
     def __init__(self, message: str, *, reason: str = "invalid") -> None:
         super().__init__(message)
         #: machine-readable cause: "empty", "not_audio", "truncated", "zero_length",
-        #: "non_finite", "not_found", "too_long", "too_large", "unsupported_type", "invalid"
+        #: "non_finite", "out_of_range", "not_found", "too_long", "too_large",
+        #: "unsupported_type", "invalid"
         self.reason = reason
 
 
@@ -144,11 +147,11 @@ class JobExpired(JobError):
     """The job's result is older than the backend's retention (7 days on Modal)."""
 
 
-# --------------------------------------------------------------------------- mapping
+class WebhookVerificationError(WhisperModalError, ValueError):
+    """A received webhook's signature or timestamp did not verify (see ``webhooks.verify``)."""
 
-# Remote errors raised *by our engine* inside the container arrive as their own class when
-# it is importable on the client (modal pickles exceptions); these keep their meaning.
-_PASSTHROUGH = (ConfigurationError, AudioError, StorageError, JobError)
+
+# --------------------------------------------------------------------------- mapping
 
 
 def map_engine_error(exc: BaseException) -> WhisperModalError:
@@ -231,9 +234,8 @@ def map_modal_error(exc: BaseException, *, job_id: str | None = None) -> Whisper
     ):
         return TransientError(f"Modal is temporarily unavailable ({name}: {text})")
     if isinstance(exc, me.RemoteError):
-        # A cancelled (terminated) input comes back as a RemoteError from FunctionCall.get.
-        if job_id is not None and "cancel" in text.lower():
-            return JobCancelled(f"job {job_id} was cancelled", job_id=job_id)
+        # (A cancelled input also arrives as a RemoteError; the Modal backend tells it
+        # apart by the call graph's TERMINATED status, not by this text.)
         return RemoteExecutionError(f"the remote call failed: {text}", remote_type=name)
     if isinstance(exc, me.ExecutionError):  # e.g. a remote exception we cannot unpickle
         return RemoteExecutionError(f"the remote call failed: {text}", remote_type=name)

@@ -24,9 +24,12 @@ import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 from whisper_modal.errors import ConfigurationError
-from whisper_modal.results import Segment, Transcript
+
+if TYPE_CHECKING:  # results.py imports this module for its to_* methods
+    from whisper_modal.results import Segment, Transcript
 
 __all__ = [
     "FORMATS",

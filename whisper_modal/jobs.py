@@ -1,33 +1,65 @@
 """Job handles: submit now, collect later, from this process or another one.
 
-A ``Job`` is only an id plus the client that knows which backend owns it: Modal jobs have
-the FunctionCall id (``fc-...``) and can be re-attached from any process with Modal
-credentials for 7 days; local jobs (``local-...``) live in the submitting process.
-``transcribe()`` is literally ``submit().result()`` on the local backend and a direct
-``.remote`` call on Modal (same result, one round trip less).
+A ``Job`` is an id plus the backend that owns it (and the client's loop, for the sync
+methods); it talks to that backend itself. Modal jobs have the FunctionCall id
+(``fc-...``) and can be re-attached from any process with Modal credentials for 7 days;
+local and fan-out jobs (``local-...``, ``fanout-...``) live in the submitting process.
+Creating a ``Job`` makes no network call and imports no engine.
 """
 
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol, TypeVar
 
-from whisper_modal.backends.base import JobStatus
-from whisper_modal.errors import JobTimeout
+from whisper_modal.backends.base import (
+    FANOUT_JOB_PREFIX,
+    LOCAL_JOB_PREFIX,
+    JobBackend,
+    JobStatus,
+)
+from whisper_modal.errors import ConfigurationError, JobTimeout
 from whisper_modal.results import Transcript
 
-if TYPE_CHECKING:
-    from whisper_modal.client import Client
-
 __all__ = ["Job", "JobStatus"]
+
+T = TypeVar("T")
+
+
+class _Runner(Protocol):
+    def run(self, coro: Coroutine[Any, Any, T]) -> T: ...
+
+
+class _JobSource(Protocol):
+    """What ``Job.from_id`` needs of a client."""
+
+    def _attach(self, job_id: str, fallback_reason: str | None = None) -> Job: ...
+
+
+_default_source: Callable[[], _JobSource] | None = None
+
+
+def _set_default_source(factory: Callable[[], _JobSource]) -> None:
+    """Name the default client for ``Job.from_id`` (``whisper_modal._api`` does, at import)."""
+    global _default_source
+    _default_source = factory
+
+
+def _kind(job_id: str) -> str:
+    if job_id.startswith(LOCAL_JOB_PREFIX):
+        return "local"
+    if job_id.startswith(FANOUT_JOB_PREFIX):
+        return "fanout"
+    return "modal"
 
 
 class Job:
     """A submitted transcription.
 
     Attributes:
-        id: the job id (Modal FunctionCall id, or ``local-<hex>``).
-        backend: "modal" or "local".
+        id: the job id (Modal FunctionCall id, ``local-<hex>`` or ``fanout-<hex>``).
+        backend: "modal", "local" or "fanout" (where the job runs).
         fallback_reason: why the job runs locally although Modal was asked for, if it does.
     """
 
@@ -35,52 +67,75 @@ class Job:
         self,
         job_id: str,
         *,
-        client: Client,
-        backend: str | None = None,
+        backend: JobBackend,
+        runner: _Runner,
         fallback_reason: str | None = None,
     ) -> None:
-        from whisper_modal.backends.local import LOCAL_JOB_PREFIX
-        from whisper_modal.fanout import FANOUT_JOB_PREFIX
-
         self.id = job_id
-        if backend is None:
-            backend = "modal"
-            if job_id.startswith(LOCAL_JOB_PREFIX):
-                backend = "local"
-            elif job_id.startswith(FANOUT_JOB_PREFIX):
-                backend = "fanout"
-        self.backend = backend
+        self.backend = _kind(job_id)
         self.fallback_reason = fallback_reason
-        self._client = client
+        self._owner = backend
+        self._runner = runner
         self._transcript: Transcript | None = None
 
     def __repr__(self) -> str:
         return f"Job(id={self.id!r}, backend={self.backend!r})"
 
     @classmethod
-    def from_id(cls, job_id: str, *, client: Client | None = None) -> Job:
+    def from_id(cls, job_id: str, *, client: _JobSource | None = None) -> Job:
         """Re-attach to a job by id (e.g. one saved by another process).
 
         No network call happens until ``status()``/``result()``.
+
+        Args:
+            job_id: the id from ``Job.id``.
+            client: the client whose backends own the job (default: the process-wide one).
+
+        Raises:
+            ConfigurationError: an empty id, or no client to attach with.
         """
-        from whisper_modal.client import default_client
+        if not isinstance(job_id, str) or not job_id:
+            raise ConfigurationError("a job id is a non-empty string")
+        if client is None:
+            if _default_source is None:  # pragma: no cover - whisper_modal/__init__ sets it
+                raise ConfigurationError("pass client=: no default client is configured")
+            client = _default_source()
+        return client._attach(job_id)
 
-        return cls(job_id, client=client or default_client())
+    # -- async core: each operation once; the sync methods run these on the client's loop
 
-    def _backend(self) -> Any:
-        return self._client.backend_for_job(self.backend)
-
-    def status(self) -> JobStatus:
+    async def astatus(self) -> JobStatus:
         """Return the job's status (one quick backend call)."""
         if self._transcript is not None:
             return JobStatus.SUCCEEDED
-        return self._client.job_status(self)
+        return await self._owner.astatus(self.id)
+
+    async def aprogress(self) -> tuple[int, int] | None:
+        """(parts done, parts total) for a fan-out job; None for single-call jobs."""
+        return await self._owner.aprogress(self.id)
+
+    async def aresult(self, timeout: float | None = None) -> Transcript:
+        """Async twin of ``result``; never blocks the event loop."""
+        if self._transcript is None:
+            transcript = await self._owner.aresult(self.id, timeout=timeout)
+            if self.fallback_reason is not None and transcript.fallback_reason is None:
+                transcript = transcript.with_changes(fallback_reason=self.fallback_reason)
+            self._transcript = transcript
+        return self._transcript
+
+    async def acancel(self) -> None:
+        """Async twin of ``cancel``."""
+        await self._owner.acancel(self.id)
+
+    # -- sync API
+
+    def status(self) -> JobStatus:
+        """Return the job's status (one quick backend call)."""
+        return self._runner.run(self.astatus())
 
     def progress(self) -> tuple[int, int] | None:
         """(parts done, parts total) for a fan-out job; None for single-call jobs."""
-        backend = self._backend()
-        report = getattr(backend, "progress", None)
-        return None if report is None else report(self.id)
+        return self._runner.run(self.aprogress())
 
     @property
     def done(self) -> bool:
@@ -98,15 +153,11 @@ class Job:
             JobCancelled / JobNotFound / JobExpired: see their docs.
             RemoteExecutionError / AudioError / ...: the job failed.
         """
-        if self._transcript is None:
-            self._transcript = self._client.job_result(self, timeout=timeout)
-        return self._transcript
+        return self._runner.run(self.aresult(timeout))
 
-    async def aresult(self, timeout: float | None = None) -> Transcript:
-        """Async twin of ``result``; never blocks the event loop."""
-        if self._transcript is None:
-            self._transcript = await self._client.ajob_result(self, timeout=timeout)
-        return self._transcript
+    def cancel(self) -> None:
+        """Ask the backend to stop the job (a finished job is left alone)."""
+        self._runner.run(self.acancel())
 
     def wait(
         self,
@@ -118,6 +169,9 @@ class Job:
         """Poll until done, showing a spinner-style status line when ``progress``.
 
         ``progress=None`` shows it only on a terminal or in a notebook.
+
+        Raises:
+            JobTimeout: not finished within ``timeout`` seconds.
         """
         from whisper_modal.progress import status_bar
 
@@ -138,7 +192,3 @@ class Job:
                     return self.result(timeout=step)
                 except JobTimeout:
                     continue
-
-    def cancel(self) -> None:
-        """Ask the backend to stop the job (a finished job is left alone)."""
-        self._client.job_cancel(self)

@@ -270,5 +270,12 @@ class TranscribeOptions:
             raise ConfigurationError(str(exc)) from exc
 
     def replace(self, **changes: Any) -> TranscribeOptions:
-        """Return a validated copy with some options changed."""
+        """Return a validated copy with some options changed.
+
+        Raises:
+            ConfigurationError: an unknown option or an invalid value.
+        """
+        unknown = sorted(set(changes) - set(attrs.fields_dict(TranscribeOptions)))
+        if unknown:
+            raise ConfigurationError(f"unknown option(s): {', '.join(unknown)}")
         return attrs.evolve(self, **changes)

@@ -11,19 +11,17 @@
   passed (checked lazily); exactly one probe at a time in HALF_OPEN; CLOSED on probe
   success, OPEN (fresh timer) on probe failure. One ``threading.Lock``, never held across
   the protected call or an ``await``, so one breaker is safe from threads and asyncio tasks.
-* Deadlines: ``Deadline`` (a budget with ``check``), ``run_with_deadline`` (a daemon worker
-  thread) and ``arun_with_deadline`` (``asyncio.timeout``) turn a hung call into a
-  ``TransientError`` on time.
 
-Composition used by the client: ``retry.call(breaker.call, op)``, each attempt one breaker
-call; an open breaker raises ``CircuitOpenError``, which is not retried (-> fallback).
+Deadlines belong to the transport (``backends.modal``: ``asyncio.timeout`` per phase).
+Composition used by the client (``backends.chain.ResilientBackend``):
+``retry.acall(breaker.acall, op)``, each attempt one breaker call; an open breaker raises
+``CircuitOpenError``, which is not retried (-> fallback).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import contextvars
 import enum
 import logging
 import math
@@ -50,11 +48,8 @@ __all__ = [
     "BreakerStats",
     "BreakerToken",
     "CircuitBreaker",
-    "Deadline",
     "RetryPolicy",
-    "arun_with_deadline",
     "counts_as_failure",
-    "run_with_deadline",
 ]
 
 log = logging.getLogger("whisper_modal.resilience")
@@ -546,105 +541,3 @@ class _Guard:
         tb: TracebackType | None,
     ) -> None:
         self.__exit__(exc_type, exc, tb)
-
-
-# --------------------------------------------------------------------------- deadlines
-
-
-def _nonnegative(_: Any, attribute: Any, value: float) -> None:
-    _check(value >= 0 and not math.isnan(value), f"{attribute.name} must be >= 0, got {value}")
-
-
-@attrs.frozen
-class Deadline:
-    """A time budget: ``Deadline(30)`` expires 30 s (of ``clock``) after it is created."""
-
-    seconds: float = attrs.field(validator=_nonnegative)
-    clock: Callable[[], float] = time.monotonic
-    started: float = attrs.field(
-        init=False, default=attrs.Factory(lambda self: self.clock(), takes_self=True)
-    )
-
-    def remaining(self) -> float:
-        """Seconds left, never negative (use it as the timeout of the next step)."""
-        return max(0.0, self.seconds - (self.clock() - self.started))
-
-    @property
-    def expired(self) -> bool:
-        """True once no time is left."""
-        return self.remaining() <= 0.0
-
-    def check(self, what: str) -> None:
-        """Stop work whose deadline has passed.
-
-        Args:
-            what: the step about to run, for the message ("uploading", "decoding").
-
-        Raises:
-            TransientError: ``deadline of S s passed while WHAT``.
-        """
-        if self.expired:
-            raise TransientError(f"deadline of {self.seconds:g} s passed while {what}")
-
-
-async def arun_with_deadline(awaitable: Awaitable[T], timeout: float, what: str = "waiting") -> T:
-    """Await ``awaitable`` for at most ``timeout`` seconds (it is cancelled on timeout).
-
-    Args:
-        awaitable: a coroutine, task or future.
-        timeout: seconds.
-        what: the step, for the message.
-
-    Returns:
-        The awaitable's result.
-
-    Raises:
-        TransientError: the deadline passed.
-        BaseException: whatever the awaitable raised, unchanged; a ``TimeoutError`` raised
-            *by the awaitable itself* (e.g. Modal's ``FunctionCall.get(timeout=0)``) stays a
-            ``TimeoutError`` rather than being mistaken for our deadline.
-    """
-    scope = asyncio.timeout(timeout)
-    try:
-        async with scope:
-            return await awaitable
-    except TimeoutError as exc:
-        if scope.expired():  # our deadline, not a TimeoutError raised by the awaitable
-            raise TransientError(f"no answer within {timeout:g} s while {what}") from exc
-        raise
-
-
-def run_with_deadline(fn: Callable[..., T], timeout: float, *args: Any, what: str = "waiting") -> T:
-    """Run ``fn(*args)`` on a daemon worker thread and stop waiting after ``timeout`` s.
-
-    A thread cannot be killed: on timeout the worker is abandoned and may keep running
-    (and keep its resources) until ``fn`` returns; being a daemon it never blocks exit.
-    Prefer ``arun_with_deadline`` where the work is cancellable.
-
-    Returns:
-        What ``fn`` returns.
-
-    Raises:
-        TransientError: ``fn`` did not finish in time.
-        BaseException: whatever ``fn`` raised, unchanged.
-    """
-    _check(timeout > 0, f"timeout must be positive, got {timeout}")
-    box: dict[str, Any] = {}
-    done = threading.Event()
-    context = contextvars.copy_context()  # the caller's context vars travel with the call
-
-    def work() -> None:
-        try:
-            box["value"] = context.run(fn, *args)
-        except BaseException as exc:
-            box["error"] = exc
-        finally:
-            done.set()
-
-    threading.Thread(target=work, name="whisper-modal-deadline", daemon=True).start()
-    if not done.wait(timeout):
-        raise TransientError(f"no answer within {timeout:g} s while {what}")
-    if "error" in box:
-        raise box["error"]
-    value: T = box["value"]
-    return value

@@ -13,6 +13,7 @@ from typing import Any
 
 import attrs
 
+from whisper_modal import formats
 from whisper_modal.errors import ConfigurationError
 
 __all__ = ["SCHEMA_VERSION", "Segment", "Timings", "Transcript", "Word"]
@@ -211,39 +212,27 @@ class Transcript:
     # Writers live in formats.py; these are the convenient spellings users expect.
     def to_srt(self) -> str:
         """Return SubRip subtitles."""
-        from whisper_modal.formats import to_srt
-
-        return to_srt(self)
+        return formats.to_srt(self)
 
     def to_vtt(self) -> str:
         """Return WebVTT subtitles."""
-        from whisper_modal.formats import to_vtt
-
-        return to_vtt(self)
+        return formats.to_vtt(self)
 
     def to_txt(self) -> str:
         """Return the plain text, one segment per line."""
-        from whisper_modal.formats import to_txt
-
-        return to_txt(self)
+        return formats.to_txt(self)
 
     def to_tsv(self) -> str:
         """Return tab-separated ``start\\tend\\ttext`` rows in milliseconds."""
-        from whisper_modal.formats import to_tsv
-
-        return to_tsv(self)
+        return formats.to_tsv(self)
 
     def to_json(self, *, indent: int | None = 2) -> str:
         """Return the ``to_dict`` form as JSON."""
-        from whisper_modal.formats import to_json
-
-        return to_json(self, indent=indent)
+        return formats.to_json(self, indent=indent)
 
     def to_markdown(self) -> str:
         """Return a Markdown document: full text, timestamped segments, word timings."""
-        from whisper_modal.formats import to_markdown
-
-        return to_markdown(self)
+        return formats.to_markdown(self)
 
     def with_changes(self, **changes: Any) -> Transcript:
         """Return a copy with some fields replaced (results are immutable)."""

@@ -12,16 +12,16 @@
   instead of yielding a mix of two versions.
 * ``S3Store`` leaves retries to our ``RetryPolicy`` (botocore: one attempt) and maps every
   botocore error through ``errors.map_boto_error``.
-* ``result_keys`` builds ``<prefix>/<job_id>/transcript.<ext>`` keys only from names made
-  of ``[A-Za-z0-9._-]``, so no caller-supplied id can climb out of the prefix.
+* ``safe_name`` admits only names made of ``[A-Za-z0-9._-]``, so no caller-supplied id
+  can climb out of a prefix (``delivery.result_keys`` builds output keys with it).
+
+Writing results (S3 outputs, webhooks) is ``whisper_modal.delivery``.
 """
 
 from __future__ import annotations
 
 import io
-import json
 import re
-from collections.abc import Sequence
 from typing import Any
 
 import attrs
@@ -41,9 +41,7 @@ __all__ = [
     "is_s3_uri",
     "parse_s3_prefix",
     "parse_s3_uri",
-    "result_keys",
     "safe_name",
-    "write_results",
 ]
 
 CHUNK_BYTES = 8 * 1024 * 1024  # 8 MiB: big enough for throughput, small next to the object
@@ -205,45 +203,6 @@ def safe_name(name: str) -> str:
             "no leading '.')"
         )
     return name
-
-
-def _canonical_format(fmt: str) -> str:
-    from whisper_modal.formats import format_from_path
-
-    canonical = format_from_path("transcript." + str(fmt).lower().removeprefix("."))
-    if canonical is None:
-        from whisper_modal.formats import FORMATS
-
-        raise ConfigurationError(f"unknown output format {fmt!r}; use one of {', '.join(FORMATS)}")
-    return canonical
-
-
-def result_keys(
-    prefix: S3Object | str, job_id: str, formats: Sequence[str] = ()
-) -> dict[str, S3Object]:
-    """The keys ``<prefix>/<job_id>/transcript.<ext>``: JSON plus each requested format.
-
-    Args:
-        prefix: ``s3://bucket/prefix/`` (or an ``S3Object`` whose key is the prefix).
-        job_id: the job's id; must pass ``safe_name``.
-        formats: names from ``formats.FORMATS`` (``markdown`` and a leading dot allowed).
-
-    Returns:
-        Canonical format name -> object, ``"json"`` first; duplicates collapse.
-
-    Raises:
-        ConfigurationError: bad prefix, unsafe job id, unknown format.
-    """
-    if isinstance(prefix, S3Object):
-        bucket, folder = parse_s3_prefix(f"s3://{prefix.bucket}/{prefix.key}")
-    else:
-        bucket, folder = parse_s3_prefix(prefix)
-    folder = "/".join(p for p in (folder, safe_name(job_id)) if p)
-    keys: dict[str, S3Object] = {}
-    for fmt in ("json", *formats):
-        canonical = _canonical_format(fmt)
-        keys[canonical] = S3Object(bucket, f"{folder}/transcript.{canonical}")
-    return keys
 
 
 class S3Store:
@@ -418,57 +377,3 @@ class S3Store:
             )
         except Exception as exc:
             raise map_boto_error(exc, uri=obj.uri) from exc
-
-
-_CONTENT_TYPES = {
-    "json": "application/json",
-    "srt": "application/x-subrip; charset=utf-8",
-    "vtt": "text/vtt; charset=utf-8",
-    "txt": "text/plain; charset=utf-8",
-    "tsv": "text/tab-separated-values; charset=utf-8",
-    "md": "text/markdown; charset=utf-8",
-}
-
-
-def write_results(
-    store: S3Store,
-    transcript_dict: dict[str, Any],
-    prefix_uri: str,
-    job_id: str,
-    formats: Sequence[str] = (),
-) -> str:
-    """Store a transcript as ``transcript.json`` plus ``formats`` under ``<prefix>/<job_id>/``.
-
-    The other formats are written first and ``transcript.json`` last, so a reader that
-    finds the JSON knows every requested file is there. Writing again with the same
-    ``job_id`` overwrites the same keys (a retried job is idempotent).
-
-    Args:
-        store: the store to write with.
-        transcript_dict: ``Transcript.to_dict()`` output (the engine's wire dict).
-        prefix_uri: ``s3://bucket/prefix/``.
-        job_id: the folder name; must pass ``safe_name``.
-        formats: extra formats (``srt``, ``vtt``, ``txt``, ``tsv``, ``md``).
-
-    Returns:
-        The folder URI, ``s3://bucket/prefix/job_id/``; the JSON also carries it as
-        ``output_location``.
-
-    Raises:
-        ConfigurationError: bad prefix, unsafe job id, unknown format.
-        StorageError: the store refused a write (see ``S3Store.put_bytes``).
-    """
-    from whisper_modal.formats import write
-    from whisper_modal.results import Transcript
-
-    keys = result_keys(prefix_uri, job_id, formats)
-    json_obj = keys.pop("json")
-    location = f"s3://{json_obj.bucket}/{json_obj.key.rsplit('/', 1)[0]}/"
-    document = dict(transcript_dict, output_location=location)
-    if keys:
-        parsed = Transcript.from_dict(document)
-        for fmt, obj in keys.items():
-            store.put_bytes(obj, write(parsed, fmt).encode("utf-8"), _CONTENT_TYPES[fmt])
-    body = json.dumps(document, ensure_ascii=False, indent=2) + "\n"
-    store.put_bytes(json_obj, body.encode("utf-8"), _CONTENT_TYPES["json"])
-    return location

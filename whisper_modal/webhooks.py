@@ -36,7 +36,7 @@ from urllib.parse import urlsplit
 
 import attrs
 
-from whisper_modal.errors import ConfigurationError, WhisperModalError
+from whisper_modal.errors import ConfigurationError, WebhookVerificationError
 
 __all__ = [
     "SIGNATURE_HEADER",
@@ -53,10 +53,6 @@ __all__ = [
 TIMESTAMP_HEADER = "X-Whisper-Modal-Timestamp"
 SIGNATURE_HEADER = "X-Whisper-Modal-Signature"
 log = logging.getLogger("whisper_modal.webhooks")
-
-
-class WebhookVerificationError(WhisperModalError):
-    """A webhook's signature or timestamp did not verify."""
 
 
 def _digest(secret: str, timestamp: str, body: bytes) -> str:

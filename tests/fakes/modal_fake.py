@@ -26,6 +26,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import modal.exception as me
+from modal.types import InputStatus
 
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
 
@@ -50,7 +51,9 @@ class Fault:
 
 
 class FaultPlan:
-    """A queue of faults per operation ("lookup", "remote", "spawn", "map", "get"), or a rule.
+    """A queue of faults per operation, or a rule. Operations: "lookup", "spawn" (before
+    the input is accepted), "run" (the input running in the container, however it was
+    called), "map", "get".
 
     Queued faults are used first, so ``fail_next(op, exc, times=2)`` is "fail twice, then
     recover"; a ``rule`` decides per call number for patterns (every 3rd call fails...).
@@ -105,6 +108,10 @@ def _apply(fault: Fault | None, release: threading.Event) -> None:
         raise fault.raises
 
 
+def _job_key(args: tuple[Any, ...]) -> Any:
+    return args[0].get("client_job_id") if args and isinstance(args[0], dict) else None
+
+
 class FakeFunctionCall:
     """Stands in for ``modal.FunctionCall``."""
 
@@ -120,28 +127,40 @@ class FakeFunctionCall:
     def _get(self, timeout: float | None = None, *, index: int = 0) -> dict[str, Any]:
         _apply(self._fake.faults.take("get"), self._fake.faults.release)
         if self.cancelled:
-            raise me.RemoteError("Input was cancelled by user")  # what a terminated input gives
+            # A TERMINATED result carries no data; modal's _process_result then raises
+            # RemoteError(result.exception), with an empty text.
+            raise me.RemoteError("")
         try:
             return self._future.result(timeout=timeout)
         except cf.TimeoutError:
             raise TimeoutError() from None  # modal raises the builtin TimeoutError here
         except cf.CancelledError:
-            raise me.RemoteError("Input was cancelled by user") from None
+            raise me.RemoteError("") from None
 
     async def _aget(self, timeout: float | None = None, *, index: int = 0) -> dict[str, Any]:
         return await asyncio.to_thread(self._get, timeout, index=index)
 
     def _cancel(self, terminate_containers: bool = False) -> None:
+        self._fake.count("cancel")
+        if self._future.done():
+            return  # a finished input is left alone, as Modal does
         self.cancelled = True
-        self._future.cancel()
+        self._future.cancel()  # a queued input never starts; a running one is terminated
 
     async def _acancel(self, terminate_containers: bool = False) -> None:
         self._cancel(terminate_containers)
 
     def _graph(self) -> list[Any]:
         running = self._future.running() or self._future.done()
+        if self.cancelled:
+            status = InputStatus.TERMINATED
+        elif self._future.done():
+            failed = self._future.exception() is not None
+            status = InputStatus.FAILURE if failed else InputStatus.SUCCESS
+        else:
+            status = InputStatus.PENDING
         info = collections.namedtuple("InputInfo", "input_id function_call_id task_id status")
-        return [info("in-1", self.object_id, "ta-fake" if running else "", 0)]
+        return [info("in-1", self.object_id, "ta-fake" if running else "", status)]
 
     async def _agraph(self) -> list[Any]:
         return self._graph()
@@ -177,11 +196,43 @@ class FakeMethod:
             with fake._lock:
                 fake.in_flight -= 1
 
+    def _run_spawned(self, holder: list[FakeFunctionCall], *args: Any) -> Any:
+        """A spawned input: it completes, or (cancelled while running) is terminated.
+
+        Modal raises ``InputCancellation`` inside a running input that is cancelled; a
+        thread cannot be interrupted, so the fake lets it finish and then discards the
+        result: it counts as ``terminated``, never as ``completed``.
+        """
+        fake, job = self._fake, _job_key(args)
+        try:
+            result = self._run(*args)
+        except BaseException:
+            if holder and holder[0].cancelled:
+                with fake._lock:
+                    fake.terminated[job] += 1
+            raise
+        with fake._lock:
+            if holder and holder[0].cancelled:
+                fake.terminated[job] += 1
+                raise me.InputCancellation("fake: input cancelled while running")
+            fake.completed[job] += 1
+        return result
+
+    def _run(self, *args: Any) -> Any:
+        """One input running in the "container" (from ``.remote`` or ``.spawn``): the
+        ``run`` faults apply here, so a fault is the same whichever way it was called."""
+        self._fake.count("run")
+        self._fake.count(f"{self._name}.run")
+        _apply(self._fake.faults.take("run"), self._fake.faults.release)
+        return self._execute(*args)
+
     def _remote(self, *args: Any) -> Any:
         self._fake.count("remote")
         self._fake.count(f"{self._name}.remote")
-        _apply(self._fake.faults.take("remote"), self._fake.faults.release)
-        return self._execute(*args)
+        result = self._run(*args)
+        with self._fake._lock:
+            self._fake.completed[_job_key(args)] += 1
+        return result
 
     async def _aremote(self, *args: Any) -> Any:
         # its own executor: asyncio's default one has only cpu_count + 4 threads, which
@@ -195,7 +246,9 @@ class FakeMethod:
         fake.count(f"{self._name}.spawn")
         _apply(fake.faults.take("spawn"), fake.faults.release)
         call_id = f"fc-fake{next(fake._ids):06d}"
-        call = FakeFunctionCall(fake, call_id, fake.pool.submit(self._execute, *args))
+        holder: list[FakeFunctionCall] = []
+        call = FakeFunctionCall(fake, call_id, fake.pool.submit(self._run_spawned, holder, *args))
+        holder.append(call)
         with fake._lock:
             fake.function_calls[call_id] = call
             fake.spawned.append(call_id)
@@ -331,7 +384,9 @@ class FakeModal:
         self.pool = cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fake-modal")
         self.io_pool = cf.ThreadPoolExecutor(max_workers=64, thread_name_prefix="fake-modal-io")
         self.function_calls: dict[str, FakeFunctionCall] = {}
-        self.executions: collections.Counter[Any] = collections.Counter()
+        self.executions: collections.Counter[Any] = collections.Counter()  # runs started
+        self.completed: collections.Counter[Any] = collections.Counter()  # ran to the end
+        self.terminated: collections.Counter[Any] = collections.Counter()  # cancelled mid-run
         self.calls: collections.Counter[str] = collections.Counter()
         self.lookups: list[tuple[str, str, str | None]] = []
         self.spawned: list[str] = []  # every FunctionCall id, in spawn order

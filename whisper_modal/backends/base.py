@@ -7,19 +7,27 @@ Modal container receives (bytes, str, numbers, lists, dicts only) and
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import enum
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import attrs
 
 from whisper_modal.errors import ConfigurationError
 from whisper_modal.options import TranscribeOptions
+from whisper_modal.results import Transcript
 
-__all__ = ["WIRE_VERSION", "Backend", "JobStatus", "Request", "future_result", "future_status"]
-
-T = TypeVar("T")
+__all__ = [
+    "FANOUT_JOB_PREFIX",
+    "LOCAL_JOB_PREFIX",
+    "WIRE_VERSION",
+    "Backend",
+    "JobBackend",
+    "JobStatus",
+    "Request",
+    "Submission",
+    "is_in_process_job",
+]
 
 #: version of the request dict; the container refuses newer major versions
 WIRE_VERSION = 1
@@ -119,69 +127,63 @@ class Request:
         )
 
 
+@attrs.frozen
+class Submission:
+    """What a backend returns for an accepted job: its id, and why it runs where it does."""
+
+    job_id: str
+    fallback_reason: str | None = None  # set when the job fell back to the local engine
+
+
 @runtime_checkable
 class Backend(Protocol):
-    """What the client needs from a backend. Results are ``Transcript.to_dict()`` dicts."""
+    """What the client needs to run requests. Every method is a coroutine.
+
+    The client drives one async implementation for both its sync and async API (see
+    ``whisper_modal._loop``), so backends are written once, async.
+    """
 
     name: str
 
-    def transcribe(self, request: Request, *, timeout: float) -> dict[str, Any]:
-        """Run one request to completion within ``timeout`` seconds."""
+    async def atranscribe(self, request: Request, *, timeout: float) -> Transcript:
+        """Run one request to completion; remote calls end within ``timeout`` seconds."""
         ...
 
-    async def atranscribe(self, request: Request, *, timeout: float) -> dict[str, Any]:
-        """Async twin of ``transcribe``; never blocks the event loop."""
-        ...
-
-    def submit(self, request: Request) -> str:
+    async def asubmit(self, request: Request) -> Submission:
         """Start a request and return its job id at once."""
         ...
 
-    async def asubmit(self, request: Request) -> str:
-        """Async twin of ``submit``."""
-        ...
 
-    def status(self, job_id: str) -> JobStatus:
+@runtime_checkable
+class JobBackend(Protocol):
+    """What a ``Job`` needs from the backend that owns its id. Every method is a coroutine."""
+
+    async def astatus(self, job_id: str) -> JobStatus:
         """Return the job's current status."""
         ...
 
-    def result(self, job_id: str, *, timeout: float | None) -> dict[str, Any]:
-        """Wait up to ``timeout`` s (None: forever, 0: poll) for the job's result dict.
+    async def aresult(self, job_id: str, *, timeout: float | None) -> Transcript:
+        """Wait up to ``timeout`` s (None: forever, 0: poll) for the job's transcript.
 
         Raises:
             JobTimeout: not ready in time. JobNotFound / JobExpired / JobCancelled.
         """
         ...
 
-    async def aresult(self, job_id: str, *, timeout: float | None) -> dict[str, Any]:
-        """Async twin of ``result``."""
-        ...
-
-    def cancel(self, job_id: str) -> None:
+    async def acancel(self, job_id: str) -> None:
         """Ask the job to stop; a finished job is left alone."""
         ...
 
-
-def future_status(future: cf.Future[Any]) -> JobStatus:
-    """The status of a job run in this process on a ``concurrent.futures`` executor."""
-    if future.cancelled():
-        return JobStatus.CANCELLED
-    if not future.done():
-        return JobStatus.RUNNING if future.running() else JobStatus.PENDING
-    return JobStatus.FAILED if future.exception() is not None else JobStatus.SUCCEEDED
+    async def aprogress(self, job_id: str) -> tuple[int, int] | None:
+        """(parts done, parts total) for a job made of parts; None otherwise."""
+        ...
 
 
-def future_result(future: cf.Future[T], job_id: str, timeout: float | None) -> T:
-    """Wait for an in-process job's future, translating its timeout and cancellation.
+#: id prefixes of jobs that live in the submitting process (see ``backends.registry``)
+LOCAL_JOB_PREFIX = "local-"
+FANOUT_JOB_PREFIX = "fanout-"
 
-    Raises:
-        JobTimeout: not done within ``timeout`` (0 polls). JobCancelled: cancelled.
-    """
-    from whisper_modal.errors import JobCancelled, JobTimeout
 
-    try:
-        return future.result(timeout=timeout)
-    except cf.TimeoutError as exc:
-        raise JobTimeout(f"job {job_id} not finished after {timeout} s", job_id=job_id) from exc
-    except cf.CancelledError as exc:
-        raise JobCancelled(f"job {job_id} was cancelled", job_id=job_id) from exc
+def is_in_process_job(job_id: str) -> bool:
+    """True for ids of jobs run by this process (local and fan-out), False for Modal ids."""
+    return job_id.startswith((LOCAL_JOB_PREFIX, FANOUT_JOB_PREFIX))

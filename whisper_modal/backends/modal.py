@@ -2,77 +2,59 @@
 
 Modal's client retries an unreachable server for about a minute and waits on a hung one
 for minutes, with no public knob; so every call here is an ``.aio`` coroutine awaited
-under our own ``asyncio.timeout``. Sync methods run that coroutine on a private
-event-loop thread and wait for it, so a hung call never blocks a caller past its deadline
-(the first call also spends up to ``connect_timeout`` on the lookup), and an abandoned
-call is cancelled.
+under our own ``asyncio.timeout`` (the first call also spends up to ``connect_timeout`` on the
+lookup). Every method is a coroutine: the client's sync API runs them on its loop thread
+(``whisper_modal._loop``), so an abandoned call is cancelled, never left waiting.
 
 The lookup seam is ``cls_lookup`` (``modal.Cls.from_name``) and ``call_lookup``
 (``modal.FunctionCall.from_id``): tests inject the in-process fake there.
 
-Batch: ``map`` runs one ``.remote.aio`` per request on the private loop, at most
-``concurrency`` at a time, and yields in input order (an error in place of a failed item).
-Modal's own ``Function.map`` was not used: it cannot bound client-side concurrency (only
-``max_containers`` on the server does), it has no per-item deadline, and it would bypass the
-per-call mapping of errors. ``Client.transcribe_many`` adds retry/breaker/fallback per item.
+Results cross as plain dicts (``Transcript.to_dict()``) and become typed here, the only
+place on the client side that sees the wire.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import concurrent.futures as cf
+import logging
 import threading
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from whisper_modal.backends.base import JobStatus, Request
+import modal
+import modal.exception as modal_exception
+from modal.types import InputStatus
+
+from whisper_modal.backends.base import JobStatus, Request, Submission
 from whisper_modal.config import Settings
 from whisper_modal.errors import (
     BackendUnavailable,
     ConfigurationError,
     JobCancelled,
+    JobExpired,
+    JobNotFound,
     JobTimeout,
     TransientError,
     WhisperModalError,
     error_from_dict,
     map_modal_error,
 )
+from whisper_modal.options import KNOWN_MODELS, is_known_model
+from whisper_modal.results import Transcript
 
-__all__ = ["ModalBackend"]
+__all__ = ["ModalBackend", "PackedModal"]
+
+log = logging.getLogger("whisper_modal.backends.modal")
+
+
+class _NotFinished(TransientError):
+    """``FunctionCall.get`` said "not finished yet" (a call retries it, a job poll waits)."""
+
 
 T = TypeVar("T")
 _RESULT_CACHE = 256  # finished results kept per backend (status() then result() = one fetch)
 _SPAWN_SECONDS = 60.0  # to accept a job: inputs over 8 KiB are uploaded to blob storage first
-
-
-class _LoopThread:
-    """A private asyncio loop on a daemon thread, for running coroutines from sync code."""
-
-    def __init__(self) -> None:
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._lock = threading.Lock()
-
-    def _ensure(self) -> asyncio.AbstractEventLoop:
-        with self._lock:
-            if self._loop is None or self._loop.is_closed():
-                loop = asyncio.new_event_loop()
-                threading.Thread(
-                    target=loop.run_forever, name="whisper-modal-loop", daemon=True
-                ).start()
-                self._loop = loop
-            return self._loop
-
-    def submit(self, coro: Coroutine[Any, Any, T]) -> cf.Future[T]:
-        return asyncio.run_coroutine_threadsafe(coro, self._ensure())
-
-    def run(self, coro: Coroutine[Any, Any, T], timeout: float | None) -> T:
-        future = self.submit(coro)
-        done, _ = cf.wait([future], timeout)
-        if not done:  # the inner deadline should fire first; this is a backstop
-            future.cancel()
-            raise TransientError(f"no answer from Modal within {timeout:g} s")
-        return future.result()  # re-raises the coroutine's own error (JobTimeout included)
 
 
 async def _within(
@@ -118,21 +100,17 @@ class ModalBackend:
         gpu: str | None = None,
         remote_timeout: int | None = None,
     ) -> None:
-        import modal.exception
-
         self.settings = settings
         self._overrides: dict[str, Any] = {
             k: v for k, v in (("gpu", gpu), ("timeout", remote_timeout)) if v is not None
         }
-        self._input_cancellation: type[BaseException] = modal.exception.InputCancellation
         self._cls_lookup = cls_lookup or modal.Cls.from_name
         self._call_lookup = call_lookup or modal.FunctionCall.from_id
         self._lock = threading.Lock()
         self._handles: dict[str, Any] = {}
         self._hydrated: set[str] = set()
         self._instances: dict[tuple[str, str], Any] = {}
-        self._results: collections.OrderedDict[str, dict[str, Any]] = collections.OrderedDict()
-        self._runner = _LoopThread()
+        self._results: collections.OrderedDict[str, Transcript] = collections.OrderedDict()
 
     # ------------------------------------------------------------------ lookup
 
@@ -167,6 +145,12 @@ class ModalBackend:
         return handle
 
     async def _method(self, model: str, method: str, class_name: str | None = None) -> Any:
+        if not is_known_model(model):
+            # the container serves only known names (and would fail in its enter hook)
+            raise ConfigurationError(
+                f"the Modal app serves only known Whisper models ({', '.join(KNOWN_MODELS)}), "
+                f"not {model!r}; a checkpoint path works with backend='local'"
+            )
         name = class_name or self.settings.class_name
         handle = await self._hydrate(name)
         with self._lock:
@@ -180,163 +164,169 @@ class ModalBackend:
             return await work
         except WhisperModalError:
             raise
-        except (Exception, self._input_cancellation) as exc:
+        except (Exception, modal_exception.InputCancellation) as exc:
             # InputCancellation is a BaseException in modal (so user code cannot swallow it)
             raise map_modal_error(exc, job_id=job_id) from exc
-
-    def _sync(self, coro: Coroutine[Any, Any, T], timeout: float | None) -> T:
-        backstop = None if timeout is None else timeout + self.settings.connect_timeout + 5.0
-        return self._runner.run(coro, backstop)
 
     # ------------------------------------------------------------------ calls
 
     async def atranscribe(
         self, request: Request, *, timeout: float, packed: bool = False
-    ) -> dict[str, Any]:
-        """Run one request remotely (``.remote.aio``) within ``timeout`` seconds.
+    ) -> Transcript:
+        """Run one request remotely, waiting at most ``timeout`` seconds for its result.
 
-        ``packed=True`` sends it to the ``@modal.batched`` class, which decodes concurrent
-        short inputs together.
+        The call is ``spawn`` + ``FunctionCall.get`` rather than ``.remote``, so that when
+        the deadline passes (or the caller gives up: a cancelled task, a failed sibling in
+        ``transcribe_many``) the input is cancelled on Modal (``FunctionCall.cancel``)
+        before any retry or fallback: ``.remote`` sends no cancellation, and the abandoned
+        input would run (and deliver) on a GPU up to the app's timeout. ``packed=True``
+        sends the request to the ``@modal.batched`` class, whose short inputs Modal
+        gathers from concurrent ``.remote`` calls.
         """
+        if packed:
+            return await self._guard(self._packed(request, timeout))
 
-        async def work() -> dict[str, Any]:
-            if packed:
-                cls, name = self.settings.batch_class_name, "transcribe_batch"
-            else:
-                cls, name = self.settings.class_name, "transcribe"
-            method = await self._method(request.options.model, name, cls)
-            result: dict[str, Any] = await _within(
-                method.remote.aio(request.to_wire()),
-                timeout,
-                lambda: TransientError(f"no result from Modal within {timeout:g} s"),
-            )
-            if "error" in result:  # a per-item failure inside a packed batch
-                raise error_from_dict(result["error"])
-            return result
+        async def work() -> Transcript:
+            method = await self._method(request.options.model, "transcribe")
+            call = await self._spawn(method, request)
+            try:
+                result = await self._get(call, timeout)
+            except BaseException:
+                # Deadline, a dropped connection while waiting, or a caller that gave up:
+                # the input may still run, so stop it before anyone retries or falls back.
+                # (Cancelling a call that already finished or failed changes nothing.)
+                await self._cancel_quietly(call)
+                raise
+            return Transcript.from_dict(result)
 
         return await self._guard(work())
 
-    def transcribe(
-        self, request: Request, *, timeout: float, packed: bool = False
-    ) -> dict[str, Any]:
-        """Sync twin of ``atranscribe`` (runs on the private loop, same deadline)."""
-        return self._sync(self.atranscribe(request, timeout=timeout, packed=packed), timeout)
+    async def _packed(self, request: Request, timeout: float) -> Transcript:
+        method = await self._method(
+            request.options.model, "transcribe_batch", self.settings.batch_class_name
+        )
+        result: dict[str, Any] = await _within(
+            method.remote.aio(request.to_wire()),
+            timeout,
+            lambda: TransientError(f"no result from Modal within {timeout:g} s"),
+        )
+        if "error" in result:  # a per-item failure inside a packed batch
+            raise error_from_dict(result["error"])
+        return Transcript.from_dict(result)
 
-    async def asubmit(self, request: Request) -> str:
+    async def _spawn(self, method: Any, request: Request) -> Any:
+        return await _within(
+            method.spawn.aio(request.to_wire()),
+            _SPAWN_SECONDS + self.settings.connect_timeout,
+            lambda: TransientError("Modal did not accept the call in time"),
+        )
+
+    async def _get(self, call: Any, timeout: float | None) -> dict[str, Any]:
+        """``call.get`` within ``timeout``; a terminated input is ``JobCancelled``.
+
+        Raises:
+            TransientError: not finished within ``timeout``. JobCancelled: terminated.
+        """
+        # ``get`` has its own timeout; ours is a backstop against a hung connection.
+        backstop = None if timeout is None else timeout + self.settings.connect_timeout
+        try:
+            result: dict[str, Any] = await _within(
+                call.get.aio(timeout=timeout),
+                backstop,
+                lambda: TransientError(f"no result from Modal within {timeout:g} s"),
+            )
+        except TimeoutError as exc:
+            if type(exc) is not TimeoutError:  # a subclass means something else: map it
+                raise
+            # the builtin TimeoutError is how ``get`` says "not finished yet"
+            raise _NotFinished(f"no result from Modal within {timeout:g} s") from exc
+        except modal_exception.RemoteError as exc:
+            # A cancelled input's result is TERMINATED, which modal's client turns into a
+            # RemoteError without data; the call graph keeps the status itself.
+            if await self._terminated(call):
+                job_id = str(call.object_id)
+                raise JobCancelled(f"job {job_id} was cancelled", job_id=job_id) from exc
+            raise
+        return result
+
+    async def _terminated(self, call: Any) -> bool:
+        """True when the call graph says the call's input was terminated (cancelled)."""
+        try:
+            graph = await _within(
+                call.get_call_graph.aio(),
+                self.settings.connect_timeout,
+                lambda: TransientError("no call graph in time"),
+            )
+        except Exception:  # best effort: without a graph, the error stays what it was
+            return False
+        return any(
+            getattr(i, "function_call_id", None) == call.object_id
+            and getattr(i, "status", None) == InputStatus.TERMINATED
+            for i in graph
+        )
+
+    async def _cancel_quietly(self, call: Any) -> None:
+        """Cancel an abandoned call; never raises (the caller's own error matters more)."""
+        try:
+            await asyncio.shield(
+                _within(
+                    call.cancel.aio(),
+                    self.settings.connect_timeout,
+                    lambda: TransientError("no answer to the cancellation"),
+                )
+            )
+        except BaseException as exc:
+            if isinstance(exc, KeyboardInterrupt | SystemExit):
+                raise
+            log.warning(
+                "could not cancel an abandoned Modal call",
+                extra={"event": "cancel_failed", "error": type(exc).__name__},
+            )
+
+    async def asubmit(self, request: Request) -> Submission:
         """Spawn the request and return the FunctionCall id."""
 
-        async def work() -> str:
+        async def work() -> Submission:
             method = await self._method(request.options.model, "transcribe")
             call = await _within(
                 method.spawn.aio(request.to_wire()),
                 _SPAWN_SECONDS + self.settings.connect_timeout,
                 lambda: TransientError("Modal did not accept the job in time"),
             )
-            return str(call.object_id)
+            return Submission(str(call.object_id))
 
         return await self._guard(work())
 
-    def submit(self, request: Request) -> str:
-        """Sync twin of ``asubmit``."""
-        return self._sync(self.asubmit(request), _SPAWN_SECONDS + self.settings.connect_timeout)
-
-    def map(
-        self, requests: Iterable[Request], *, concurrency: int, timeout: float
-    ) -> Iterator[dict[str, Any] | WhisperModalError]:
-        """Transcribe many requests, at most ``concurrency`` at once, yielding in input order.
-
-        Each item gets its own ``timeout`` (counted from when it starts, not from when it
-        was queued). A failed item yields its typed error in its place; the others go on.
-        Requests are read lazily, a bounded window ahead of the slowest unfinished item, so a
-        long generator is never held in memory. Closing the iterator early cancels the rest.
-
-        Args:
-            requests: the requests, in the order results should come back.
-            concurrency: the most calls in flight at once (>= 1).
-            timeout: seconds each call may take.
-
-        Yields:
-            A transcript dict, or the ``WhisperModalError`` that item raised.
-
-        Raises:
-            ConfigurationError: ``concurrency`` is below 1.
-        """
-        if concurrency < 1:
-            raise ConfigurationError(f"concurrency must be at least 1, got {concurrency}")
-        gate = asyncio.Semaphore(concurrency)  # binds to the private loop on first use
-
-        async def one(request: Request) -> dict[str, Any]:
-            async with gate:
-                return await self.atranscribe(request, timeout=timeout)
-
-        # Up to 2x concurrency scheduled: a slow head item does not idle the other slots.
-        window: collections.deque[cf.Future[dict[str, Any]]] = collections.deque()
-        pending = iter(requests)
-        exhausted = False
-        try:
-            while True:
-                while not exhausted and len(window) < 2 * concurrency:
-                    request = next(pending, None)
-                    if request is None:
-                        exhausted = True
-                    else:
-                        window.append(self._runner.submit(one(request)))
-                if not window:
-                    return
-                outcome: dict[str, Any] | WhisperModalError
-                try:
-                    # Every step inside ``one`` has its own deadline, so this wait ends.
-                    outcome = window.popleft().result()
-                except WhisperModalError as exc:
-                    outcome = exc
-                yield outcome
-        finally:
-            for future in window:
-                future.cancel()
-
     # ------------------------------------------------------------------ jobs
 
-    def _remember(self, job_id: str, result: dict[str, Any]) -> dict[str, Any]:
+    def _remember(self, job_id: str, result: Transcript) -> Transcript:
         with self._lock:
             self._results[job_id] = result
             while len(self._results) > _RESULT_CACHE:
                 self._results.popitem(last=False)
         return result
 
-    def _cached(self, job_id: str) -> dict[str, Any] | None:
+    def _cached(self, job_id: str) -> Transcript | None:
         with self._lock:
             return self._results.get(job_id)
 
-    async def aresult(self, job_id: str, *, timeout: float | None) -> dict[str, Any]:
+    async def aresult(self, job_id: str, *, timeout: float | None) -> Transcript:
         """Wait up to ``timeout`` seconds for the job (0 polls; None waits forever)."""
         cached = self._cached(job_id)
         if cached is not None:
             return cached
 
-        async def work() -> dict[str, Any]:
+        async def work() -> Transcript:
             call = self._call_lookup(job_id)
-            # ``get`` has its own timeout; ours is a backstop against a hung connection.
-            backstop = None if timeout is None else timeout + self.settings.connect_timeout
             try:
-                result: dict[str, Any] = await _within(
-                    call.get.aio(timeout=timeout),
-                    backstop,
-                    lambda: TransientError(f"Modal did not answer about job {job_id} in time"),
-                )
-            except TimeoutError as exc:
-                if type(exc) is not TimeoutError:  # a subclass means something else: map it
-                    raise
-                # the builtin TimeoutError is how ``get`` says "not finished yet"
+                result = await self._get(call, timeout)
+            except _NotFinished as exc:
                 raise JobTimeout(
                     f"job {job_id} not finished after {timeout} s", job_id=job_id
-                ) from exc
-            return self._remember(job_id, result)
+                ) from exc.__cause__
+            return self._remember(job_id, Transcript.from_dict(result).with_changes(job_id=job_id))
 
         return await self._guard(work(), job_id=job_id)
-
-    def result(self, job_id: str, *, timeout: float | None) -> dict[str, Any]:
-        """Sync twin of ``aresult``."""
-        return self._sync(self.aresult(job_id, timeout=timeout), timeout)
 
     async def astatus(self, job_id: str) -> JobStatus:
         """Poll the job once: finished (with its outcome) or still waiting/running."""
@@ -347,8 +337,6 @@ class ModalBackend:
         except JobCancelled:
             return JobStatus.CANCELLED
         except WhisperModalError as exc:
-            from whisper_modal.errors import JobExpired, JobNotFound
-
             if isinstance(exc, JobExpired):
                 return JobStatus.EXPIRED
             if isinstance(exc, JobNotFound | BackendUnavailable | TransientError):
@@ -374,10 +362,6 @@ class ModalBackend:
             else JobStatus.PENDING
         )
 
-    def status(self, job_id: str) -> JobStatus:
-        """Sync twin of ``astatus``."""
-        return self._sync(self.astatus(job_id), 2 * self.settings.connect_timeout)
-
     async def acancel(self, job_id: str) -> None:
         """Cancel the job's input (a finished job is left alone)."""
 
@@ -391,9 +375,9 @@ class ModalBackend:
 
         await self._guard(work(), job_id=job_id)
 
-    def cancel(self, job_id: str) -> None:
-        """Sync twin of ``acancel``."""
-        self._sync(self.acancel(job_id), self.settings.connect_timeout)
+    async def aprogress(self, job_id: str) -> tuple[int, int] | None:
+        """None: a Modal job is one call (server-side fan-out progress is not recorded)."""
+        return None
 
     # ------------------------------------------------------------------ health
 
@@ -411,6 +395,23 @@ class ModalBackend:
 
         return await self._guard(work())
 
-    def health(self, *, model: str | None = None, timeout: float = 120.0) -> dict[str, Any]:
-        """Sync twin of ``ahealth``."""
-        return self._sync(self.ahealth(model=model, timeout=timeout), timeout)
+
+class PackedModal:
+    """The ``@modal.batched`` class as a backend (``transcribe_many(pack=True)``).
+
+    Concurrent short inputs are collected by Modal into one container call and decoded in
+    shared forward passes; jobs are submitted to the plain class as usual.
+    """
+
+    name = "modal"
+
+    def __init__(self, modal: ModalBackend) -> None:
+        self.modal = modal
+
+    async def atranscribe(self, request: Request, *, timeout: float) -> Transcript:
+        """Run ``request`` on the batched class."""
+        return await self.modal.atranscribe(request, timeout=timeout, packed=True)
+
+    async def asubmit(self, request: Request) -> Submission:
+        """Submit to the plain class (packing is for calls waited on together)."""
+        return await self.modal.asubmit(request)

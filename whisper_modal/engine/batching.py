@@ -36,7 +36,8 @@ import numpy as np
 
 from whisper_modal.options import TranscribeOptions
 
-from .chunking import SAMPLE_RATE, speech_mask, split_evenly
+from .chunking import speech_mask, split_evenly
+from .constants import SAMPLE_RATE
 from .decode_batch import INPUT_STRIDE, N_FRAMES, decode_with_fallback, is_no_speech
 from .models import LoadedModel
 
@@ -299,18 +300,6 @@ def _source(samples: np.ndarray, n_mels: int) -> tuple[Any, np.ndarray, int]:
     return mel, mask, frames
 
 
-def _language(
-    loaded: LoadedModel, samples: np.ndarray, options: TranscribeOptions, language: str | None
-) -> str:
-    if language or options.language:
-        return str(language or options.language)
-    if not loaded.is_multilingual:
-        return "en"
-    from .decoding import detect_language
-
-    return detect_language(loaded, samples)[0]
-
-
 def _initial_prompt(loaded: LoadedModel, options: TranscribeOptions, language: str) -> list[int]:
     if not options.initial_prompt:
         return []
@@ -346,7 +335,7 @@ def transcribe_batched(
     samples: np.ndarray,
     options: TranscribeOptions,
     *,
-    language: str | None = None,
+    language: str,
     batch_size: int | None = None,
     stream_seconds: float = MIN_STREAM_SECONDS,
 ) -> dict[str, Any]:
@@ -356,8 +345,7 @@ def transcribe_batched(
         loaded: the model (``models.load_model``); the caller holds ``loaded.lock``.
         samples: 16 kHz mono float32 audio.
         options: decoding options (``mode`` is ignored: this is the batched mode).
-        language: the spoken language; default ``options.language``, else detected from
-            the first 30 s (English for ``.en`` models).
+        language: the spoken language (the engine resolves it once per input).
         batch_size: streams per forward pass; default ``default_batch_size`` for the device,
             model and beam size.
         stream_seconds: the shortest stream: audio shorter than ``batch_size`` times this
@@ -368,7 +356,6 @@ def transcribe_batched(
         tokens, temperature, avg_logprob, compression_ratio, no_speech_prob and ``words``
         when asked), ``language``.
     """
-    language = _language(loaded, samples, options, language)
     size = batch_size or _batch_size(loaded, options)
     mel, mask, frames = _source(samples, loaded.model.dims.n_mels)
     count = min(size, int(samples.shape[0] / SAMPLE_RATE // stream_seconds)) or 1
@@ -391,7 +378,7 @@ def transcribe_windows(
     inputs: Sequence[np.ndarray],
     options: TranscribeOptions,
     *,
-    language: str | None = None,
+    language: str,
     batch_size: int | None = None,
 ) -> list[dict[str, Any]]:
     """Transcribe many inputs together: one stream each, ``batch_size`` per forward pass.
@@ -404,8 +391,7 @@ def transcribe_windows(
         loaded: the model; the caller holds ``loaded.lock``.
         inputs: 16 kHz mono float32 arrays, any lengths.
         options: decoding options.
-        language: the spoken language of all inputs; default ``options.language``, else
-            detected from the first input (English for ``.en`` models).
+        language: the spoken language of all inputs.
         batch_size: windows per forward pass; default ``default_batch_size`` for the device,
             model and beam size.
 
@@ -414,7 +400,6 @@ def transcribe_windows(
     """
     if not inputs:
         return []
-    language = _language(loaded, inputs[0], options, language)
     prompt = _initial_prompt(loaded, options, language)
     streams = []
     for samples in inputs:

@@ -13,7 +13,7 @@ Modal fan-out (chunks of minutes, one per container):
   engine skips them (Whisper tends to hallucinate text on silence).
 * ``split_evenly`` cuts audio into N parts of about equal length at the pauses nearest
   the even split points: the batched engine's parallel streams.
-* ``merge_results`` joins per-piece transcript dicts into one with absolute timestamps.
+* ``merge_transcripts`` joins per-piece transcripts into one with absolute timestamps.
 
 Everything works on 10 ms analysis frames at 16 kHz; ``sample_rate`` scales the frame
 sizes for other rates.
@@ -23,22 +23,24 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
-from typing import Any
 
 import attrs
 import numpy as np
 
+from whisper_modal.results import Segment, Timings, Transcript
+
+from .constants import SAMPLE_RATE
+
 __all__ = [
     "Window",
     "frame_db",
-    "merge_results",
+    "merge_transcripts",
     "plan_chunks",
     "plan_windows",
     "speech_mask",
     "split_evenly",
 ]
 
-SAMPLE_RATE = 16000  # Hz: Whisper's input rate, the default everywhere here
 HOP = 160  # samples at 16 kHz: 10 ms analysis hop (= one Whisper mel frame)
 FRAME = 400  # samples at 16 kHz: 25 ms analysis frame
 SILENCE_DB = 35.0  # dB below the clip's speech level (95th percentile) that counts as quiet
@@ -262,49 +264,58 @@ def split_evenly(
     return _windows(cuts, total, mask, hop, sample_rate)
 
 
-def merge_results(parts: Sequence[tuple[float, dict[str, Any]]]) -> dict[str, Any]:
-    """Join transcript dicts of consecutive pieces into one.
+def merge_transcripts(parts: Sequence[tuple[float, Transcript]]) -> Transcript:
+    """Join the transcripts of consecutive pieces of one input into one.
 
     Args:
-        parts: (offset in seconds of the piece, its ``Transcript.to_dict()``) in order.
+        parts: (offset in seconds of the piece, its transcript), in order.
 
     Returns:
-        One ``Transcript.to_dict()``: absolute times, renumbered segments, joined text,
-        summed timings and durations; language from the first piece that has speech.
+        One transcript: absolute times, renumbered segments, joined text, summed timings
+        (``total``: the longest piece, as they ran side by side), the duration up to the
+        last piece's end; language from the first piece that has speech; ``backend`` and
+        ``mode`` list what the pieces ran on, ``fallback_reason`` the first one given.
+
+    Raises:
+        ValueError: no parts.
     """
     if not parts:
         raise ValueError("nothing to merge")
-    segments: list[dict[str, Any]] = []
-    timings: dict[str, float] = {}
-    duration = 0.0
-    cold = False
+    segments: list[Segment] = []
     for offset, part in parts:
-        for seg in part.get("segments") or ():
-            moved = dict(
-                seg, id=len(segments), start=seg["start"] + offset, end=seg["end"] + offset
+        for seg in part.segments:
+            segments.append(
+                attrs.evolve(
+                    seg,
+                    id=len(segments),
+                    start=seg.start + offset,
+                    end=seg.end + offset,
+                    words=tuple(
+                        attrs.evolve(w, start=w.start + offset, end=w.end + offset)
+                        for w in seg.words
+                    ),
+                )
             )
-            moved["words"] = [
-                dict(w, start=w["start"] + offset, end=w["end"] + offset)
-                for w in seg.get("words") or ()
-            ]
-            segments.append(moved)
-        for key, value in (part.get("timings") or {}).items():
-            if key in ("decode", "inference", "load", "queue"):
-                timings[key] = timings.get(key, 0.0) + float(value or 0.0)
-            elif key == "total":
-                timings[key] = max(timings.get(key, 0.0), float(value or 0.0))
-        duration = max(duration, offset + float(part.get("duration") or 0.0))
-        cold = cold or bool(part.get("cold_start"))
-    first = parts[0][1]
-    spoken = next((p for _, p in parts if (p.get("text") or "").strip()), first)
-    merged = dict(first)
-    merged.update(
-        text=" ".join(t for t in ((p.get("text") or "").strip() for _, p in parts) if t),
-        segments=segments,
-        duration=duration,
-        timings=timings,
-        language=spoken.get("language") or first.get("language"),
-        language_probability=spoken.get("language_probability"),
-        cold_start=cold,
+    pieces = [p for _, p in parts]
+    first = pieces[0]
+    spoken = next((p for p in pieces if p.text.strip()), first)
+    reasons = [p.fallback_reason for p in pieces if p.fallback_reason]
+    timings = Timings(
+        load=sum(p.timings.load for p in pieces),
+        decode=sum(p.timings.decode for p in pieces),
+        inference=sum(p.timings.inference for p in pieces),
+        queue=sum(p.timings.queue for p in pieces),
+        total=max(p.timings.total for p in pieces),
     )
-    return merged
+    return first.with_changes(
+        text=" ".join(t for t in (p.text.strip() for p in pieces) if t),
+        segments=tuple(segments),
+        duration=max(offset + p.duration for offset, p in parts),
+        timings=timings,
+        language=spoken.language or first.language,
+        language_probability=spoken.language_probability,
+        cold_start=any(p.cold_start for p in pieces),
+        backend="+".join(sorted({p.backend for p in pieces})),
+        mode="+".join(sorted({p.mode for p in pieces if p.mode})),
+        fallback_reason=reasons[0] if reasons else None,
+    )

@@ -12,9 +12,10 @@ import numpy as np
 
 from whisper_modal.options import TranscribeOptions
 
+from .constants import SAMPLE_RATE
 from .models import LoadedModel
 
-__all__ = ["choose_mode", "detect_language", "run_whisper", "whisper_kwargs"]
+__all__ = ["choose_mode", "detect_language", "resolve_language", "run_whisper", "whisper_kwargs"]
 
 
 def whisper_kwargs(options: TranscribeOptions, *, device: str) -> dict[str, Any]:
@@ -73,22 +74,33 @@ def choose_mode(options: TranscribeOptions, samples: np.ndarray) -> str:
         return options.mode
     from .batching import MIN_STREAM_SECONDS
 
-    seconds = samples.shape[0] / 16000
+    seconds = samples.shape[0] / SAMPLE_RATE
     return "batched" if seconds >= 2 * MIN_STREAM_SECONDS else "sequential"
 
 
-def run_whisper(
+def resolve_language(
     loaded: LoadedModel, samples: np.ndarray, options: TranscribeOptions
-) -> dict[str, Any]:
-    """Transcribe ``samples``: openai-whisper's sequential loop, or batched windows.
+) -> tuple[str, float | None]:
+    """The spoken language and, when detected, its probability.
 
-    Returns openai-whisper's result dict plus ``language_probability`` and ``mode``.
+    Given (``options.language``) wins; ``.en`` models are English; otherwise the language
+    is detected from the first 30 s. The engine calls this once per input and passes the
+    result down, so no decoding mode detects it again.
+    """
+    if options.language is not None:
+        return options.language, None
+    return detect_language(loaded, samples)
+
+
+def run_whisper(
+    loaded: LoadedModel, samples: np.ndarray, options: TranscribeOptions, *, language: str
+) -> dict[str, Any]:
+    """Transcribe ``samples`` in ``language``: openai-whisper's loop, or batched streams.
+
+    Returns openai-whisper's result dict plus ``mode`` (which decoding ran).
     """
     import whisper
 
-    language, probability = options.language, None
-    if language is None:
-        language, probability = detect_language(loaded, samples)
     mode = choose_mode(options, samples)
     if mode == "batched":
         from .batching import transcribe_batched
@@ -98,6 +110,5 @@ def run_whisper(
         kwargs = whisper_kwargs(options, device=loaded.device)
         result = whisper.transcribe(loaded.model, samples, language=language, **kwargs)
     result["language"] = language
-    result["language_probability"] = probability
     result["mode"] = mode
     return result

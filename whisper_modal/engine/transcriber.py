@@ -1,8 +1,9 @@
-"""The engine: audio bytes in, versioned transcript dict out.
+"""The engine: audio bytes in, a typed ``Transcript`` out.
 
 This one class runs both inside the Modal container and in the local backend, so the two
-produce the same result for the same input. It returns a plain dict (``Transcript.to_dict``)
-because only plain data crosses the Modal boundary.
+produce the same result for the same input. The language is resolved here, once (given,
+English for ``.en`` models, or detected from the first 30 s), and passed down to the
+decoding modes. Only the container turns the transcript into the wire dict.
 """
 
 from __future__ import annotations
@@ -16,13 +17,12 @@ import numpy as np
 
 from whisper_modal.errors import AudioError, ConfigurationError, map_engine_error
 from whisper_modal.options import TranscribeOptions
-from whisper_modal.results import Segment, Timings, Transcript, Word
+from whisper_modal.results import Segment, Timings, Transcript
 
+from .constants import SAMPLE_RATE, WINDOW_SAMPLES
 from .models import LoadedModel, ModelStore, load_model, require_local_extra
 
 __all__ = ["Engine"]
-
-SAMPLE_RATE = 16000  # Hz: Whisper's input rate
 
 
 class Engine:
@@ -69,7 +69,7 @@ class Engine:
         self, audio: bytes | bytearray | np.ndarray, *, sample_rate: int | None = None
     ) -> np.ndarray:
         """Turn encoded bytes (or an array at ``sample_rate``) into 16 kHz mono float32."""
-        from whisper_modal import audio as audio_io
+        from . import audio as audio_io
 
         if isinstance(audio, np.ndarray):
             if sample_rate is None:
@@ -89,24 +89,26 @@ class Engine:
         options: TranscribeOptions,
         *,
         sample_rate: int | None = None,
-    ) -> dict[str, Any]:
-        """Transcribe one input and return ``Transcript.to_dict()``.
+    ) -> Transcript:
+        """Transcribe one input.
 
         Raises:
             AudioError: the audio cannot be decoded or breaks a limit.
             ConfigurationError: unknown model or bad options.
             RemoteExecutionError: the model failed (e.g. out of memory).
         """
+        from .decoding import resolve_language, run_whisper
+
         require_local_extra()
         started = time.perf_counter()
         samples = self.decode(audio, sample_rate=sample_rate)
         decoded = time.perf_counter()
         loaded = self.load(options.model)
-        cold = loaded.load_seconds > 0.0
         try:
             with loaded.lock:
                 began = time.perf_counter()
-                result = self._run(loaded, samples, options)
+                language, probability = resolve_language(loaded, samples, options)
+                result = run_whisper(loaded, samples, options, language=language)
                 inference = time.perf_counter() - began
         except Exception as exc:  # torch/whisper internals -> typed error
             raise map_engine_error(exc) from exc
@@ -116,33 +118,28 @@ class Engine:
             inference=inference,
             total=time.perf_counter() - started,
         )
-        transcript = Transcript(
-            text=str(result["text"]).strip(),
-            language=str(result["language"]),
-            duration=samples.shape[0] / SAMPLE_RATE,
-            segments=tuple(_segment(s) for s in result["segments"]),
-            model=options.model,
-            backend=self.backend,
-            device=_device_label(loaded.device),
-            mode=str(result.get("mode") or ""),
+        return self._transcript(
+            result,
+            samples,
+            loaded,
+            options,
+            language=language,
+            language_probability=probability,
             timings=timings,
-            language_probability=result.get("language_probability"),
-            cold_start=cold,
         )
-        return transcript.to_dict()
 
     def transcribe_packed(
-        self, inputs: list[bytes | bytearray], options: TranscribeOptions
-    ) -> list[dict[str, Any] | BaseException]:
+        self, inputs: list[bytes], options: TranscribeOptions
+    ) -> list[Transcript | BaseException]:
         """Transcribe many short inputs in shared batches; one result or error per input.
 
         Inputs longer than one 30 s window (or whose language must be detected with a
         multilingual model) go through ``transcribe`` one by one.
         """
-        from whisper_modal.engine.batching import transcribe_windows
+        from .batching import transcribe_windows
 
         started = time.perf_counter()
-        out: list[dict[str, Any] | BaseException | None] = [None] * len(inputs)
+        out: list[Transcript | BaseException | None] = [None] * len(inputs)
         short: list[tuple[int, np.ndarray]] = []
         loaded = self.load(options.model)
         for i, data in enumerate(inputs):
@@ -152,7 +149,7 @@ class Engine:
                 out[i] = map_engine_error(exc)
                 continue
             language_known = options.language is not None or not loaded.is_multilingual
-            if samples.shape[0] <= 30 * SAMPLE_RATE and language_known:
+            if samples.shape[0] <= WINDOW_SAMPLES and language_known:
                 short.append((i, samples))
             else:
                 try:
@@ -173,28 +170,43 @@ class Engine:
                     out[i] = error
                 raw = []
             share = (time.perf_counter() - decoded) / max(1, len(short))
+            timings = Timings(inference=share, total=share + (decoded - started) / len(inputs))
             for (i, samples), result in zip(short, raw, strict=False):
-                out[i] = Transcript(
-                    text=str(result["text"]).strip(),
-                    language=language,
-                    duration=samples.shape[0] / SAMPLE_RATE,
-                    segments=tuple(_segment(s) for s in result["segments"]),
-                    model=options.model,
-                    backend=self.backend,
-                    device=_device_label(loaded.device),
-                    mode="batched",  # one stream per input, in shared forward passes
-                    timings=Timings(
-                        inference=share, total=share + (decoded - started) / len(inputs)
-                    ),
-                ).to_dict()
+                # one stream per input, in shared forward passes
+                result["mode"] = "batched"
+                out[i] = self._transcript(
+                    result, samples, loaded, options, language=language, timings=timings
+                )
         return [o if o is not None else RuntimeError("no result") for o in out]
 
-    def _run(
-        self, loaded: LoadedModel, samples: np.ndarray, options: TranscribeOptions
-    ) -> dict[str, Any]:
-        from whisper_modal.engine.decoding import run_whisper
-
-        return run_whisper(loaded, samples, options)
+    def _transcript(
+        self,
+        result: dict[str, Any],
+        samples: np.ndarray,
+        loaded: LoadedModel,
+        options: TranscribeOptions,
+        *,
+        language: str,
+        timings: Timings,
+        language_probability: float | None = None,
+    ) -> Transcript:
+        """The one place a ``Transcript`` is built from openai-whisper's result dict."""
+        segments = tuple(
+            Segment.from_dict(dict(s, text=str(s["text"]).strip())) for s in result["segments"]
+        )
+        return Transcript(
+            text=str(result["text"]).strip(),
+            language=language,
+            duration=samples.shape[0] / SAMPLE_RATE,
+            segments=segments,
+            model=options.model,
+            backend=self.backend,
+            device=_device_label(loaded.device),
+            mode=str(result.get("mode") or ""),
+            timings=timings,
+            language_probability=language_probability,
+            cold_start=loaded.load_seconds > 0.0,
+        )
 
     def health(self, model: str | None = None) -> dict[str, Any]:
         """Versions, device and (optionally) whether ``model`` loads; plain dict."""
@@ -224,30 +236,3 @@ def _device_label(device: str) -> str:
 
         return f"cuda:{torch.cuda.get_device_name(0)}"
     return device
-
-
-def _segment(raw: dict[str, Any]) -> Segment:
-    words = tuple(
-        Word(
-            start=float(w["start"]),
-            end=float(w["end"]),
-            word=str(w["word"]),
-            probability=float(w.get("probability", 1.0)),
-        )
-        for w in raw.get("words") or ()
-    )
-    return Segment(
-        id=int(raw.get("id", 0)),
-        start=float(raw["start"]),
-        end=float(raw["end"]),
-        text=str(raw["text"]).strip(),
-        words=words,
-        avg_logprob=_opt(raw.get("avg_logprob")),
-        no_speech_prob=_opt(raw.get("no_speech_prob")),
-        compression_ratio=_opt(raw.get("compression_ratio")),
-        temperature=_opt(raw.get("temperature")),
-    )
-
-
-def _opt(value: Any) -> float | None:
-    return None if value is None else float(value)

@@ -199,7 +199,7 @@ def create_app(
         options = oa.build_options(fields, settings, task=task)
         if not form.file:
             raise ApiError(400, "the 'file' field is missing or empty", param="file")
-        transcript = await client.arun(Request(options=options, audio=form.file))
+        transcript = await client.atranscribe(form.file, options=options)
         return oa.render(transcript, fmt, task=task, grains=grains)
 
     @app.post("/v1/audio/transcriptions")

@@ -30,7 +30,7 @@ import attrs
 
 from whisper_modal.backends.base import JobStatus, Request
 from whisper_modal.client import Client
-from whisper_modal.errors import JobCancelled, JobNotFound, JobTimeout, WhisperModalError
+from whisper_modal.errors import JobCancelled, JobNotFound, WhisperModalError
 from whisper_modal.jobs import Job
 from whisper_modal.results import Transcript
 
@@ -111,6 +111,17 @@ class Jobs(Protocol):
         ...
 
 
+async def _submit_request(client: Client, request: Request) -> Job:
+    """Submit a prepared ``Request`` whose ``client_job_id`` the server chose.
+
+    The public ``Client.asubmit`` builds its own Request (and a random client_job_id);
+    the server needs its job id in webhooks and S3 keys, and must resubmit stored requests
+    after a restart, so it goes through the client's chain directly.
+    """
+    submission = await client._chain(None).asubmit(request)
+    return client._attach(submission.job_id, submission.fallback_reason)
+
+
 def _error_fields(exc: BaseException) -> tuple[str, str]:
     return type(exc).__name__, str(exc)
 
@@ -129,17 +140,23 @@ class DirectJobs:
 
     async def submit(self, request: Request) -> JobView:
         """Submit through the client; answer with the backend's id."""
-        job = await asyncio.to_thread(self.client.submit_request, request)
+        audio = request.audio if request.audio is not None else request.s3_uri
+        if request.webhook_url is None:
+            job = await self.client.asubmit(audio, options=request.options)
+        else:
+            job = await self.client.asubmit(
+                audio, options=request.options, webhook_url=request.webhook_url
+            )
         return JobView(job.id, JobStatus.PENDING, created_at=time.time())
 
     async def get(self, job_id: str) -> JobView:
         """Ask the backend (one status call, one non-blocking result call when done)."""
-        job = self.client.get_job(job_id)
-        status = await asyncio.to_thread(job.status)
+        job = Job.from_id(job_id, client=self.client)
+        status = await job.astatus()
         if not status.done:
             return JobView(job_id, status)
         try:
-            transcript = await asyncio.to_thread(job.result, 0)
+            transcript = await job.aresult(timeout=0)
         except JobCancelled:
             return JobView(job_id, JobStatus.CANCELLED)
         except JobNotFound:
@@ -151,8 +168,7 @@ class DirectJobs:
 
     async def cancel(self, job_id: str) -> JobView:
         """Cancel through the client."""
-        job = self.client.get_job(job_id)
-        await asyncio.to_thread(job.cancel)
+        await Job.from_id(job_id, client=self.client).acancel()
         return await self.get(job_id)
 
 
@@ -203,10 +219,10 @@ class PersistentJobs:
     async def _recover(
         self, job_id: str, wire: str, audio: bytes | None, backend: str | None
     ) -> None:
-        if backend and Job(backend, client=self.client).backend == "modal":
+        if backend and Job.from_id(backend, client=self.client).backend == "modal":
             # a Modal job kept running without us: watch it again (local and fan-out jobs
             # lived in the old process and are submitted again below)
-            self._watch(job_id, Job(backend, client=self.client))
+            self._watch(job_id, Job.from_id(backend, client=self.client))
             log.info("job re-attached after restart", extra={"event": "job_reattached"})
             return
         try:
@@ -256,7 +272,7 @@ class PersistentJobs:
         return JobView(job_id, JobStatus.PENDING, created_at=now)
 
     async def _launch(self, job_id: str, request: Request) -> None:
-        job = await asyncio.to_thread(self.client.submit_request, request)
+        job = await _submit_request(self.client, request)
         await self._sql(
             "UPDATE jobs SET backend_id = ?, attempts = attempts + 1, updated = ? WHERE id = ?",
             job.id,
@@ -266,21 +282,16 @@ class PersistentJobs:
         self._watch(job_id, job)
 
     def _watch(self, job_id: str, job: Job) -> None:
-        task = asyncio.get_running_loop().create_task(self._settle(job_id, job, timeout=None))
+        task = asyncio.get_running_loop().create_task(self._settle(job_id, job))
         self._tasks[job_id] = task
         task.add_done_callback(lambda _: self._tasks.pop(job_id, None))
 
-    async def _settle(self, job_id: str, job: Job, *, timeout: float | None = 0) -> None:
-        """Wait for (``timeout=None``) or poll (``0``) the job and write how it ended."""
+    async def _settle(self, job_id: str, job: Job) -> None:
+        """Wait for the job and write how it ended (at once when it is already done)."""
         try:
-            if timeout is None:
-                transcript = await job.aresult(timeout=None)
-            else:
-                transcript = await asyncio.to_thread(job.result, timeout)
+            transcript = await job.aresult(timeout=None)
         except JobCancelled:
             await self._end(job_id, JobStatus.CANCELLED)
-        except JobTimeout:  # polled and not finished after all: nothing to write
-            return
         except WhisperModalError as exc:
             await self._end(job_id, JobStatus.FAILED, error=_error_fields(exc))
         else:
@@ -328,16 +339,16 @@ class PersistentJobs:
         row = await self._row(job_id)
         state, backend_id, progress = JobStatus(row[0]), row[2], None
         if not state.done and backend_id:
-            handle = self.client.get_job(backend_id)
+            handle = Job.from_id(backend_id, client=self.client)
             with contextlib.suppress(WhisperModalError):
-                live = await asyncio.to_thread(handle.status)
+                live = await handle.astatus()
                 if live.done:  # ended, and its watcher has not written it yet: settle now
                     await self._settle(job_id, handle)
                     row = await self._row(job_id)
                     state = JobStatus(row[0])
                 else:
                     state = JobStatus.RUNNING if live is JobStatus.RUNNING else state
-                    progress = await asyncio.to_thread(handle.progress)
+                    progress = await handle.aprogress()
         _, created, _, attempts, result, error_type, error = row
         return JobView(
             job_id,
@@ -362,5 +373,5 @@ class PersistentJobs:
         await self._end(job_id, JobStatus.CANCELLED)
         if row[2]:
             with contextlib.suppress(WhisperModalError):
-                await asyncio.to_thread(self.client.get_job(row[2]).cancel)
+                await Job.from_id(row[2], client=self.client).acancel()
         return await self.get(job_id)

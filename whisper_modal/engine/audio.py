@@ -1,4 +1,8 @@
-"""Read any input to bytes; decode bytes to 16 kHz mono float32, in memory.
+"""Decode encoded audio bytes (or sample arrays) to 16 kHz mono float32, in memory.
+
+The engine side of audio; reading a caller's input into bytes is the client's job
+(``whisper_modal.reading``), so the client core needs none of the decoders.
+
 
 Why this path: openai-whisper's ``load_audio`` starts an ffmpeg subprocess per file and
 needs the ``ffmpeg`` binary and a path on disk. Inside a container the audio arrives as
@@ -21,8 +25,10 @@ estimate several times too long). Truncation is detected where the format makes 
 detectable (a header count, or a decoder error mid-stream); a raw MP3 cut between frames
 is indistinguishable from a shorter file.
 
-soundfile, soxr and PyAV are imported lazily: the client core imports this module without
-them, and a missing one raises an error naming ``pip install 'whisper-modal[local]'``.
+soundfile, soxr and PyAV are imported lazily: a missing one raises an error naming
+``pip install 'whisper-modal[local]'``. Why not librosa: ``librosa.load`` goes through the
+same soundfile/soxr (with audioread, a subprocess, as its fallback), so calling them
+directly saves its import (about a second, numba) and lets us stream PyAV's frames.
 """
 
 from __future__ import annotations
@@ -35,21 +41,24 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from whisper_modal.errors import AudioError, ConfigurationError
+from whisper_modal.reading import read_audio_bytes
+
+from .constants import SAMPLE_RATE
 
 __all__ = [
-    "SAMPLE_RATE",
     "AudioInput",
     "decode_audio",
     "encode_flac",
     "from_array",
     "load_audio",
     "probe_duration",
-    "read_audio_bytes",
 ]
 
-SAMPLE_RATE = 16000  # Hz: what Whisper's log-mel front end expects
 BLOCK_FRAMES = 1 << 16  # frames decoded, mixed and resampled at a time (fits in L2 cache)
 MAX_ARRAY_CHANNELS = 8  # a 2-D array with more on both axes is not (n, channels) audio
+# Float samples live in [-1, 1]; slight overs (clipped mixes) are clipped later, but a peak
+# past this is a scaling mistake (int16 PCM stored as float reaches ~32767).
+MAX_FLOAT_PEAK = 2.0
 # A header count this far ahead of the decoded frames means the file was cut short
 # (leaves room for an MP3 decoder's rounding of its gapless padding).
 TRUNCATION_SLACK_FRAMES = 4096
@@ -67,86 +76,6 @@ def _need(module: str) -> Any:
         return __import__(module)
     except ImportError as exc:
         raise ConfigurationError(f"decoding audio needs {module}: {_EXTRA}") from exc
-
-
-# ------------------------------------------------------------------------------ reading
-
-
-def read_audio_bytes(source: Any, *, max_bytes: int | None = None) -> bytes:
-    """Read bytes, a path or a binary file object into ``bytes``.
-
-    Args:
-        source: ``bytes``/``bytearray``/``memoryview``, a path (``str`` or ``PathLike``),
-            or a file object opened in binary mode.
-        max_bytes: refuse larger inputs; a path's size is checked before it is read.
-
-    Returns:
-        The encoded audio, unchanged.
-
-    Raises:
-        AudioError: missing path ("not_found"); a directory, text-mode file or other type
-            ("unsupported_type"); nothing to read ("empty"); over ``max_bytes``
-            ("too_large"); the OS refused the read ("invalid").
-        ConfigurationError: an ``s3://`` or ``http(s)://`` URI (the client reads S3).
-    """
-    if isinstance(source, bytes | bytearray | memoryview):
-        data = bytes(source)
-    elif isinstance(source, str | os.PathLike):
-        data = _read_path(source, max_bytes)
-    elif hasattr(source, "read"):
-        data = _read_file_object(source, max_bytes)
-    else:
-        raise AudioError(
-            f"cannot read audio from {type(source).__name__}; pass bytes, a path, a binary file, "
-            "a numpy array (with sample_rate=) or an s3:// URI",
-            reason="unsupported_type",
-        )
-    if not data:
-        raise AudioError("the audio input is empty", reason="empty")
-    if max_bytes is not None and len(data) > max_bytes:
-        raise AudioError(f"audio is over the limit of {max_bytes} bytes", reason="too_large")
-    return data
-
-
-def _read_path(source: str | os.PathLike[str], max_bytes: int | None) -> bytes:
-    path = os.fspath(source)
-    if path.startswith("s3://"):
-        raise ConfigurationError("s3:// inputs are read by the client: use wm.transcribe(uri)")
-    if path.startswith(("http://", "https://")):
-        raise ConfigurationError(f"URLs are not fetched: download {path} first, or use s3://")
-    if not os.path.exists(path):
-        raise AudioError(f"no such audio file: {path}", reason="not_found")
-    if not os.path.isfile(path):
-        raise AudioError(f"not a regular file: {path}", reason="unsupported_type")
-    try:
-        size = os.path.getsize(path)
-        if max_bytes is not None and size > max_bytes:
-            raise AudioError(
-                f"{path} is {size} bytes, over the limit of {max_bytes}", reason="too_large"
-            )
-        with open(path, "rb") as fh:
-            return fh.read()
-    except FileNotFoundError as exc:  # removed between the check and the read
-        raise AudioError(f"no such audio file: {path}", reason="not_found") from exc
-    except OSError as exc:  # permission denied, I/O error
-        raise AudioError(f"cannot read {path}: {exc.strerror or exc}", reason="invalid") from exc
-
-
-def _read_file_object(source: Any, max_bytes: int | None) -> bytes:
-    if isinstance(source, io.TextIOBase):
-        raise AudioError(
-            "the file object is in text mode; open it with 'rb'", reason="unsupported_type"
-        )
-    try:
-        # one byte over the cap is enough to know the input is too large
-        chunk = source.read() if max_bytes is None else source.read(max_bytes + 1)
-    except (OSError, ValueError) as exc:  # closed file, unreadable stream
-        raise AudioError(f"cannot read the file object: {exc}", reason="invalid") from exc
-    if not isinstance(chunk, bytes | bytearray | memoryview):
-        raise AudioError(
-            "the file object did not return bytes; open it with 'rb'", reason="unsupported_type"
-        )
-    return bytes(chunk)
 
 
 # ------------------------------------------------------------------------------ headers
@@ -453,7 +382,8 @@ def from_array(
 
     Raises:
         AudioError: not a 1-D/2-D real numeric array ("unsupported_type"), no samples
-            ("zero_length"), NaN/inf ("non_finite"), too long ("too_long").
+            ("zero_length"), NaN/inf ("non_finite"), float peaks over 2.0
+            ("out_of_range"), too long ("too_long").
         ConfigurationError: a sample rate that is not a positive integer.
     """
     if (
@@ -468,6 +398,14 @@ def from_array(
             f"a sample array must be 1-D or 2-D real numbers, not {arr.dtype} {arr.shape}",
             reason="unsupported_type",
         )
+    if arr.dtype.kind == "f" and arr.size:
+        peak = float(np.max(np.abs(arr)))  # NaN/inf are refused below as "non_finite"
+        if np.isfinite(peak) and peak > MAX_FLOAT_PEAK:
+            raise AudioError(
+                f"float samples must lie in [-1, 1], these reach {peak:g}: scale them "
+                "(int16 PCM stored as float: divide by 32768)",
+                reason="out_of_range",
+            )
     if arr.ndim == 1:
         arr = arr[:, None]
     elif min(arr.shape) > MAX_ARRAY_CHANNELS:

@@ -1,0 +1,131 @@
+"""The one registry of jobs that run in this process (local and fan-out jobs).
+
+Process-wide, so a ``Job`` re-attached by id from another ``Client`` in the same process
+still finds its future; bounded, so a long-lived service does not grow without limit
+(the oldest *finished* jobs are forgotten first). These jobs cannot be re-attached from
+another process: ``JobNotFound`` says so. Reading a job never imports the engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures as cf
+import threading
+
+import attrs
+
+from whisper_modal.backends.base import JobStatus
+from whisper_modal.errors import JobCancelled, JobNotFound, JobTimeout
+from whisper_modal.results import Transcript
+
+__all__ = ["MAX_FINISHED_JOBS", "InProcessJobs", "in_process_jobs"]
+
+MAX_FINISHED_JOBS = 10_000  # finished jobs kept for ``result()`` before the oldest go
+
+
+@attrs.define
+class _Entry:
+    future: cf.Future[Transcript]
+    total: int | None = None  # parts of a fan-out job
+    done: int = 0
+    fallback_reason: str | None = None
+
+
+class InProcessJobs:
+    """Futures of in-process jobs by id, with progress counters; implements ``JobBackend``."""
+
+    name = "in-process"
+
+    def __init__(self, max_finished: int = MAX_FINISHED_JOBS) -> None:
+        self._jobs: dict[str, _Entry] = {}
+        self._lock = threading.Lock()
+        self._max_finished = max_finished
+
+    def add(
+        self,
+        job_id: str,
+        future: cf.Future[Transcript],
+        *,
+        total: int | None = None,
+        fallback_reason: str | None = None,
+    ) -> None:
+        """Register a job's future (``total``: parts, for progress)."""
+        with self._lock:
+            self._jobs[job_id] = _Entry(future, total=total, fallback_reason=fallback_reason)
+            self._trim()
+
+    def tick(self, job_id: str) -> None:
+        """Count one more part of ``job_id`` as done."""
+        with self._lock:
+            entry = self._jobs.get(job_id)
+            if entry is not None:
+                entry.done += 1
+
+    def _entry(self, job_id: str) -> _Entry:
+        with self._lock:
+            entry = self._jobs.get(job_id)
+        if entry is None:
+            raise JobNotFound(
+                f"no job {job_id} in this process (local and fan-out jobs live only in the "
+                "process that submitted them)",
+                job_id=job_id,
+            )
+        return entry
+
+    def _trim(self) -> None:
+        # Called with the lock held: forget the oldest finished jobs beyond the cap.
+        excess = len(self._jobs) - self._max_finished
+        if excess <= 0:
+            return
+        for job_id in [j for j, e in self._jobs.items() if e.future.done()][:excess]:
+            del self._jobs[job_id]
+
+    async def astatus(self, job_id: str) -> JobStatus:
+        """Pending, running, succeeded, failed or cancelled."""
+        future = self._entry(job_id).future
+        if future.cancelled():
+            return JobStatus.CANCELLED
+        if not future.done():
+            return JobStatus.RUNNING if future.running() else JobStatus.PENDING
+        return JobStatus.FAILED if future.exception() is not None else JobStatus.SUCCEEDED
+
+    async def aresult(self, job_id: str, *, timeout: float | None) -> Transcript:
+        """Await the job without blocking the loop; ``timeout=0`` polls.
+
+        Raises:
+            JobTimeout: not done in time. JobCancelled: cancelled. JobNotFound: unknown id.
+        """
+        entry = self._entry(job_id)
+        try:
+            transcript = await asyncio.wait_for(
+                asyncio.shield(asyncio.wrap_future(entry.future)), timeout
+            )
+        except TimeoutError as exc:
+            if entry.future.done() and not entry.future.cancelled():
+                raise  # the job itself raised a TimeoutError subclass (e.g. JobTimeout)
+            raise JobTimeout(f"job {job_id} not finished after {timeout} s", job_id=job_id) from exc
+        except asyncio.CancelledError as exc:
+            if entry.future.cancelled():
+                raise JobCancelled(f"job {job_id} was cancelled", job_id=job_id) from exc
+            raise
+        if entry.fallback_reason is not None:
+            transcript = transcript.with_changes(fallback_reason=entry.fallback_reason)
+        return transcript.with_changes(job_id=job_id)
+
+    async def acancel(self, job_id: str) -> None:
+        """Cancel a job that has not started; a running one finishes."""
+        self._entry(job_id).future.cancel()
+
+    async def aprogress(self, job_id: str) -> tuple[int, int] | None:
+        """(parts done, parts total) for a fan-out job; None for a single local job."""
+        entry = self._entry(job_id)
+        with self._lock:
+            return None if entry.total is None else (entry.done, entry.total)
+
+
+_REGISTRY = InProcessJobs()
+
+
+def in_process_jobs() -> InProcessJobs:
+    """The process-wide registry."""
+    return _REGISTRY
