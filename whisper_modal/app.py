@@ -631,3 +631,82 @@ def deploy(config: Settings | None = None) -> None:
             f"modal deploy failed with exit code {done.returncode}",
             fix="modal token new, then run whisper-modal deploy again",
         )
+
+
+# --------------------------------------------------------------------------- HTTP API
+# A CPU web function serving whisper_modal.server (OpenAI-compatible audio endpoints and
+# the jobs API) that calls the GPU class above through a Client. Its own light image: no
+# torch or whisper, so it starts in about a second and many requests share one container.
+# Bearer keys come from WHISPER_MODAL_API_KEYS in the app's secret (``secret_name``);
+# ``web_proxy_auth`` puts Modal's proxy auth (Modal-Key / Modal-Secret) in front instead.
+# Jobs are stateless here (job id = FunctionCall id), so any container answers any job.
+
+#: the web image's packages (the core dependencies + the [server] extra), pinned
+WEB_PACKAGES = (
+    "fastapi==0.165.0",
+    "python-multipart==0.0.34",
+    "numpy==2.4.6",
+    "attrs==26.1.0",
+    "tenacity==9.2.1",
+    "tqdm==4.70.1",
+)
+
+#: settings the web container must resolve as the deploying shell did: the lookups, the
+#: served models and limits, and ``secret_name`` (its secret is an object dependency:
+#: resolved differently, Modal would refuse to start the container)
+WEB_ENV_SETTINGS = (
+    "app_name",
+    "environment_name",
+    "model",
+    "server_models",
+    "secret_name",
+    "max_request_bytes",
+    "web_min_containers",
+    "web_max_inputs",
+    "web_proxy_auth",
+)
+
+web_image = (
+    modal.Image.debian_slim(python_version="3.12")
+    .uv_pip_install(*WEB_PACKAGES)
+    .env(
+        {
+            "WHISPER_MODAL_BACKEND": "modal",
+            **{
+                f"WHISPER_MODAL_{name.upper()}": str(getattr(settings, name))
+                for name in WEB_ENV_SETTINGS
+                if getattr(settings, name) is not None
+            },
+        }
+    )
+    .add_local_python_source("whisper_modal")
+)
+
+#: the web function's options (tests read them: Modal's FunctionInfo omits some)
+WEB_OPTIONS: dict[str, Any] = {
+    "image": web_image,
+    "secrets": secrets,
+    "min_containers": settings.web_min_containers,
+    "scaledown_window": settings.scaledown_window,
+    "timeout": settings.remote_timeout,
+}
+
+
+@app.function(**WEB_OPTIONS)
+@modal.concurrent(max_inputs=settings.web_max_inputs)
+@modal.asgi_app(requires_proxy_auth=settings.web_proxy_auth)
+def web() -> Any:
+    """The HTTP API (``https://<workspace>--<app>-web.modal.run``): see README "HTTP API"."""
+    from whisper_modal.client import Client
+    from whisper_modal.server import create_app
+
+    runtime = Settings.resolve()  # the image's variables and the secret's keys
+    # without proxy auth the app must not be open by accident: no keys -> every call 401
+    return create_app(
+        Client(runtime, backend="modal"), jobs="direct", require_auth=not runtime.web_proxy_auth
+    )
+
+
+# ``whisper-modal deploy`` passes these to ``modal deploy`` too. (Lead: fold them into the
+# DEPLOY_SETTINGS tuple above when merging; kept here to leave the top of the file alone.)
+DEPLOY_SETTINGS = (*DEPLOY_SETTINGS, *(n for n in WEB_ENV_SETTINGS if n not in DEPLOY_SETTINGS))  # type: ignore[assignment]

@@ -5,6 +5,7 @@
     whisper-modal result JOB_ID [--format F] [--timeout S]
     whisper-modal models list | import DIR --name NAME | prefetch NAME [--remote]
     whisper-modal health [--local] | deploy
+    whisper-modal serve [--host 127.0.0.1] [--port 8000] [--backend local|modal|auto]
 
 Exit codes: 0 success, 1 transcription/back-end failure (or a failing health check),
 2 bad input or usage, 3 job not finished yet (``result --timeout``). Errors are one line
@@ -86,6 +87,10 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "deploy", help="deploy the bundled Modal app (modal deploy -m whisper_modal.app)"
     )
+    p = sub.add_parser("serve", help="run the HTTP API (OpenAI-compatible + jobs) with uvicorn")
+    p.add_argument("--host", default="127.0.0.1", help="interface (non-loopback needs API keys)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--backend", choices=("auto", "modal", "local"))
     return parser
 
 
@@ -147,6 +152,11 @@ def _run(args: argparse.Namespace) -> int:
         from whisper_modal.config import Settings
 
         deploy(Settings.resolve())
+        return EXIT_OK
+    if args.command == "serve":
+        from whisper_modal.server import serve
+
+        serve(args.host, args.port, backend=args.backend)
         return EXIT_OK
     raise ConfigurationError(f"unknown command {args.command}")  # pragma: no cover
 

@@ -17,7 +17,15 @@ import attrs
 
 from whisper_modal.errors import ConfigurationError
 
-__all__ = ["ENV_PREFIX", "MODAL_GPU_TYPES", "Settings", "default_cache_dir", "gpu_request"]
+__all__ = [
+    "ENV_PREFIX",
+    "MODAL_GPU_TYPES",
+    "Settings",
+    "default_cache_dir",
+    "default_jobs_db",
+    "gpu_request",
+    "split_list",
+]
 
 ENV_PREFIX = "WHISPER_MODAL_"
 
@@ -28,6 +36,19 @@ def default_cache_dir() -> Path:
     """openai-whisper's own default (``$XDG_CACHE_HOME/whisper`` or ``~/.cache/whisper``)."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "whisper"
+
+
+def default_jobs_db() -> Path:
+    """Where a local HTTP server keeps its jobs: ``$XDG_DATA_HOME/whisper-modal/jobs.sqlite3``."""
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(
+        os.path.expanduser("~"), ".local", "share"
+    )
+    return Path(base) / "whisper-modal" / "jobs.sqlite3"
+
+
+def _not_negative(_: Any, attribute: Any, value: int) -> None:
+    if value < 0:
+        raise ConfigurationError(f"setting {attribute.name} must be >= 0, got {value!r}")
 
 
 def _positive(_: Any, attribute: Any, value: float | int | None) -> None:
@@ -161,6 +182,17 @@ class Settings:
     s3_region: str | None = None
     max_object_bytes: int = attrs.field(default=2 * 1024**3, validator=_positive)
     webhook_secret: str | None = attrs.field(default=None, repr=False)  # never printed
+    # hosts, IPs or CIDR networks a webhook may reach although they are loopback, private
+    # or link-local (comma-separated); everything else there is refused (SSRF guard)
+    webhook_allow_hosts: str | None = None
+    # -- HTTP API (whisper_modal.server: ``whisper-modal serve`` and the Modal web function)
+    api_keys: str | None = attrs.field(default=None, repr=False)  # comma-separated; never printed
+    server_models: str | None = None  # comma-separated models served (default: ``model``)
+    max_request_bytes: int = attrs.field(default=100 * 1024**2, validator=_positive)  # HTTP body
+    jobs_db: Path = attrs.field(factory=default_jobs_db, converter=_path)  # local server's jobs
+    web_min_containers: int = attrs.field(default=0, validator=_not_negative)  # warm web pool
+    web_max_inputs: int = attrs.field(default=100, validator=_positive)  # requests per container
+    web_proxy_auth: bool = False  # Modal proxy auth (Modal-Key/Modal-Secret headers) in front
 
     @classmethod
     def resolve(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -223,3 +255,8 @@ def _parse(name: str, raw: str, annotation: Any) -> Any:
     except ValueError as exc:
         raise ConfigurationError(f"{var}={raw!r} is not a valid {text.split()[0]}") from exc
     return raw
+
+
+def split_list(value: str | None) -> tuple[str, ...]:
+    """The items of a comma-separated setting (``"a, b,,c"`` -> ``("a", "b", "c")``)."""
+    return tuple(item.strip() for item in (value or "").split(",") if item.strip())

@@ -124,7 +124,9 @@ def notify(
     """Send the request's webhook (if it has one) for a finished job.
 
     Args:
-        settings: holds the signing secret (no secret: the webhook is skipped, with a warning).
+        settings: holds the signing secret (no secret: the webhook is skipped, with a warning)
+            and the webhook allow-list: a URL resolving to a loopback, private, link-local
+            or metadata address is refused (logged, not sent) unless it is listed.
         request: the job's request (``webhook_url``, ``output``, ``client_job_id``).
         job_id: the job's id as the caller knows it.
         started: ``time.perf_counter()`` when the job started (for ``duration_seconds``).
@@ -148,5 +150,14 @@ def notify(
         transcript=result.to_dict() if result is not None and request.output is None else None,
         client_job_id=request.client_job_id,
     )
+    from whisper_modal.config import split_list
+    from whisper_modal.errors import ConfigurationError
+    from whisper_modal.webhooks import check_destination
+
+    try:  # the SSRF guard again at delivery: the caller may be untrusted, and DNS may change
+        check_destination(request.webhook_url, allow=split_list(settings.webhook_allow_hosts))
+    except ConfigurationError as exc:
+        log_event(log, "webhook_refused", level=logging.WARNING, job_id=job_id, reason=str(exc))
+        return
     delivery = WebhookSender(secret).send(request.webhook_url, payload)
     log_event(log, "webhook", job_id=job_id, ok=delivery.ok, attempts=delivery.attempts)

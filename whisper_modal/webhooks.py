@@ -22,13 +22,15 @@ from __future__ import annotations
 import hashlib
 import hmac
 import http.client
+import ipaddress
 import json
 import logging
 import random
+import socket
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -43,6 +45,7 @@ __all__ = [
     "WebhookSender",
     "WebhookVerificationError",
     "build_payload",
+    "check_destination",
     "sign",
     "verify",
 ]
@@ -162,6 +165,75 @@ def build_payload(
         "error": error,
         "transcript": transcript,
     }
+
+
+Resolver = Callable[[str, int], Iterable[str]]
+
+#: cloud metadata services that are not covered by "not a global address" everywhere
+_METADATA = frozenset(
+    ipaddress.ip_address(a) for a in ("169.254.169.254", "fd00:ec2::254", "100.100.100.200")
+)
+
+
+def _resolve(host: str, port: int) -> list[str]:
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return [str(info[4][0]) for info in infos]
+
+
+def check_destination(url: str, *, allow: Iterable[str] = (), resolve: Resolver = _resolve) -> None:
+    """Refuse a webhook URL that points into the server's own network (SSRF guard).
+
+    A caller of a shared service must not make it POST to loopback, private, link-local,
+    shared-address, multicast or reserved addresses, or to a cloud metadata service
+    (``169.254.169.254``): the host is resolved and *every* address it resolves to must be
+    public, so a name that also resolves to an inner address is refused. ``allow`` names
+    the exceptions: exact host names, IP addresses or CIDR networks (``"10.1.0.0/16"``).
+    Call it when a job is accepted and again just before delivery: DNS can change between
+    the two (rebinding).
+
+    Args:
+        url: the webhook URL.
+        allow: host names, addresses or networks that may be reached anyway.
+        resolve: ``(host, port) -> addresses`` (tests inject one; default ``getaddrinfo``).
+
+    Raises:
+        ConfigurationError: not an http(s) URL with a host, the host does not resolve, or
+            it resolves to a refused address; the message says which and how to allow it.
+    """
+    parts = urlsplit(url)
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError as exc:
+        raise ConfigurationError("webhook_url has a malformed port") from exc
+    host = (parts.hostname or "").lower()
+    if parts.scheme not in ("http", "https") or not host:
+        raise ConfigurationError("webhook_url must be an http:// or https:// URL with a host")
+    names, networks = set(), []
+    for item in allow:
+        try:
+            networks.append(ipaddress.ip_network(item.strip(), strict=False))
+        except ValueError:
+            names.add(item.strip().lower().rstrip("."))
+    if host.rstrip(".") in names:
+        return
+    try:
+        addresses = set(resolve(host, port))
+    except (OSError, UnicodeError) as exc:
+        raise ConfigurationError(f"webhook_url host {host!r} does not resolve") from exc
+    if not addresses:
+        raise ConfigurationError(f"webhook_url host {host!r} does not resolve")
+    for text in sorted(addresses):
+        address = ipaddress.ip_address(text.split("%", 1)[0])  # drop an IPv6 zone id
+        mapped = getattr(address, "ipv4_mapped", None)
+        address = mapped or address  # ::ffff:127.0.0.1 is 127.0.0.1
+        if any(address in network for network in networks):
+            continue
+        if address in _METADATA or not address.is_global or address.is_multicast:
+            raise ConfigurationError(
+                f"webhook_url host {host!r} resolves to {address}, a loopback, private, "
+                "link-local or metadata address; webhooks may go only to public addresses "
+                "(allow it with WHISPER_MODAL_WEBHOOK_ALLOW_HOSTS)"
+            )
 
 
 @attrs.frozen

@@ -1,0 +1,324 @@
+"""The ASGI app: OpenAI-compatible audio endpoints, a jobs API and a health check.
+
+    POST   /v1/audio/transcriptions   multipart, OpenAI's fields -> json|text|srt|vtt|verbose_json
+    POST   /v1/audio/translations     the same, output in English
+    GET    /v1/models[/{model}]       OpenAI's list shape: the models this deployment serves
+    POST   /v1/jobs                   multipart upload, or JSON {"s3_uri": ...}; -> 202 {id, status}
+    GET    /v1/jobs/{id}[?format=]    status, progress, error, result (srt|vtt|txt|json|...)
+    DELETE /v1/jobs/{id}              cancel
+    GET    /health                    unauthenticated; no secrets
+
+Everything under ``/v1`` needs ``Authorization: Bearer <key>`` when keys are configured.
+The app is built around a ``Client``: requests become the same ``Request`` an in-process
+caller makes, so limits, fallback and retries behave exactly as in Python.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import Request as HttpRequest
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+
+from whisper_modal.backends.base import Request
+from whisper_modal.client import Client
+from whisper_modal.config import split_list
+from whisper_modal.errors import ConfigurationError, WhisperModalError
+from whisper_modal.server import openai_api as oa
+from whisper_modal.server.auth import ApiKeys
+from whisper_modal.server.errors import ApiError, http_error
+from whisper_modal.server.jobs import DirectJobs, Jobs, JobView, PersistentJobs
+from whisper_modal.server.uploads import Form, read_form, read_json
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("whisper_modal.server")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+#: ``?format=`` values of GET /v1/jobs/{id}
+JOB_FORMATS = ("json", "verbose_json", "srt", "vtt", "txt")
+
+
+class _RequestId:
+    """Give every request an id (``X-Request-Id``) that 5xx messages and logs name."""
+
+    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]]) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = "req_" + uuid.uuid4().hex[:24]
+        scope.setdefault("state", {})["request_id"] = request_id
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                if not any(k.lower() == b"x-request-id" for k, _ in headers):
+                    headers.append((b"x-request-id", request_id.encode()))
+                message["headers"] = headers
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
+def _request_id(request: HttpRequest) -> str:
+    return str(getattr(request.state, "request_id", "req_unknown"))
+
+
+def _error_response(request: HttpRequest, exc: BaseException) -> JSONResponse:
+    request_id = _request_id(request)
+    status, body, headers = http_error(exc, request_id)
+    if status >= 500 and isinstance(exc, WhisperModalError):
+        # the cause stays in the server log (uvicorn logs foreign exceptions' tracebacks)
+        log.error(
+            "request failed: %s: %s",
+            type(exc).__name__,
+            exc,
+            extra={"event": "http_error", "request_id": request_id, "status": status},
+        )
+    headers["X-Request-Id"] = request_id
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _form_fields(form: Form) -> oa.Fields:
+    def get_all(name: str) -> list[str]:
+        # the SDKs send "timestamp_granularities[]"; curl users often drop the brackets
+        bare = name.removesuffix("[]")
+        return form.get_all(name) + (form.get_all(bare) if bare != name else [])
+
+    return form.get, get_all
+
+
+def create_app(
+    client: Client,
+    *,
+    jobs: Jobs | str | None = None,
+    api_keys: list[str] | tuple[str, ...] | None = None,
+    require_auth: bool = False,
+) -> FastAPI:
+    """Build the HTTP API around ``client``.
+
+    Args:
+        client: runs every request (its settings give the default model, the served
+            models, the upload limit and the webhook allow-list).
+        jobs: ``"persistent"`` (the default: SQLite at ``settings.jobs_db``, survives
+            restarts), ``"direct"`` (stateless, the job id is the backend's: for Modal,
+            where many web containers answer and Modal keeps the jobs) or a ``Jobs``.
+        api_keys: accepted bearer keys (default: ``settings.api_keys``); none: no auth.
+        require_auth: refuse every ``/v1`` request when no key is configured.
+
+    Returns:
+        A FastAPI app; serve it with uvicorn or Modal's ``@modal.asgi_app``.
+
+    Raises:
+        ConfigurationError: an unknown ``jobs`` kind.
+    """
+    settings = client.settings
+    keys = ApiKeys(
+        split_list(settings.api_keys) if api_keys is None else api_keys, required=require_auth
+    )
+    if jobs is None or jobs == "persistent":
+        store: Jobs = PersistentJobs(client, settings.jobs_db)
+    elif jobs == "direct":
+        store = DirectJobs(client)
+    elif isinstance(jobs, str):
+        raise ConfigurationError(f"jobs must be 'persistent' or 'direct', not {jobs!r}")
+    else:
+        store = jobs
+    limit = settings.max_request_bytes
+    allow_hosts = split_list(settings.webhook_allow_hosts)
+    if not keys.enabled:
+        log.warning("HTTP API without API keys: anyone who can reach it may use it")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await store.start()
+        try:
+            yield
+        finally:
+            await store.stop()
+
+    app = FastAPI(
+        title="whisper_modal",
+        summary="OpenAI-compatible speech-to-text and a jobs API",
+        lifespan=lifespan,
+    )
+    app.add_middleware(_RequestId)
+
+    # Our errors are answered by FastAPI's exception middleware; anything else reaches
+    # Starlette's outermost middleware, which answers with this handler and then re-raises
+    # so uvicorn logs the traceback (the caller only sees the request id).
+    @app.exception_handler(WhisperModalError)
+    async def our_error(request: HttpRequest, exc: WhisperModalError) -> JSONResponse:
+        return _error_response(request, exc)
+
+    @app.exception_handler(Exception)
+    async def any_error(request: HttpRequest, exc: Exception) -> JSONResponse:
+        return _error_response(request, exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_exception(request: HttpRequest, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        return _error_response(request, ApiError(exc.status_code, str(exc.detail), code=code))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: HttpRequest, exc: RequestValidationError) -> JSONResponse:
+        return _error_response(request, ApiError(400, "invalid request parameters"))
+
+    def authorize(request: HttpRequest) -> None:
+        keys.check(request.headers.get("authorization"))
+
+    async def audio_request(request: HttpRequest, task: str) -> Response:
+        authorize(request)
+        form = await read_form(request, limit)
+        fields = _form_fields(form)
+        fmt = oa.response_format(form.get("response_format"))
+        grains = oa.granularities(fields[1]("timestamp_granularities[]"))
+        if grains and fmt != "verbose_json":
+            raise ApiError(
+                400,
+                "timestamp_granularities[] needs response_format=verbose_json",
+                param="timestamp_granularities",
+                code="invalid_value",
+            )
+        options = oa.build_options(fields, settings, task=task)
+        if not form.file:
+            raise ApiError(400, "the 'file' field is missing or empty", param="file")
+        transcript = await client.atranscribe(form.file, options=options)
+        return oa.render(transcript, fmt, task=task, grains=grains)
+
+    @app.post("/v1/audio/transcriptions")
+    async def transcriptions(request: HttpRequest) -> Response:
+        """OpenAI's transcription endpoint."""
+        return await audio_request(request, "transcribe")
+
+    @app.post("/v1/audio/translations")
+    async def translations(request: HttpRequest) -> Response:
+        """OpenAI's translation endpoint (speech in any language -> English text)."""
+        return await audio_request(request, "translate")
+
+    @app.get("/v1/models")
+    async def models(request: HttpRequest) -> dict[str, Any]:
+        """OpenAI's model list: ``whisper-1`` (the default) and every served model."""
+        authorize(request)
+        names = (oa.OPENAI_ALIAS, *oa.served_models(settings))
+        return {
+            "object": "list",
+            "data": [
+                {"id": n, "object": "model", "created": 0, "owned_by": "whisper-modal"}
+                for n in names
+            ],
+        }
+
+    @app.get("/v1/models/{model}")
+    async def model(request: HttpRequest, model: str) -> dict[str, Any]:
+        """One model of the list (OpenAI's retrieve), or 404 ``model_not_found``."""
+        authorize(request)
+        if model not in (oa.OPENAI_ALIAS, *oa.served_models(settings)):
+            raise ApiError(404, f"the model {model!r} does not exist here", code="model_not_found")
+        return {"id": model, "object": "model", "created": 0, "owned_by": "whisper-modal"}
+
+    @app.post("/v1/jobs", status_code=202)
+    async def submit_job(request: HttpRequest) -> JSONResponse:
+        """Accept a job: multipart upload, or JSON naming an ``s3://`` key."""
+        authorize(request)
+        content_type = request.headers.get("content-type", "")
+        if content_type.startswith("application/json"):
+            data = await read_json(request, limit)
+            fields = oa.json_fields(data)
+            audio, s3_uri = None, fields[0]("s3_uri")
+            if not isinstance(s3_uri, str) or not s3_uri.startswith("s3://"):
+                raise ApiError(400, 'a JSON job needs "s3_uri": "s3://bucket/key"', param="s3_uri")
+        else:
+            form = await read_form(request, limit)
+            fields, audio, s3_uri = _form_fields(form), form.file, form.get("s3_uri")
+            if not audio and not s3_uri:
+                raise ApiError(400, "send a 'file' or an 's3_uri'", param="file")
+        options = oa.build_options(fields, settings, task=str(fields[0]("task") or "transcribe"))
+        webhook = fields[0]("webhook_url")
+        if webhook is not None:
+            from whisper_modal.webhooks import check_destination
+
+            try:  # resolving the host may block: off the event loop
+                await asyncio.to_thread(check_destination, str(webhook), allow=allow_hosts)
+            except ConfigurationError as exc:
+                raise ApiError(400, str(exc), param="webhook_url", code="webhook_refused") from exc
+        try:
+            req = Request(
+                options=options,
+                audio=audio or None,
+                s3_uri=None if audio else s3_uri,
+                webhook_url=None if webhook is None else str(webhook),
+            )
+        except ConfigurationError as exc:
+            raise ApiError(400, str(exc)) from exc
+        view = await store.submit(req)
+        return JSONResponse({"id": view.id, "status": view.status.value}, status_code=202)
+
+    def job_body(view: JobView, fmt: str | None) -> Response:
+        if fmt is None:
+            return JSONResponse(view.to_dict())
+        if fmt not in JOB_FORMATS:
+            raise ApiError(400, f"format must be one of {', '.join(JOB_FORMATS)}", param="format")
+        if view.transcript is None:
+            raise ApiError(
+                409,
+                f"job {view.id} is {view.status.value}; its result is not available",
+                code="job_not_ready",
+            )
+        t = view.transcript
+        if fmt == "json":
+            return JSONResponse(t.to_dict())
+        if fmt == "verbose_json":
+            return JSONResponse(
+                oa.verbose_json(t, task="transcribe", grains=frozenset(("word", "segment")))
+            )
+        if fmt == "txt":
+            return PlainTextResponse(t.to_txt())
+        return oa.render(t, fmt, task="transcribe", grains=frozenset())
+
+    @app.get("/v1/jobs/{job_id}")
+    async def get_job(request: HttpRequest, job_id: str) -> Response:
+        """A job's status, progress, error and (once done) result."""
+        authorize(request)
+        return job_body(await store.get(job_id), request.query_params.get("format"))
+
+    @app.delete("/v1/jobs/{job_id}")
+    async def cancel_job(request: HttpRequest, job_id: str) -> Response:
+        """Cancel a job (a finished one is left alone)."""
+        authorize(request)
+        return JSONResponse((await store.cancel(job_id)).to_dict())
+
+    started = time.time()
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        """Liveness and what this server is (no keys, secrets or paths)."""
+        from whisper_modal import __version__
+
+        return {
+            "status": "ok",
+            "version": __version__,
+            "backend": settings.backend,
+            "models": list(oa.served_models(settings)),
+            "auth": keys.enabled,
+            "jobs": "persistent" if isinstance(store, PersistentJobs) else "direct",
+            "uptime_seconds": round(time.time() - started, 1),
+        }
+
+    return app

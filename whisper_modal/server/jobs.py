@@ -1,0 +1,377 @@
+"""The jobs API's bookkeeping: a persistent store for a local server, a stateless one for Modal.
+
+``PersistentJobs`` (``whisper-modal serve``): every accepted job is a row in SQLite
+(stdlib ``sqlite3``, ``WHISPER_MODAL_JOBS_DB``), written and committed *before* the 202
+answer, with the request and its audio, so the job survives the server. After a restart
+each unfinished row is finished or resumed: a Modal job (``fc-...``) is re-attached by
+its id, a local job (which died with the old process) is submitted again from its stored
+request, and a row that cannot be rebuilt is marked failed with the reason. None is
+silently missing. The audio is dropped from the row once the job has ended.
+
+``DirectJobs`` (the Modal web function): the job id *is* the backend's job id, so any
+web container can answer for any job and nothing needs storing. Server-side Modal jobs
+(a jobs table on Modal) are another issue; until then this goes through ``Client``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import sqlite3
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+import attrs
+
+from whisper_modal.backends.base import JobStatus, Request
+from whisper_modal.client import Client
+from whisper_modal.errors import JobCancelled, JobNotFound, WhisperModalError
+from whisper_modal.jobs import Job
+from whisper_modal.results import Transcript
+
+__all__ = ["JOB_PREFIX", "DirectJobs", "JobView", "Jobs", "PersistentJobs"]
+
+log = logging.getLogger("whisper_modal.server")
+
+#: ids of jobs a local server accepted
+JOB_PREFIX = "job_"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    status TEXT NOT NULL,
+    created REAL NOT NULL,
+    updated REAL NOT NULL,
+    wire TEXT NOT NULL,          -- Request.to_wire() without the audio (JSON)
+    audio BLOB,                  -- the uploaded audio, until the job ends
+    backend_id TEXT,             -- the Client's job id (local-... or fc-...)
+    attempts INTEGER NOT NULL DEFAULT 0,
+    result TEXT,                 -- Transcript.to_dict() as JSON
+    error_type TEXT,
+    error TEXT
+)
+"""
+
+
+@attrs.frozen
+class JobView:
+    """What ``GET /v1/jobs/{id}`` reports about one job."""
+
+    id: str
+    status: JobStatus
+    created_at: float | None = None
+    progress: tuple[int, int] | None = None
+    error_type: str | None = None
+    error: str | None = None
+    transcript: Transcript | None = None
+    resumed: bool = False  # it was submitted again after a server restart
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON document (``result`` is the transcript dict once it succeeded)."""
+        return {
+            "id": self.id,
+            "object": "transcription.job",
+            "status": self.status.value,
+            "created_at": None if self.created_at is None else int(self.created_at),
+            "progress": None
+            if self.progress is None
+            else {"done": self.progress[0], "total": self.progress[1]},
+            "error": None
+            if self.error is None
+            else {"type": self.error_type, "message": self.error},
+            "resumed": self.resumed,
+            "result": None if self.transcript is None else self.transcript.to_dict(),
+        }
+
+
+class Jobs(Protocol):
+    """What the routes need from a job store."""
+
+    async def start(self) -> None:
+        """Recover or prepare (called once when the server starts)."""
+
+    async def stop(self) -> None:
+        """Stop watching (called once when the server stops)."""
+
+    async def submit(self, request: Request) -> JobView:
+        """Accept a job (durably, where the store is persistent) and start it."""
+        ...
+
+    async def get(self, job_id: str) -> JobView:
+        """The job's current view. Raises JobNotFound."""
+        ...
+
+    async def cancel(self, job_id: str) -> JobView:
+        """Cancel the job (a finished job is left alone). Raises JobNotFound."""
+        ...
+
+
+async def _submit_request(client: Client, request: Request) -> Job:
+    """Submit a prepared ``Request`` whose ``client_job_id`` the server chose.
+
+    The public ``Client.asubmit`` builds its own Request (and a random client_job_id);
+    the server needs its job id in webhooks and S3 keys, and must resubmit stored requests
+    after a restart, so it goes through the client's chain directly.
+    """
+    submission = await client._chain(None).asubmit(request)
+    return client._attach(submission.job_id, submission.fallback_reason)
+
+
+def _error_fields(exc: BaseException) -> tuple[str, str]:
+    return type(exc).__name__, str(exc)
+
+
+class DirectJobs:
+    """Stateless jobs: the id is the ``Client``'s job id (a Modal FunctionCall id)."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+
+    async def start(self) -> None:
+        """Nothing to recover: Modal keeps the jobs."""
+
+    async def stop(self) -> None:
+        """Nothing to stop."""
+
+    async def submit(self, request: Request) -> JobView:
+        """Submit through the client; answer with the backend's id."""
+        audio = request.audio if request.audio is not None else request.s3_uri
+        if request.webhook_url is None:
+            job = await self.client.asubmit(audio, options=request.options)
+        else:
+            job = await self.client.asubmit(
+                audio, options=request.options, webhook_url=request.webhook_url
+            )
+        return JobView(job.id, JobStatus.PENDING, created_at=time.time())
+
+    async def get(self, job_id: str) -> JobView:
+        """Ask the backend (one status call, one non-blocking result call when done)."""
+        job = Job.from_id(job_id, client=self.client)
+        status = await job.astatus()
+        if not status.done:
+            return JobView(job_id, status)
+        try:
+            transcript = await job.aresult(timeout=0)
+        except JobCancelled:
+            return JobView(job_id, JobStatus.CANCELLED)
+        except JobNotFound:
+            raise
+        except WhisperModalError as exc:
+            kind, message = _error_fields(exc)
+            return JobView(job_id, JobStatus.FAILED, error_type=kind, error=message)
+        return JobView(job_id, JobStatus.SUCCEEDED, transcript=transcript)
+
+    async def cancel(self, job_id: str) -> JobView:
+        """Cancel through the client."""
+        await Job.from_id(job_id, client=self.client).acancel()
+        return await self.get(job_id)
+
+
+class PersistentJobs:
+    """Jobs kept in SQLite and watched by one task each; see the module docstring.
+
+    Args:
+        client: runs the jobs (``Client.submit_request``).
+        path: the SQLite file (its directory is created).
+    """
+
+    def __init__(self, client: Client, path: str | Path) -> None:
+        self.client = client
+        self.path = Path(path)
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+
+    @contextlib.contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        # one short connection per operation: safe from any thread, nothing held open
+        conn = sqlite3.connect(self.path, timeout=30)
+        try:
+            with conn:  # commits, or rolls back on error
+                yield conn
+        finally:
+            conn.close()
+
+    def _run_sql(self, query: str, params: tuple[Any, ...]) -> list[Any]:
+        with self._db() as db:
+            return db.execute(query, params).fetchall()
+
+    async def _sql(self, query: str, *params: Any) -> list[Any]:
+        # on a thread: an insert carries the whole upload, and the disk may be slow
+        return await asyncio.to_thread(self._run_sql, query, params)
+
+    async def start(self) -> None:
+        """Create the table and recover every job a previous process left unfinished."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        await self._sql("PRAGMA journal_mode=WAL")
+        await self._sql(_SCHEMA)
+        rows = await self._sql(
+            "SELECT id, wire, audio, backend_id FROM jobs WHERE status IN (?, ?)",
+            JobStatus.PENDING.value,
+            JobStatus.RUNNING.value,
+        )
+        for job_id, wire, audio, backend_id in rows:
+            await self._recover(job_id, wire, audio, backend_id)
+
+    async def _recover(
+        self, job_id: str, wire: str, audio: bytes | None, backend: str | None
+    ) -> None:
+        if backend and Job.from_id(backend, client=self.client).backend == "modal":
+            # a Modal job kept running without us: watch it again (local and fan-out jobs
+            # lived in the old process and are submitted again below)
+            self._watch(job_id, Job.from_id(backend, client=self.client))
+            log.info("job re-attached after restart", extra={"event": "job_reattached"})
+            return
+        try:
+            data = json.loads(wire)
+            data["audio"] = audio
+            request = Request.from_wire(data)
+        except (WhisperModalError, ValueError, TypeError) as exc:
+            error = ("ServerRestart", f"lost in a server restart, cannot be resumed: {exc}")
+            await self._end(job_id, JobStatus.FAILED, error=error)
+            return
+        try:
+            await self._launch(job_id, request)
+        except WhisperModalError as exc:
+            await self._end(job_id, JobStatus.FAILED, error=_error_fields(exc))
+            return
+        log.info("job resumed after restart", extra={"event": "job_resumed"})
+
+    async def stop(self) -> None:
+        """Stop the watchers (the rows stay; the next start recovers them)."""
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def submit(self, request: Request) -> JobView:
+        """Store the job (committed before this returns), then start it."""
+        job_id = JOB_PREFIX + uuid.uuid4().hex
+        # the server's id travels as client_job_id, so webhooks and S3 keys carry it
+        request = attrs.evolve(request, client_job_id=job_id)
+        wire = request.to_wire()
+        audio = wire.pop("audio")
+        now = time.time()
+        await self._sql(
+            "INSERT INTO jobs (id, status, created, updated, wire, audio) VALUES (?,?,?,?,?,?)",
+            job_id,
+            JobStatus.PENDING.value,
+            now,
+            now,
+            json.dumps(wire),
+            audio,
+        )
+        try:
+            await self._launch(job_id, request)
+        except WhisperModalError as exc:
+            await self._end(job_id, JobStatus.FAILED, error=_error_fields(exc))
+            raise
+        return JobView(job_id, JobStatus.PENDING, created_at=now)
+
+    async def _launch(self, job_id: str, request: Request) -> None:
+        job = await _submit_request(self.client, request)
+        await self._sql(
+            "UPDATE jobs SET backend_id = ?, attempts = attempts + 1, updated = ? WHERE id = ?",
+            job.id,
+            time.time(),
+            job_id,
+        )
+        self._watch(job_id, job)
+
+    def _watch(self, job_id: str, job: Job) -> None:
+        task = asyncio.get_running_loop().create_task(self._settle(job_id, job))
+        self._tasks[job_id] = task
+        task.add_done_callback(lambda _: self._tasks.pop(job_id, None))
+
+    async def _settle(self, job_id: str, job: Job) -> None:
+        """Wait for the job and write how it ended (at once when it is already done)."""
+        try:
+            transcript = await job.aresult(timeout=None)
+        except JobCancelled:
+            await self._end(job_id, JobStatus.CANCELLED)
+        except WhisperModalError as exc:
+            await self._end(job_id, JobStatus.FAILED, error=_error_fields(exc))
+        else:
+            await self._end(job_id, JobStatus.SUCCEEDED, result=transcript)
+
+    async def _end(
+        self,
+        job_id: str,
+        status: JobStatus,
+        *,
+        result: Transcript | None = None,
+        error: tuple[str, str] | None = None,
+    ) -> None:
+        # only an unfinished row changes: a job cancelled by the caller stays cancelled
+        # even when its (uninterruptible) local run completes afterwards
+        await self._sql(
+            "UPDATE jobs SET status = ?, updated = ?, audio = NULL, result = ?, "
+            "error_type = ?, error = ? WHERE id = ? AND status IN (?, ?)",
+            status.value,
+            time.time(),
+            None if result is None else json.dumps(result.to_dict()),
+            None if error is None else error[0],
+            None if error is None else error[1],
+            job_id,
+            JobStatus.PENDING.value,
+            JobStatus.RUNNING.value,
+        )
+
+    async def _row(self, job_id: str) -> tuple[Any, ...]:
+        rows = await self._sql(
+            "SELECT status, created, backend_id, attempts, result, error_type, error "
+            "FROM jobs WHERE id = ?",
+            job_id,
+        )
+        if not rows:
+            raise JobNotFound(f"no job {job_id}", job_id=job_id)
+        return tuple(rows[0])
+
+    async def get(self, job_id: str) -> JobView:
+        """Read the job's row (``running`` while its backend says so).
+
+        Raises:
+            JobNotFound: no such job.
+        """
+        row = await self._row(job_id)
+        state, backend_id, progress = JobStatus(row[0]), row[2], None
+        if not state.done and backend_id:
+            handle = Job.from_id(backend_id, client=self.client)
+            with contextlib.suppress(WhisperModalError):
+                live = await handle.astatus()
+                if live.done:  # ended, and its watcher has not written it yet: settle now
+                    await self._settle(job_id, handle)
+                    row = await self._row(job_id)
+                    state = JobStatus(row[0])
+                else:
+                    state = JobStatus.RUNNING if live is JobStatus.RUNNING else state
+                    progress = await handle.aprogress()
+        _, created, _, attempts, result, error_type, error = row
+        return JobView(
+            job_id,
+            state,
+            created_at=created,
+            progress=progress,
+            error_type=error_type,
+            error=error,
+            transcript=None if result is None else Transcript.from_dict(json.loads(result)),
+            resumed=attempts > 1,
+        )
+
+    async def cancel(self, job_id: str) -> JobView:
+        """Mark the job cancelled and ask its backend to stop it.
+
+        Raises:
+            JobNotFound: no such job.
+        """
+        row = await self._row(job_id)
+        if JobStatus(row[0]).done:
+            return await self.get(job_id)
+        await self._end(job_id, JobStatus.CANCELLED)
+        if row[2]:
+            with contextlib.suppress(WhisperModalError):
+                await Job.from_id(row[2], client=self.client).acancel()
+        return await self.get(job_id)

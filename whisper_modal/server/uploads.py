@@ -1,0 +1,205 @@
+"""Request bodies under a size limit, and multipart forms parsed into memory.
+
+Limits: a ``Content-Length`` over the limit is refused with 413 before one byte of the
+body is read; a chunked (or lying) body is counted as it streams and refused with 413 the
+moment it passes the limit. Uploads are parsed straight into memory (the audio becomes
+``bytes`` in a ``Request`` anyway), so nothing is spooled to disk: a client that
+disconnects mid-upload leaves no temp file, only a buffer the garbage collector frees.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import attrs
+from starlette.requests import ClientDisconnect, Request
+
+from whisper_modal.server.errors import ApiError
+
+__all__ = ["Form", "read_form", "read_json"]
+
+_MAX_FIELDS = 64  # form fields per request (the OpenAI form has about ten)
+_MAX_FIELD_BYTES = 64 * 1024  # one text field (prompts are at most 4000 characters)
+
+
+@attrs.frozen
+class Form:
+    """A parsed multipart form: text fields (repeatable) and at most one file."""
+
+    fields: dict[str, list[str]]
+    file: bytes | None
+    filename: str | None
+
+    def get(self, name: str) -> str | None:
+        """The last value of a text field, None when absent or empty."""
+        values = self.fields.get(name)
+        return values[-1] if values and values[-1] != "" else None
+
+    def get_all(self, name: str) -> list[str]:
+        """Every value of a repeatable field (``timestamp_granularities[]``)."""
+        return list(self.fields.get(name, ()))
+
+
+def _too_large(limit: int) -> ApiError:
+    return ApiError(
+        413,
+        f"request body is larger than the server's limit of {limit} bytes "
+        "(WHISPER_MODAL_MAX_REQUEST_BYTES); upload long audio to S3 and submit a job with its key",
+        code="file_too_large",
+    )
+
+
+async def _chunks(request: Request, limit: int) -> AsyncIterator[bytes]:
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            size = int(declared)
+        except ValueError:
+            raise ApiError(400, "malformed Content-Length header") from None
+        if size > limit:  # refuse before reading anything
+            raise _too_large(limit)
+    received = 0
+    try:
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > limit:
+                raise _too_large(limit)
+            yield chunk
+    except ClientDisconnect:
+        # nobody is left to answer; the buffers read so far are dropped with this frame
+        raise ApiError(
+            400, "the client disconnected during the upload", code="disconnected"
+        ) from None
+
+
+async def read_json(request: Request, limit: int) -> dict[str, Any]:
+    """Read a JSON object body of at most ``limit`` bytes.
+
+    Raises:
+        ApiError: 413 over the limit; 400 not a JSON object.
+    """
+    body = bytearray()
+    async for chunk in _chunks(request, limit):
+        body += chunk
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError(400, "the request body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "the request body must be a JSON object")
+    return data
+
+
+async def read_form(request: Request, limit: int) -> Form:
+    """Parse a ``multipart/form-data`` body of at most ``limit`` bytes.
+
+    Raises:
+        ApiError: 413 over the limit; 400 not multipart, malformed, truncated, more than
+            one file, or too many / too long fields.
+    """
+    from python_multipart.multipart import MultipartParser, parse_options_header
+
+    content_type, params = parse_options_header(request.headers.get("content-type"))
+    boundary = params.get(b"boundary")
+    if content_type != b"multipart/form-data" or not boundary:
+        raise ApiError(
+            400,
+            "send the audio as multipart/form-data with a 'file' field",
+            param="file",
+            code="invalid_content_type",
+        )
+    state = _FormState()
+    parser = MultipartParser(
+        boundary,
+        {
+            "on_part_begin": state.part_begin,
+            "on_part_data": state.part_data,
+            "on_part_end": state.part_end,
+            "on_header_field": state.header_field,
+            "on_header_value": state.header_value,
+            "on_header_end": state.header_end,
+            "on_headers_finished": state.headers_finished,
+            "on_end": state.end,
+        },
+    )
+    try:
+        async for chunk in _chunks(request, limit):
+            parser.write(chunk)
+            if state.error:
+                raise ApiError(400, state.error, code="invalid_form")
+        parser.finalize()
+    except ApiError:
+        raise
+    except Exception:  # python_multipart's parse errors: the body is not a valid form
+        raise ApiError(400, "malformed multipart/form-data body", code="invalid_form") from None
+    if state.error:
+        raise ApiError(400, state.error, code="invalid_form")
+    if not state.ended:
+        raise ApiError(400, "the multipart body ended early", code="invalid_form")
+    return Form(state.fields, None if state.file is None else bytes(state.file), state.filename)
+
+
+class _FormState:
+    """The callbacks' state: the current part's headers and data, and what was collected."""
+
+    def __init__(self) -> None:
+        self.fields: dict[str, list[str]] = {}
+        self.file: bytearray | None = None
+        self.filename: str | None = None
+        self.error: str | None = None
+        self.ended = False
+        self._count = 0
+        self._header_field = bytearray()
+        self._header_value = bytearray()
+        self._disposition = b""
+        self._name = ""
+        self._is_file = False
+        self._data = bytearray()
+
+    def part_begin(self) -> None:
+        self._disposition, self._data = b"", bytearray()
+        self._count += 1
+        if self._count > _MAX_FIELDS:
+            self.error = f"more than {_MAX_FIELDS} form fields"
+
+    def header_field(self, data: bytes, start: int, end: int) -> None:
+        self._header_field += data[start:end]
+
+    def header_value(self, data: bytes, start: int, end: int) -> None:
+        self._header_value += data[start:end]
+
+    def header_end(self) -> None:
+        if bytes(self._header_field).lower() == b"content-disposition":
+            self._disposition = bytes(self._header_value)
+        self._header_field, self._header_value = bytearray(), bytearray()
+
+    def headers_finished(self) -> None:
+        from python_multipart.multipart import parse_options_header
+
+        _, options = parse_options_header(self._disposition)
+        self._name = options.get(b"name", b"").decode("utf-8", "replace")
+        self._is_file = b"filename" in options or self._name == "file"
+        if self._is_file:
+            if self.file is not None:
+                self.error = "send one file per request"
+            self.file = bytearray()
+            self.filename = options.get(b"filename", b"").decode("utf-8", "replace")
+
+    def part_data(self, data: bytes, start: int, end: int) -> None:
+        if self._is_file and self.file is not None:
+            self.file += data[start:end]  # the request-level limit bounds this
+            return
+        self._data += data[start:end]
+        if len(self._data) > _MAX_FIELD_BYTES:
+            self.error = f"form field {self._name!r} is longer than {_MAX_FIELD_BYTES} bytes"
+
+    def part_end(self) -> None:
+        if not self._is_file:
+            value = self._data.decode("utf-8", "replace")
+            self.fields.setdefault(self._name, []).append(value)
+        self._is_file = False
+
+    def end(self) -> None:
+        self.ended = True
