@@ -198,3 +198,24 @@ def test_an_unknown_model_for_modal_fails_before_any_call(monkeypatch: pytest.Mo
         client.close()
     finally:
         fake.close()
+
+
+def test_a_webhook_to_an_inner_address_is_refused_when_submitting() -> None:
+    from whisper_modal.inputs import prepare
+
+    for url in ("http://169.254.169.254/latest/meta-data", "http://127.0.0.1:9/hook"):
+        with pytest.raises(wm.ConfigurationError, match="WEBHOOK_ALLOW_HOSTS"):
+            prepare(b"RIFF", default_model="tiny.en", max_bytes=None, webhook_url=url)
+    allowed = prepare(
+        b"RIFF", default_model="tiny.en", max_bytes=None,
+        webhook_url="http://127.0.0.1:9/hook", webhook_allow=("127.0.0.1",),
+    )  # fmt: skip
+    assert allowed.webhook_url == "http://127.0.0.1:9/hook"
+    from whisper_modal.backends.registry import in_process_jobs
+
+    client = wm.Client(backend="local", model="tiny.en")
+    queued = len(in_process_jobs()._jobs)
+    with pytest.raises(wm.ConfigurationError):  # refused before any job is queued
+        client.submit(b"RIFF", webhook_url="http://10.1.2.3/hook")
+    assert len(in_process_jobs()._jobs) == queued
+    client.close()

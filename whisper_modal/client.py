@@ -27,7 +27,7 @@ from whisper_modal.backends.base import (
 from whisper_modal.backends.chain import MeteredJobs, ResilientJobs, compose
 from whisper_modal.backends.registry import in_process_jobs
 from whisper_modal.concurrency import arun_many
-from whisper_modal.config import BackendPolicy, Settings
+from whisper_modal.config import BackendPolicy, Settings, split_list
 from whisper_modal.errors import ConfigurationError, WhisperModalError
 from whisper_modal.inputs import AudioLike, CallOptions, prepare
 from whisper_modal.jobs import Job
@@ -193,6 +193,7 @@ class Client:
             audio,
             default_model=self.settings.model,
             max_bytes=self.settings.max_audio_bytes,
+            webhook_allow=split_list(self.settings.webhook_allow_hosts),
             **kwargs,
         )
 

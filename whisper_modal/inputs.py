@@ -24,6 +24,7 @@ from whisper_modal.formats import FORMATS
 from whisper_modal.options import TranscribeOptions
 from whisper_modal.reading import read_audio_bytes
 from whisper_modal.storage import S3Object, parse_s3_prefix, parse_s3_uri
+from whisper_modal.webhooks import check_destination
 
 __all__ = ["AudioLike", "CallOptions", "build_options", "prepare"]
 
@@ -75,7 +76,12 @@ def build_options(
 
 
 def prepare(
-    audio: AudioLike, *, default_model: str, max_bytes: int | None, **kwargs: Any
+    audio: AudioLike,
+    *,
+    default_model: str,
+    max_bytes: int | None,
+    webhook_allow: Sequence[str] = (),
+    **kwargs: Any,
 ) -> Request:
     """Validate the keywords and read the input into a ``Request`` (no backend call).
 
@@ -83,10 +89,14 @@ def prepare(
         audio: see ``AudioLike``.
         default_model: the model when neither keywords nor ``options`` name one.
         max_bytes: refuse larger encoded inputs (a path's size is checked before reading).
+        webhook_allow: hosts or networks a ``webhook_url`` may name although they are not
+            public (``settings.webhook_allow_hosts``).
         **kwargs: ``CallOptions`` and any ``TranscribeOptions`` field.
 
     Raises:
-        ConfigurationError: an unknown keyword, a bad option, URI, prefix or format.
+        ConfigurationError: an unknown keyword, a bad option, URI, prefix or format; a
+            ``webhook_url`` that resolves to a loopback, private, link-local or metadata
+            address not in ``webhook_allow`` (delivery would refuse it: better now).
         AudioError: unreadable, empty or too large input; bad samples.
     """
     unknown = sorted(set(kwargs) - _REQUEST_KEYS - _OPTION_KEYS)
@@ -105,10 +115,13 @@ def prepare(
         unknown = [f for f in formats if f not in FORMATS]
         if unknown:
             raise ConfigurationError(f"unknown format(s) {unknown}; use {', '.join(FORMATS)}")
+    webhook_url = kwargs.get("webhook_url")
+    if webhook_url is not None:
+        check_destination(webhook_url, allow=webhook_allow)
     common: dict[str, Any] = {
         "options": options,
         "output": output,
-        "webhook_url": kwargs.get("webhook_url"),
+        "webhook_url": webhook_url,
         "formats": formats,
         "client_job_id": "wm-" + uuid.uuid4().hex,
     }
