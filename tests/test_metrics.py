@@ -269,3 +269,22 @@ def test_redact_helpers() -> None:
     assert redact("session_token", {"a": 1}) == "[redacted]"
     assert redact_text("plain words, no secrets") == "plain words, no secrets"
     assert redact_text("?X-Amz-Signature=abc&x=1") == "?X-Amz-Signature=[redacted]&x=1"
+
+
+def test_a_gpu_fallback_list_is_priced_as_its_first_gpu() -> None:
+    import math
+    import time
+
+    from whisper_modal.backends.chain import _record_success
+    from whisper_modal.config import Settings
+    from whisper_modal.results import Timings, Transcript
+
+    m = Metrics()
+    t = Transcript(
+        text="x", language="en", duration=60.0, backend="modal", timings=Timings(total=10.0)
+    )
+    _record_success(m, Settings.resolve(env={}, gpu="L40S,A10G"), t, time.monotonic())
+    single = Metrics()
+    _record_success(single, Settings.resolve(env={}, gpu="L40S"), t, time.monotonic())
+    cost = m.snapshot().estimated_cost_usd
+    assert not math.isnan(cost) and cost > 0 and cost == single.snapshot().estimated_cost_usd

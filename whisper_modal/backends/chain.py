@@ -227,7 +227,8 @@ def _record_success(
         audio_seconds=transcript.duration,
         wall_seconds=time.monotonic() - started,
         gpu_seconds=transcript.timings.total if remote else 0.0,
-        gpu=settings.gpu if remote else None,
+        # a fallback list ("L40S,A10G") is priced as its first, preferred GPU
+        gpu=settings.gpu.split(",")[0].strip() if remote else None,
         cold_start=transcript.cold_start,
         retries=retries,
         fallback=transcript.fallback_reason is not None,
