@@ -6,6 +6,7 @@ carry the detected language's probability, which openai-whisper computes and dis
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import numpy as np
@@ -14,7 +15,9 @@ from whisper_modal.options import TranscribeOptions
 
 from .models import LoadedModel
 
-__all__ = ["choose_mode", "detect_language", "run_whisper", "whisper_kwargs"]
+__all__ = ["choose_mode", "cut_loops", "detect_language", "run_whisper", "whisper_kwargs"]
+
+LOOP_SEGMENTS = 4  # the same segment text this many times in a row is a decoding loop
 
 
 def whisper_kwargs(options: TranscribeOptions, *, device: str) -> dict[str, Any]:
@@ -82,14 +85,41 @@ def run_whisper(
 ) -> dict[str, Any]:
     """Transcribe ``samples``: openai-whisper's sequential loop, or batched windows.
 
+    With ``options.vad`` only the speech Silero VAD finds is decoded (``vad.gate``) and
+    times are mapped back to the input; audio without speech decodes nothing. Language
+    detection then also hears speech rather than a leading silence.
+
     Returns openai-whisper's result dict plus ``language_probability`` and ``mode``.
     """
+    mode = choose_mode(options, samples)
+    if not options.vad:
+        return _run(loaded, samples, options, mode)
+    from .vad import VadParameters, gate
+
+    result = gate(
+        samples,
+        lambda speech: _run(loaded, speech, options, mode),
+        VadParameters.from_options(options),
+    )
+    if result is None:  # no speech: nothing to decode, so nothing to hallucinate
+        return {
+            "text": "",
+            "segments": [],
+            "language": options.language or ("en" if not loaded.is_multilingual else ""),
+            "language_probability": None,
+            "mode": mode,
+        }
+    return result
+
+
+def _run(
+    loaded: LoadedModel, samples: np.ndarray, options: TranscribeOptions, mode: str
+) -> dict[str, Any]:
     import whisper
 
     language, probability = options.language, None
     if language is None:
         language, probability = detect_language(loaded, samples)
-    mode = choose_mode(options, samples)
     if mode == "batched":
         from .batching import transcribe_batched
 
@@ -97,7 +127,40 @@ def run_whisper(
     else:
         kwargs = whisper_kwargs(options, device=loaded.device)
         result = whisper.transcribe(loaded.model, samples, language=language, **kwargs)
+        if options.vad:  # the batched loop cuts loops itself, token by token
+            cut_loops(result, loaded, options, language)
     result["language"] = language
     result["language_probability"] = probability
     result["mode"] = mode
     return result
+
+
+def cut_loops(
+    result: dict[str, Any], loaded: LoadedModel, options: TranscribeOptions, language: str
+) -> None:
+    """Cut Whisper's repetition loops out of a sequential result, in place.
+
+    Two shapes of loop: a phrase repeated within a segment ("thank you thank you ..."),
+    cut to one occurrence with the batched loop's ``trim_repeats``; and the same segment
+    text ``LOOP_SEGMENTS`` or more times in a row, kept once.
+    """
+    from .batching import _tokenizer, trim_repeats
+
+    tokenizer = _tokenizer(loaded, options, language)
+    segments = list(result.get("segments") or ())
+    for segment in segments:
+        tokens = [t for t in segment.get("tokens") or () if t < tokenizer.eot]
+        trimmed = trim_repeats(tokens)
+        if len(trimmed) < len(tokens):
+            segment["text"] = tokenizer.decode(trimmed)
+            segment["tokens"] = trimmed
+            if segment.get("words"):  # keep the words the trimmed text still holds
+                segment["words"] = segment["words"][: len(segment["text"].split())]
+    kept: list[dict[str, Any]] = []
+    for _, group in itertools.groupby(segments, key=lambda s: str(s["text"]).strip()):
+        run = list(group)
+        kept.extend(run[:1] if len(run) >= LOOP_SEGMENTS else run)
+    for i, segment in enumerate(kept):
+        segment["id"] = i
+    result["segments"] = kept
+    result["text"] = "".join(str(s["text"]) for s in kept)
