@@ -226,3 +226,55 @@ def test_packed_inputs_are_gated(clip: tuple[np.ndarray, str]) -> None:
     assert results[0]["text"] == "" and results[0]["segments"] == []
     assert results[1]["text"].strip()
     assert results[1]["segments"][0]["start"] >= 2.5  # in the padded input's time
+
+
+def test_sequential_loops_are_cut() -> None:
+    # a result as openai-whisper returns it when it loops: one segment repeating a phrase,
+    # then the same segment text five times in a row
+    from whisper.tokenizer import get_tokenizer
+
+    from whisper_modal.engine.decoding import cut_loops
+
+    loaded = load_model("tiny.en", store=ModelStore(tiny_en_cache()), device="cpu")
+    tokenizer = get_tokenizer(False, language="en", task="transcribe")
+    phrase = tokenizer.encode(" thank you so much")
+    looped = tokenizer.encode(" Hello there.") + phrase * 6
+    again = tokenizer.encode(" See you.")
+    segments = [
+        {"id": 0, "start": 0.0, "end": 5.0, "text": tokenizer.decode(looped), "tokens": looped}
+    ]
+    segments += [
+        {
+            "id": i,
+            "start": float(i),
+            "end": i + 1.0,
+            "text": tokenizer.decode(again),
+            "tokens": again,
+        }
+        for i in range(1, 6)
+    ]
+    ordinary = tokenizer.encode(" Yes, yes.")
+    segments.append({"id": 6, "start": 6.0, "end": 7.0, "text": " Yes, yes.", "tokens": ordinary})
+    result: dict[str, Any] = {"text": "".join(s["text"] for s in segments), "segments": segments}
+    cut_loops(result, loaded, OPTS, "en")
+    texts = [s["text"].strip() for s in result["segments"]]
+    assert texts == ["Hello there. thank you so much", "See you.", "Yes, yes."]
+    assert [s["id"] for s in result["segments"]] == [0, 1, 2]
+    assert result["text"] == "".join(s["text"] for s in result["segments"])
+
+
+@pytest.mark.skipif(
+    __import__("torch").cuda.is_available(), reason="checks the message a CPU machine gets"
+)
+def test_gpu_check_refuses_a_cpu_machine_clearly() -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run(
+        [sys.executable, str(root / "benchmarks" / "gpu_check.py")],
+        capture_output=True, text=True, cwd=root, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 2
+    assert "no CUDA GPU here" in out.stderr and "Traceback" not in out.stderr
