@@ -278,3 +278,12 @@ def test_gpu_check_refuses_a_cpu_machine_clearly() -> None:
     )  # fmt: skip
     assert out.returncode == 2
     assert "no CUDA GPU here" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_default_vad_options_stay_off_the_wire() -> None:
+    # an app deployed before the VAD refuses unknown option keys: defaults are not sent
+    wire = TranscribeOptions(model="tiny.en").to_dict()
+    assert not {"vad", "vad_threshold", "vad_min_silence_seconds"} & set(wire)
+    assert TranscribeOptions.from_dict(wire).vad is True
+    changed = TranscribeOptions(model="tiny.en", vad=False).to_dict()
+    assert changed["vad"] is False and "vad_threshold" not in changed

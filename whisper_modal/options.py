@@ -229,6 +229,10 @@ def _check_min_silence(_: Any, __: Any, value: float) -> None:
         raise ConfigurationError("vad_min_silence_seconds must be between 0.1 and 60 seconds")
 
 
+#: options newer than the first wire schema: sent only when they differ from the default
+_ADDED_LATER: tuple[str, ...] = ("vad", "vad_threshold", "vad_min_silence_seconds")
+
+
 @attrs.frozen(kw_only=True)
 class TranscribeOptions:
     """How to transcribe: the model and the decoding knobs openai-whisper exposes."""
@@ -280,9 +284,18 @@ class TranscribeOptions:
             raise ConfigurationError(f"{self.model} is English-only and cannot translate")
 
     def to_dict(self) -> dict[str, Any]:
-        """Return the options as a plain dict (the wire form)."""
+        """Return the options as a plain dict (the wire form).
+
+        Options added after the first release are left out at their default values, so
+        an app deployed before them (whose ``from_dict`` refuses unknown keys) still
+        accepts a newer client's options; ``from_dict`` restores the defaults.
+        """
         d = attrs.asdict(self)
         d["temperature"] = list(self.temperature)
+        fields = attrs.fields_dict(TranscribeOptions)
+        for name in _ADDED_LATER:
+            if d[name] == fields[name].default:
+                del d[name]
         return d
 
     @classmethod
