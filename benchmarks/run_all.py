@@ -182,6 +182,9 @@ FASTER_ENGINES = (
 )
 
 
+ONLY_ENGINES: list[str] = []  # --engines: exact names, in this order
+
+
 def _engines() -> list[str]:
     engines = list(SPEED_ENGINES)
     try:
@@ -190,7 +193,7 @@ def _engines() -> list[str]:
         engines += FASTER_ENGINES
     except ImportError:
         pass
-    return engines
+    return [e for e in ONLY_ENGINES if e in engines] if ONLY_ENGINES else engines
 
 
 def speed_table(minutes: list[float], model: str, device: str, cache: str, runs: int) -> None:
@@ -394,7 +397,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--only", choices=("speed", "hallucination", "decode", "load", "overhead"))
     parser.add_argument("--runs", type=int, default=3, help="fresh processes per engine")
+    parser.add_argument("--engines", default="", help="comma-separated engine names (default all)")
     args = parser.parse_args()
+    ONLY_ENGINES.extend(e.strip() for e in args.engines.split(",") if e.strip())
     from tests.models_cache import tiny_en_cache
 
     cache = (

@@ -287,3 +287,16 @@ def test_default_vad_options_stay_off_the_wire() -> None:
     assert TranscribeOptions.from_dict(wire).vad is True
     changed = TranscribeOptions(model="tiny.en", vad=False).to_dict()
     assert changed["vad"] is False and "vad_threshold" not in changed
+
+
+@pytest.mark.slow
+def test_cpu_int8_transcribes_like_fp32(
+    engine: Engine, clip: tuple[np.ndarray, str], bare: dict[str, Any]
+) -> None:
+    # int8 weights change the arithmetic, so the bound is on WER, not equal text: within
+    # 3 points of fp32 (measured equal, 8.6% both, on the 1-minute benchmark clip)
+    samples, text = clip
+    for mode in ("sequential", "batched"):
+        opts = OPTS.replace(vad=False, mode=mode, cpu_int8=True)
+        result = engine.transcribe(samples, opts, sample_rate=SR)
+        assert wer(text, result["text"]) <= wer(text, bare["text"]) + 0.03, mode

@@ -230,7 +230,7 @@ def _check_min_silence(_: Any, __: Any, value: float) -> None:
 
 
 #: options newer than the first wire schema: sent only when they differ from the default
-_ADDED_LATER: tuple[str, ...] = ("vad", "vad_threshold", "vad_min_silence_seconds")
+_ADDED_LATER: tuple[str, ...] = ("vad", "vad_threshold", "vad_min_silence_seconds", "cpu_int8")
 
 
 @attrs.frozen(kw_only=True)
@@ -273,6 +273,9 @@ class TranscribeOptions:
     vad_threshold: float = attrs.field(default=0.5, validator=_check_vad_threshold)
     # pauses at least this long (seconds) are cut out of the audio Whisper hears
     vad_min_silence_seconds: float = attrs.field(default=2.0, validator=_check_min_silence)
+    # on a CPU, int8 weights for the linear layers and the logits projection (~3x faster
+    # decoding measured on tiny.en; the text may differ slightly from fp32); ignored on CUDA
+    cpu_int8: bool = attrs.field(default=False, validator=_check_bool)
 
     def __attrs_post_init__(self) -> None:
         if self.model.endswith(".en") and self.language not in (None, "en"):

@@ -425,6 +425,10 @@ def transcribe_windows(
         return []
     from .vad import SpeechMap, VadParameters, speech_regions
 
+    if options.cpu_int8:
+        from .quantize import int8_model
+
+        loaded = int8_model(loaded)
     clips = [np.asarray(x, dtype=np.float32) for x in inputs]
     maps: list[SpeechMap | None] = [None] * len(clips)
     if options.vad:  # each input hears only its own speech, as in ``decoding.run_whisper``

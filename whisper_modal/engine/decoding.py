@@ -92,6 +92,10 @@ def run_whisper(
     Returns openai-whisper's result dict plus ``language_probability`` and ``mode``.
     """
     mode = choose_mode(options, samples)
+    if options.cpu_int8:
+        from .quantize import int8_model
+
+        loaded = int8_model(loaded)
     if not options.vad:
         return _run(loaded, samples, options, mode)
     from .vad import VadParameters, gate
