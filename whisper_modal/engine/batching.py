@@ -289,13 +289,21 @@ def _batch_size(loaded: LoadedModel, options: TranscribeOptions) -> int:
     return default_batch_size(loaded.device, loaded.model.dims, beams)
 
 
-def _source(samples: np.ndarray, n_mels: int) -> tuple[Any, np.ndarray, int]:
+def _speech_mask(samples: np.ndarray, options: TranscribeOptions) -> np.ndarray:
+    """Speech per 10 ms frame: Silero VAD's when ``options.vad``, else frame energy's."""
+    if options.vad:
+        from .vad import frame_speech_mask
+
+        return frame_speech_mask(samples, threshold=options.vad_threshold)
+    return speech_mask(samples)
+
+
+def _source(samples: np.ndarray, n_mels: int, mask: np.ndarray) -> tuple[Any, np.ndarray, int]:
     """(log-mel with 30 s of padding as openai-whisper computes it, speech mask, frames)."""
     import whisper
 
     mel = whisper.log_mel_spectrogram(samples, n_mels, padding=whisper.audio.N_SAMPLES)
     frames = int(mel.shape[-1]) - N_FRAMES
-    mask = speech_mask(samples)
     mask = np.pad(mask, (0, max(0, frames - mask.shape[0])))[:frames]
     return mel, mask, frames
 
@@ -357,14 +365,15 @@ def transcribe_batched(
         when asked), ``language``.
     """
     size = batch_size or _batch_size(loaded, options)
-    mel, mask, frames = _source(samples, loaded.model.dims.n_mels)
+    speech = _speech_mask(samples, options)
+    mel, mask, frames = _source(samples, loaded.model.dims.n_mels, speech)
     count = min(size, int(samples.shape[0] / SAMPLE_RATE // stream_seconds)) or 1
     prompt = _initial_prompt(loaded, options, language)
     streams = [
         _Stream(
             mel, mask, w.start // HOP_LENGTH, min(w.end // HOP_LENGTH, frames), frames, list(prompt)
         )
-        for w in split_evenly(samples, count)
+        for w in split_evenly(samples, count, mask=speech)
         if not w.silent
     ]
     if streams:
@@ -400,12 +409,33 @@ def transcribe_windows(
     """
     if not inputs:
         return []
+    from .vad import SpeechMap, VadParameters, speech_regions
+
+    if options.cpu_int8:
+        from .quantize import int8_model
+
+        loaded = int8_model(loaded)
+    clips = [np.asarray(x, dtype=np.float32) for x in inputs]
+    maps: list[SpeechMap | None] = [None] * len(clips)
+    if options.vad:  # each input hears only its own speech, as in ``decoding.run_whisper``
+        params = VadParameters.from_options(options)
+        speech_maps = [SpeechMap(speech_regions(x, params)) for x in clips]
+        clips = [m.join(x) for m, x in zip(speech_maps, clips, strict=True)]
+        maps = list(speech_maps)
     prompt = _initial_prompt(loaded, options, language)
-    streams = []
-    for samples in inputs:
+    streams: list[_Stream | None] = []
+    for samples in clips:
+        if not samples.shape[0]:  # no speech: nothing to decode
+            streams.append(None)
+            continue
         mel, mask, frames = _source(
-            samples.astype(np.float32, copy=False), loaded.model.dims.n_mels
+            samples, loaded.model.dims.n_mels, _speech_mask(samples, options)
         )
         streams.append(_Stream(mel, mask, 0, frames, frames, list(prompt)))
-    _run(loaded, streams, options, language, batch_size or _batch_size(loaded, options))
-    return [_result(s.segments, language) for s in streams]
+    size = batch_size or _batch_size(loaded, options)
+    _run(loaded, [s for s in streams if s is not None], options, language, size)
+    results = []
+    for stream, speech in zip(streams, maps, strict=True):
+        result = _result(stream.segments if stream else [], language)
+        results.append(speech.restore(result) if speech and speech.regions else result)
+    return results

@@ -138,6 +138,9 @@ def _needed_logits(inference: Any, tokens: Any, audio_features: Any, sot_index: 
         x = block(x, audio_features, mask=decoder.mask, kv_cache=cache)
     last = x.shape[1] - 1
     x = decoder.ln(x[:, [last] if sot_index is None else [sot_index, last]])
+    head = getattr(decoder, "int8_head", None)  # quantize.int8_model's projection
+    if head is not None:
+        return head(x).float()
     return (x @ decoder.token_embedding.weight.to(x.dtype).T).float()
 
 

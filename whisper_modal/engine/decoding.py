@@ -6,6 +6,7 @@ carry the detected language's probability, which openai-whisper computes and dis
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import numpy as np
@@ -15,7 +16,16 @@ from whisper_modal.options import TranscribeOptions
 from .constants import SAMPLE_RATE
 from .models import LoadedModel
 
-__all__ = ["choose_mode", "detect_language", "resolve_language", "run_whisper", "whisper_kwargs"]
+__all__ = [
+    "choose_mode",
+    "cut_loops",
+    "detect_language",
+    "resolve_language",
+    "run_whisper",
+    "whisper_kwargs",
+]
+
+LOOP_SEGMENTS = 4  # the same segment text this many times in a row is a decoding loop
 
 
 def whisper_kwargs(options: TranscribeOptions, *, device: str) -> dict[str, Any]:
@@ -84,8 +94,8 @@ def resolve_language(
     """The spoken language and, when detected, its probability.
 
     Given (``options.language``) wins; ``.en`` models are English; otherwise the language
-    is detected from the first 30 s. The engine calls this once per input and passes the
-    result down, so no decoding mode detects it again.
+    is detected from the first 30 s of ``samples``. Called once per input, on the audio
+    that is decoded (with the VAD: its speech), so no decoding mode detects it again.
     """
     if options.language is not None:
         return options.language, None
@@ -93,15 +103,47 @@ def resolve_language(
 
 
 def run_whisper(
-    loaded: LoadedModel, samples: np.ndarray, options: TranscribeOptions, *, language: str
+    loaded: LoadedModel, samples: np.ndarray, options: TranscribeOptions
 ) -> dict[str, Any]:
-    """Transcribe ``samples`` in ``language``: openai-whisper's loop, or batched streams.
+    """Transcribe ``samples``: openai-whisper's loop, or batched streams.
 
-    Returns openai-whisper's result dict plus ``mode`` (which decoding ran).
+    With ``options.vad`` only the speech Silero VAD finds is decoded (``vad.gate``) and
+    times are mapped back to the input; audio without speech decodes nothing. Language
+    detection then also hears speech rather than a leading silence.
+
+    Returns openai-whisper's result dict plus ``language_probability`` and ``mode``.
     """
+    mode = choose_mode(options, samples)
+    if options.cpu_int8:
+        from .quantize import int8_model
+
+        loaded = int8_model(loaded)
+    if not options.vad:
+        return _run(loaded, samples, options, mode)
+    from .vad import VadParameters, gate
+
+    result = gate(
+        samples,
+        lambda speech: _run(loaded, speech, options, mode),
+        VadParameters.from_options(options),
+    )
+    if result is None:  # no speech: nothing to decode, so nothing to hallucinate
+        return {
+            "text": "",
+            "segments": [],
+            "language": options.language or ("en" if not loaded.is_multilingual else ""),
+            "language_probability": None,
+            "mode": mode,
+        }
+    return result
+
+
+def _run(
+    loaded: LoadedModel, samples: np.ndarray, options: TranscribeOptions, mode: str
+) -> dict[str, Any]:
     import whisper
 
-    mode = choose_mode(options, samples)
+    language, probability = resolve_language(loaded, samples, options)
     if mode == "batched":
         from .batching import transcribe_batched
 
@@ -109,6 +151,40 @@ def run_whisper(
     else:
         kwargs = whisper_kwargs(options, device=loaded.device)
         result = whisper.transcribe(loaded.model, samples, language=language, **kwargs)
+        if options.vad:  # the batched loop cuts loops itself, token by token
+            cut_loops(result, loaded, options, language)
     result["language"] = language
+    result["language_probability"] = probability
     result["mode"] = mode
     return result
+
+
+def cut_loops(
+    result: dict[str, Any], loaded: LoadedModel, options: TranscribeOptions, language: str
+) -> None:
+    """Cut Whisper's repetition loops out of a sequential result, in place.
+
+    Two shapes of loop: a phrase repeated within a segment ("thank you thank you ..."),
+    cut to one occurrence with the batched loop's ``trim_repeats``; and the same segment
+    text ``LOOP_SEGMENTS`` or more times in a row, kept once.
+    """
+    from .batching import _tokenizer, trim_repeats
+
+    tokenizer = _tokenizer(loaded, options, language)
+    segments = list(result.get("segments") or ())
+    for segment in segments:
+        tokens = [t for t in segment.get("tokens") or () if t < tokenizer.eot]
+        trimmed = trim_repeats(tokens)
+        if len(trimmed) < len(tokens):
+            segment["text"] = tokenizer.decode(trimmed)
+            segment["tokens"] = trimmed
+            if segment.get("words"):  # keep the words the trimmed text still holds
+                segment["words"] = segment["words"][: len(segment["text"].split())]
+    kept: list[dict[str, Any]] = []
+    for _, group in itertools.groupby(segments, key=lambda s: str(s["text"]).strip()):
+        run = list(group)
+        kept.extend(run[:1] if len(run) >= LOOP_SEGMENTS else run)
+    for i, segment in enumerate(kept):
+        segment["id"] = i
+    result["segments"] = kept
+    result["text"] = "".join(str(s["text"]) for s in kept)

@@ -97,7 +97,7 @@ class Engine:
             ConfigurationError: unknown model or bad options.
             RemoteExecutionError: the model failed (e.g. out of memory).
         """
-        from .decoding import resolve_language, run_whisper
+        from .decoding import run_whisper
 
         require_local_extra()
         started = time.perf_counter()
@@ -107,8 +107,7 @@ class Engine:
         try:
             with loaded.lock:
                 began = time.perf_counter()
-                language, probability = resolve_language(loaded, samples, options)
-                result = run_whisper(loaded, samples, options, language=language)
+                result = run_whisper(loaded, samples, options)  # resolves the language once
                 inference = time.perf_counter() - began
         except Exception as exc:  # torch/whisper internals -> typed error
             raise map_engine_error(exc) from exc
@@ -123,8 +122,8 @@ class Engine:
             samples,
             loaded,
             options,
-            language=language,
-            language_probability=probability,
+            language=str(result["language"]),
+            language_probability=result.get("language_probability"),
             timings=timings,
         )
 
