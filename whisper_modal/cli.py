@@ -30,7 +30,7 @@ __all__ = ["main"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PENDING = 0, 1, 2, 3
 
-_FORMATS = ("srt", "vtt", "txt", "tsv", "json", "md")
+_FORMATS = ("srt", "vtt", "txt", "tsv", "json", "md", "rttm")
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -208,6 +208,48 @@ def _check_optional_float(_: Any, attribute: Any, value: float | None) -> None:
         raise ConfigurationError(f"{attribute.name} must be a finite number or None")
 
 
+def _check_bool(_: Any, attribute: Any, value: bool) -> None:
+    if not isinstance(value, bool):
+        raise ConfigurationError(f"{attribute.name} must be True or False, not {value!r}")
+
+
+#: more speakers than this is almost surely a mistake (and would slow clustering down)
+MAX_SPEAKERS = 32
+
+
+def _check_speakers(_: Any, attribute: Any, value: int | None) -> None:
+    if value is None:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_SPEAKERS:
+        raise ConfigurationError(
+            f"{attribute.name} must be an integer from 1 to {MAX_SPEAKERS} or None, not {value!r}"
+        )
+
+
+def _check_speaker_counts(o: TranscribeOptions) -> None:
+    given = [
+        n
+        for n, v in (
+            ("num_speakers", o.num_speakers),
+            ("min_speakers", o.min_speakers),
+            ("max_speakers", o.max_speakers),
+        )
+        if v is not None
+    ]
+    if given and not o.diarize:
+        raise ConfigurationError(f"{', '.join(given)} need(s) diarize=True")
+    if (
+        o.min_speakers is not None
+        and o.max_speakers is not None
+        and o.min_speakers > o.max_speakers
+    ):
+        raise ConfigurationError(
+            f"min_speakers ({o.min_speakers}) is more than max_speakers ({o.max_speakers})"
+        )
+    if o.num_speakers is not None and (o.min_speakers or o.max_speakers):
+        raise ConfigurationError("give num_speakers or min_speakers/max_speakers, not both")
+
+
 @attrs.frozen(kw_only=True)
 class TranscribeOptions:
     """How to transcribe: the model and the decoding knobs openai-whisper exposes."""
@@ -241,8 +283,16 @@ class TranscribeOptions:
     # (the audio split at pauses) in shared forward passes; "auto" batches audio long
     # enough for two streams (100 s)
     mode: Mode = attrs.field(default="auto", validator=_check_mode)
+    # find who spoke when and put SPEAKER_00... on words and segments (turns word
+    # timestamps on internally; words stay in the result only if word_timestamps is set)
+    diarize: bool = attrs.field(default=False, validator=_check_bool)
+    # the number of speakers when known, or bounds on the estimate (need diarize=True)
+    num_speakers: int | None = attrs.field(default=None, validator=_check_speakers)
+    min_speakers: int | None = attrs.field(default=None, validator=_check_speakers)
+    max_speakers: int | None = attrs.field(default=None, validator=_check_speakers)
 
     def __attrs_post_init__(self) -> None:
+        _check_speaker_counts(self)
         if self.model.endswith(".en") and self.language not in (None, "en"):
             raise ConfigurationError(
                 f"{self.model} is English-only; drop language={self.language!r} or use a "
@@ -255,6 +305,11 @@ class TranscribeOptions:
         """Return the options as a plain dict (the wire form)."""
         d = attrs.asdict(self)
         d["temperature"] = list(self.temperature)
+        # Speaker options travel only when used, so a client that does not diarize still
+        # talks to an app deployed before they existed (it refuses unknown options).
+        for name in ("diarize", "num_speakers", "min_speakers", "max_speakers"):
+            if not d[name]:
+                del d[name]
         return d
 
     @classmethod

@@ -106,7 +106,8 @@ class Engine:
         try:
             with loaded.lock:
                 began = time.perf_counter()
-                result = self._run(loaded, samples, options)
+                # diarization splits segments at word times, so it needs words
+                result = self._run(loaded, samples, _with_words(options))
                 inference = time.perf_counter() - began
         except Exception as exc:  # torch/whisper internals -> typed error
             raise map_engine_error(exc) from exc
@@ -129,6 +130,8 @@ class Engine:
             language_probability=result.get("language_probability"),
             cold_start=cold,
         )
+        if options.diarize:
+            transcript = _diarize(transcript, samples, options, loaded.device)
         return transcript.to_dict()
 
     def transcribe_packed(
@@ -152,7 +155,7 @@ class Engine:
                 out[i] = map_engine_error(exc)
                 continue
             language_known = options.language is not None or not loaded.is_multilingual
-            if samples.shape[0] <= 30 * SAMPLE_RATE and language_known:
+            if samples.shape[0] <= 30 * SAMPLE_RATE and language_known and not options.diarize:
                 short.append((i, samples))
             else:
                 try:
@@ -216,6 +219,26 @@ class Engine:
             info["model_loaded"] = True
             info["device"] = loaded.device
         return info
+
+
+def _with_words(options: TranscribeOptions) -> TranscribeOptions:
+    return options.replace(word_timestamps=True) if options.diarize else options
+
+
+def _diarize(
+    transcript: Transcript, samples: np.ndarray, options: TranscribeOptions, device: str
+) -> Transcript:
+    from whisper_modal.engine.diarize import apply_diarization
+
+    return apply_diarization(
+        transcript,
+        samples,
+        device=device,
+        num_speakers=options.num_speakers,
+        min_speakers=options.min_speakers,
+        max_speakers=options.max_speakers,
+        keep_words=options.word_timestamps,
+    )
 
 
 def _device_label(device: str) -> str:
