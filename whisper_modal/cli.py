@@ -46,6 +46,12 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--word-timestamps", action="store_true", default=None)
         p.add_argument("--prompt", dest="initial_prompt", help="initial prompt text")
         p.add_argument("--mode", choices=("auto", "sequential", "batched"))
+        p.add_argument(
+            "--diarize", action="store_true", default=None, help="label speakers (SPEAKER_00...)"
+        )
+        p.add_argument("--num-speakers", type=int, help="exact speaker count (with --diarize)")
+        p.add_argument("--min-speakers", type=int, help="at least this many speakers")
+        p.add_argument("--max-speakers", type=int, help="at most this many speakers")
         p.add_argument("--backend", choices=("auto", "modal", "local"))
         return p
 
@@ -87,7 +93,18 @@ def _read_input(path: str) -> object:
 def _options(args: argparse.Namespace) -> TranscribeOptions:
     from whisper_modal.client import default_client
 
-    keys = ("model", "language", "task", "word_timestamps", "initial_prompt", "mode")
+    keys = (
+        "model",
+        "language",
+        "task",
+        "word_timestamps",
+        "initial_prompt",
+        "mode",
+        "diarize",
+        "num_speakers",
+        "min_speakers",
+        "max_speakers",
+    )
     return default_client().make_options(None, **{k: getattr(args, k, None) for k in keys})
 
 
