@@ -11,6 +11,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+import attrs
 import numpy as np
 import pysrt
 import pytest
@@ -102,6 +103,19 @@ def test_speakers_split_segments_and_label_in_order_of_appearance() -> None:
     assert [w.word for w in t.words] == [w.word for w in plain().words]
     assert t.text == plain().text
     assert all(not s.words for s in assign_speakers(plain(), TURNS, keep_words=False).segments)
+
+
+def test_a_late_detected_change_does_not_cut_off_a_word_but_a_paused_one_does() -> None:
+    words = _words((0.0, 0.6, " again"), (0.6, 1.2, " this"), (1.2, 1.5, " week."))
+    seg = Segment(id=0, start=0.0, end=1.5, text="again this week.", words=words)
+    t = Transcript(text=seg.text, language="en", duration=2.0, segments=(seg,))
+    late = [SpeakerTurn(0.0, 1.3, 0), SpeakerTurn(1.3, 3.0, 1)]  # "week." mostly in turn 1
+    assert [s.text for s in assign_speakers(t, late).segments] == ["again this week."]
+    paused = t.with_changes(
+        segments=(attrs.evolve(seg, words=(*words[:2], Word(start=1.6, end=1.9, word=" Yes."))),)
+    )
+    split = assign_speakers(paused, [SpeakerTurn(0.0, 1.3, 0), SpeakerTurn(1.5, 3.0, 1)])
+    assert [s.speaker for s in split.segments] == ["SPEAKER_00", "SPEAKER_01"]
 
 
 def test_word_in_a_pause_takes_the_nearest_turn_and_no_turns_means_no_speakers() -> None:
