@@ -12,8 +12,9 @@ without a pause joins the longer such neighbour: the "week" of "...again this we
 not cut off to the next speaker because the change was detected 0.4 s late. Across a
 pause the detected change is reliable (speech regions end there), so a back-channel
 ("Yeah.") after a pause keeps its own speaker. (On the two-speaker engine test this
-took the segments with the right speaker from 73% to 100%.) Labels are ``SPEAKER_00``, ``SPEAKER_01``... in order of first
-appearance in the transcript.
+took the segments with the right speaker from 73% to 100%.)
+
+Labels are ``SPEAKER_00``, ``SPEAKER_01``... in order of first appearance.
 """
 
 from __future__ import annotations
