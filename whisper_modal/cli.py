@@ -51,6 +51,12 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--word-timestamps", action="store_true", default=None)
         p.add_argument("--prompt", dest="initial_prompt", help="initial prompt text")
         p.add_argument("--mode", choices=("auto", "sequential", "batched"))
+        p.add_argument(
+            "--diarize", action="store_true", default=None, help="label speakers (SPEAKER_00...)"
+        )
+        p.add_argument("--num-speakers", type=int, help="exact speaker count (with --diarize)")
+        p.add_argument("--min-speakers", type=int, help="at least this many speakers")
+        p.add_argument("--max-speakers", type=int, help="at most this many speakers")
         p.add_argument("--backend", choices=("auto", "modal", "local"))
         return p
 
@@ -104,7 +110,18 @@ def _options(args: argparse.Namespace) -> TranscribeOptions:
     from whisper_modal import default_client
     from whisper_modal.inputs import build_options
 
-    keys = ("model", "language", "task", "word_timestamps", "initial_prompt", "mode")
+    keys = (
+        "model",
+        "language",
+        "task",
+        "word_timestamps",
+        "initial_prompt",
+        "mode",
+        "diarize",
+        "num_speakers",
+        "min_speakers",
+        "max_speakers",
+    )
     model = default_client().settings.model
     return build_options(model, None, **{k: getattr(args, k, None) for k in keys})
 

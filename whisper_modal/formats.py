@@ -1,4 +1,4 @@
-r"""Writers: SRT, WebVTT, TXT, TSV, JSON and Markdown, as pure functions plus a registry.
+r"""Writers: SRT, WebVTT, TXT, TSV, JSON, Markdown, RTTM (and HTML for notebooks).
 
 Subtitle rules that real parsers (pysrt, webvtt-py, ffmpeg) rely on:
 
@@ -14,10 +14,15 @@ Subtitle rules that real parsers (pysrt, webvtt-py, ffmpeg) rely on:
   and ``end >= start`` is enforced after rounding.
 
 Segments whose text is empty are skipped in the subtitle and TSV formats.
+
+Diarized transcripts (segments with a ``speaker``) carry it in every format: WebVTT as a
+voice tag (``<v SPEAKER_00>``), SRT and TXT as a ``SPEAKER_00: `` prefix, TSV as a column,
+JSON as fields, Markdown grouped by speaker, and RTTM (one ``SPEAKER`` line per segment).
 """
 
 from __future__ import annotations
 
+import html
 import json
 import math
 import re
@@ -29,14 +34,16 @@ from typing import TYPE_CHECKING
 from whisper_modal.errors import ConfigurationError
 
 if TYPE_CHECKING:  # results.py imports this module for its to_* methods
-    from whisper_modal.results import Segment, Transcript
+    from whisper_modal.results import Segment, Transcript, Word
 
 __all__ = [
     "FORMATS",
     "WRITERS",
     "format_from_path",
+    "to_html",
     "to_json",
     "to_markdown",
+    "to_rttm",
     "to_srt",
     "to_tsv",
     "to_txt",
@@ -56,6 +63,7 @@ _SUFFIXES = {
     ".json": "json",
     ".md": "md",
     ".markdown": "md",
+    ".rttm": "rttm",
 }
 
 
@@ -82,16 +90,20 @@ def _cue_text(text: str) -> str:
     return "\n".join(line for line in lines if line).replace("-->", "→")
 
 
-def _cues(t: Transcript) -> list[tuple[int, int, str]]:
-    """(start ms, end ms, text) of every segment that has text, end >= start."""
-    cues: list[tuple[int, int, str]] = []
+def _cues(t: Transcript) -> list[tuple[int, int, str, str | None]]:
+    """(start ms, end ms, text, speaker) of every segment that has text, end >= start."""
+    cues: list[tuple[int, int, str, str | None]] = []
     for seg in t.segments:
         text = _cue_text(seg.text)
         if not text:
             continue
         start = _ms(seg.start)
-        cues.append((start, max(start, _ms(seg.end)), text))
+        cues.append((start, max(start, _ms(seg.end)), text, seg.speaker))
     return cues
+
+
+def _prefix(speaker: str | None) -> str:
+    return f"{speaker}: " if speaker else ""
 
 
 def to_srt(t: Transcript) -> str:
@@ -107,8 +119,8 @@ def to_srt(t: Transcript) -> str:
         ConfigurationError: a segment time is not a finite number.
     """
     blocks = [
-        f"{i}\n{_clock(start, ',')} --> {_clock(end, ',')}\n{text}\n"
-        for i, (start, end, text) in enumerate(_cues(t), start=1)
+        f"{i}\n{_clock(start, ',')} --> {_clock(end, ',')}\n{_prefix(speaker)}{text}\n"
+        for i, (start, end, text, speaker) in enumerate(_cues(t), start=1)
     ]
     return "\n".join(blocks)
 
@@ -116,6 +128,12 @@ def to_srt(t: Transcript) -> str:
 def _vtt_escape(text: str) -> str:
     # "&" first, or the "&" of "&lt;" would be escaped again
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _voice(speaker: str | None) -> str:
+    # A voice tag's annotation ends at ">" and may not hold "&", "<" or ">"; our labels
+    # never do, but a label from elsewhere is escaped rather than trusted.
+    return f"<v {_vtt_escape(speaker)}>" if speaker else ""
 
 
 def to_vtt(t: Transcript) -> str:
@@ -132,8 +150,8 @@ def to_vtt(t: Transcript) -> str:
     """
     blocks = ["WEBVTT\n"]
     blocks += [
-        f"{_clock(start, '.')} --> {_clock(end, '.')}\n{_vtt_escape(text)}\n"
-        for start, end, text in _cues(t)
+        f"{_clock(start, '.')} --> {_clock(end, '.')}\n{_voice(speaker)}{_vtt_escape(text)}\n"
+        for start, end, text, speaker in _cues(t)
     ]
     return "\n".join(blocks)
 
@@ -147,7 +165,7 @@ def to_txt(t: Transcript) -> str:
     Returns:
         The text, ending with a newline, or an empty string when there is no text.
     """
-    lines = [" ".join(s.text.split()) for s in t.segments if s.text.strip()]
+    lines = [_prefix(s.speaker) + " ".join(s.text.split()) for s in t.segments if s.text.strip()]
     if not lines and t.text.strip():
         lines = [" ".join(t.text.split())]
     return "\n".join(lines) + ("\n" if lines else "")
@@ -155,6 +173,8 @@ def to_txt(t: Transcript) -> str:
 
 def to_tsv(t: Transcript) -> str:
     """Render openai-whisper's TSV: a ``start\\tend\\ttext`` header, then one row per segment.
+
+    A diarized transcript gets a ``speaker`` column before ``text``.
 
     Times are integer milliseconds. Fields are not quoted (as in openai-whisper), so tabs
     and line breaks inside the text become spaces; segments without text are skipped.
@@ -168,12 +188,14 @@ def to_tsv(t: Transcript) -> str:
     Raises:
         ConfigurationError: a segment time is not a finite number.
     """
-    rows = ["start\tend\ttext"]
+    diarized = any(seg.speaker for seg in t.segments)
+    rows = ["start\tend\tspeaker\ttext" if diarized else "start\tend\ttext"]
     for seg in t.segments:
         text = " ".join(seg.text.split())  # split() also takes tabs and every line break
         if text:
             start = _ms(seg.start)
-            rows.append(f"{start}\t{max(start, _ms(seg.end))}\t{text}")
+            speaker = f"{seg.speaker or ''}\t" if diarized else ""
+            rows.append(f"{start}\t{max(start, _ms(seg.end))}\t{speaker}{text}")
     return "\n".join(rows) + "\n"
 
 
@@ -203,7 +225,33 @@ def _md_cell(text: str) -> str:
 
 
 def _segment_line(seg: Segment) -> str:
-    return f"- **[{_mmss(seg.start)} - {_mmss(seg.end)}]** {' '.join(seg.text.split())}"
+    who = f"**{seg.speaker}:** " if seg.speaker else ""
+    return f"- **[{_mmss(seg.start)} - {_mmss(seg.end)}]** {who}{' '.join(seg.text.split())}"
+
+
+def _speaker_paragraphs(segments: list[Segment]) -> list[str]:
+    """One paragraph per run of consecutive segments by the same speaker, label in bold."""
+    paragraphs: list[str] = []
+    current: str | None = None
+    texts: list[str] = []
+    for seg in [*segments, None]:
+        if seg is None or seg.speaker != current:
+            if texts:
+                label = current or "Unknown speaker"
+                paragraphs += [f"**{label}:** {' '.join(texts)}", ""]
+            if seg is None:
+                break
+            current, texts = seg.speaker, []
+        texts.append(" ".join(seg.text.split()))
+    return paragraphs
+
+
+def _word_table(words: list[Word]) -> list[str]:
+    rows = ["| start | end | word | probability |", "|---:|---:|---|---:|"]
+    rows += [
+        f"| {w.start:.2f} | {w.end:.2f} | {_md_cell(w.word)} | {w.probability:.2f} |" for w in words
+    ]
+    return [*rows, ""]
 
 
 def to_markdown(t: Transcript) -> str:
@@ -212,6 +260,11 @@ def to_markdown(t: Transcript) -> str:
     It holds a title, a metadata line (language, duration, model), the full text, a
     "Segments" list of ``[mm:ss - mm:ss] text`` lines and, when word timestamps are
     present, a "Words" table (start, end, word, probability).
+
+    A diarized transcript is written as a meeting transcript: the metadata names the
+    speakers, the full text is grouped into paragraphs by speaker with bold labels
+    (``**SPEAKER_00:** ...``), each segment line names its speaker, and the word timings
+    come in one table per speaker.
 
     Args:
         t: the transcript.
@@ -225,18 +278,95 @@ def to_markdown(t: Transcript) -> str:
     meta = f"*Language:* {t.language or 'unknown'} · *Duration:* {_mmss(t.duration)}"
     if t.model:
         meta += f" · *Model:* {t.model}"
-    parts = ["# Transcript", "", meta, "", t.text.strip() or "_(no speech)_", ""]
+    if t.speakers:
+        meta += f" · *Speakers:* {len(t.speakers)}"
+    parts = ["# Transcript", "", meta, ""]
     segments = [s for s in t.segments if s.text.strip()]
+    if t.speakers and segments:
+        parts += _speaker_paragraphs(segments)
+    else:
+        parts += [t.text.strip() or "_(no speech)_", ""]
     if segments:
         parts += ["## Segments", "", *(_segment_line(s) for s in segments), ""]
     if t.words:
-        parts += ["## Words", "", "| start | end | word | probability |", "|---:|---:|---|---:|"]
-        parts += [
-            f"| {w.start:.2f} | {w.end:.2f} | {_md_cell(w.word)} | {w.probability:.2f} |"
-            for w in t.words
-        ]
-        parts.append("")
+        parts += ["## Words", ""]
+        if t.speakers:
+            for speaker in t.speakers:
+                parts += [f"### {speaker}", ""]
+                parts += _word_table([w for w in t.words if w.speaker == speaker])
+        else:
+            parts += _word_table(list(t.words))
     return "\n".join(parts)
+
+
+def to_rttm(t: Transcript, *, file_id: str = "audio") -> str:
+    """Render the speaker turns as RTTM, the diarization exchange format (NIST RT-09).
+
+    Each segment with a speaker is one line ``SPEAKER <file> 1 <onset> <duration> <NA>
+    <NA> <speaker> <NA> <NA>``, times in seconds with millisecond precision;
+    consecutive segments of one speaker that touch are joined into one turn.
+
+    Args:
+        t: the transcript (empty output unless it is diarized).
+        file_id: the recording's name in the first field (no spaces).
+
+    Returns:
+        The RTTM document, one line per turn.
+
+    Raises:
+        ConfigurationError: ``file_id`` is empty or holds whitespace, or a time is not
+            a finite number.
+    """
+    if not file_id or any(c.isspace() for c in file_id):
+        raise ConfigurationError(f"an RTTM file id needs no spaces, got {file_id!r}")
+    turns: list[list[int | str]] = []
+    for seg in t.segments:
+        if not seg.speaker:
+            continue
+        start = _ms(seg.start)
+        end = max(start, _ms(seg.end))
+        if turns and turns[-1][2] == seg.speaker and int(turns[-1][1]) >= start:
+            turns[-1][1] = max(int(turns[-1][1]), end)
+        else:
+            turns.append([start, end, seg.speaker])
+    return "".join(
+        f"SPEAKER {file_id} 1 {int(a) / 1000:.3f} {(int(b) - int(a)) / 1000:.3f} "
+        f"<NA> <NA> {who} <NA> <NA>\n"
+        for a, b, who in turns
+    )
+
+
+def to_html(t: Transcript) -> str:
+    """Render an HTML table of segments (start, end, speaker, text) for notebooks.
+
+    Args:
+        t: the transcript; the speaker column appears when it is diarized.
+
+    Returns:
+        An HTML fragment: a caption line and a ``<table>``.
+    """
+    diarized = any(s.speaker for s in t.segments)
+    head = "<th>start</th><th>end</th>" + ("<th>speaker</th>" if diarized else "") + "<th>text</th>"
+    rows = []
+    for seg in t.segments:
+        if not seg.text.strip():
+            continue
+        speaker = f"<td>{html.escape(seg.speaker or '')}</td>" if diarized else ""
+        rows.append(
+            f"<tr><td>{_mmss(seg.start)}</td><td>{_mmss(seg.end)}</td>{speaker}"
+            f"<td>{html.escape(' '.join(seg.text.split()))}</td></tr>"
+        )
+    caption = f"{html.escape(t.language or 'unknown')} · {_mmss(t.duration)}"
+    if t.model:
+        caption += f" · {html.escape(t.model)}"
+    if t.speakers:
+        caption += f" · {len(t.speakers)} speakers"
+    if t.diarization_error:
+        caption += f" · diarization failed: {html.escape(t.diarization_error)}"
+    return (
+        f"<div><p><b>Transcript</b> ({caption})</p>"
+        f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
+    )
 
 
 #: format name -> writer; read-only so one caller cannot change another's output
@@ -249,10 +379,11 @@ WRITERS: Mapping[str, Callable[[Transcript], str]] = MappingProxyType(
         "json": to_json,
         "md": to_markdown,
         "markdown": to_markdown,
+        "rttm": to_rttm,
     }
 )
 #: canonical format names, in the order the CLI lists them (``markdown`` is an alias of ``md``)
-FORMATS: tuple[str, ...] = ("srt", "vtt", "txt", "tsv", "json", "md")
+FORMATS: tuple[str, ...] = ("srt", "vtt", "txt", "tsv", "json", "md", "rttm")
 
 
 def write(t: Transcript, fmt: str) -> str:

@@ -46,6 +46,10 @@ class CallOptions(TypedDict, total=False):
     word_timestamps: bool
     initial_prompt: str
     mode: str  # "sequential", "batched" or "auto"
+    diarize: bool  # speakers on words and segments (needs the [diarize] extra)
+    num_speakers: int  # the number of speakers when known (with diarize=True)
+    min_speakers: int  # bounds on the estimated number of speakers
+    max_speakers: int
     options: TranscribeOptions  # a whole set of options; keywords override its fields
     sample_rate: int  # Hz, for numpy input
     output: str  # s3://bucket/prefix/ for result delivery

@@ -230,7 +230,47 @@ def _check_min_silence(_: Any, __: Any, value: float) -> None:
 
 
 #: options newer than the first wire schema: sent only when they differ from the default
-_ADDED_LATER: tuple[str, ...] = ("vad", "vad_threshold", "vad_min_silence_seconds", "cpu_int8")
+_ADDED_LATER: tuple[str, ...] = (
+    "vad", "vad_threshold", "vad_min_silence_seconds", "cpu_int8",
+    "diarize", "num_speakers", "min_speakers", "max_speakers",
+)  # fmt: skip
+
+
+#: more speakers than this is almost surely a mistake (and would slow clustering down)
+MAX_SPEAKERS = 32
+
+
+def _check_speakers(_: Any, attribute: Any, value: int | None) -> None:
+    if value is None:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_SPEAKERS:
+        raise ConfigurationError(
+            f"{attribute.name} must be an integer from 1 to {MAX_SPEAKERS} or None, not {value!r}"
+        )
+
+
+def _check_speaker_counts(o: TranscribeOptions) -> None:
+    given = [
+        n
+        for n, v in (
+            ("num_speakers", o.num_speakers),
+            ("min_speakers", o.min_speakers),
+            ("max_speakers", o.max_speakers),
+        )
+        if v is not None
+    ]
+    if given and not o.diarize:
+        raise ConfigurationError(f"{', '.join(given)} need(s) diarize=True")
+    if (
+        o.min_speakers is not None
+        and o.max_speakers is not None
+        and o.min_speakers > o.max_speakers
+    ):
+        raise ConfigurationError(
+            f"min_speakers ({o.min_speakers}) is more than max_speakers ({o.max_speakers})"
+        )
+    if o.num_speakers is not None and (o.min_speakers or o.max_speakers):
+        raise ConfigurationError("give num_speakers or min_speakers/max_speakers, not both")
 
 
 @attrs.frozen(kw_only=True)
@@ -276,8 +316,16 @@ class TranscribeOptions:
     # on a CPU, int8 weights for the linear layers and the logits projection (~3x faster
     # decoding measured on tiny.en; the text may differ slightly from fp32); ignored on CUDA
     cpu_int8: bool = attrs.field(default=False, validator=_check_bool)
+    # find who spoke when and put SPEAKER_00... on words and segments (turns word
+    # timestamps on internally; words stay in the result only if word_timestamps is set)
+    diarize: bool = attrs.field(default=False, validator=_check_bool)
+    # the number of speakers when known, or bounds on the estimate (need diarize=True)
+    num_speakers: int | None = attrs.field(default=None, validator=_check_speakers)
+    min_speakers: int | None = attrs.field(default=None, validator=_check_speakers)
+    max_speakers: int | None = attrs.field(default=None, validator=_check_speakers)
 
     def __attrs_post_init__(self) -> None:
+        _check_speaker_counts(self)
         if self.model.endswith(".en") and self.language not in (None, "en"):
             raise ConfigurationError(
                 f"{self.model} is English-only; drop language={self.language!r} or use a "

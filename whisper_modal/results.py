@@ -18,12 +18,19 @@ from whisper_modal.errors import ConfigurationError
 
 __all__ = ["SCHEMA_VERSION", "Segment", "Timings", "Transcript", "Word"]
 
-#: version of the dict produced by ``Transcript.to_dict``; bump on incompatible changes
+#: version of the dict produced by ``Transcript.to_dict``; bump on incompatible changes.
+#: Speaker fields (``speaker`` on words and segments, ``speakers``, ``diarization_error``)
+#: were added within version 1: they are optional, so a reader that ignores them (every
+#: older client, since unknown keys are ignored) still reads the transcript correctly.
 SCHEMA_VERSION = 1
 
 
 def _tuple(items: Iterable[Any]) -> tuple[Any, ...]:
     return tuple(items)
+
+
+def _opt_str(value: Any) -> str | None:
+    return None if value is None else str(value)
 
 
 @attrs.frozen
@@ -34,10 +41,14 @@ class Word:
     end: float = attrs.field(converter=float)  # seconds
     word: str = attrs.field(converter=str)  # as Whisper emits it, usually with a leading space
     probability: float = 1.0  # model confidence, 0..1
+    speaker: str | None = None  # "SPEAKER_00"... when diarized
 
     def to_dict(self) -> dict[str, Any]:
-        """Return the word as a plain dict."""
-        return attrs.asdict(self)
+        """Return the word as a plain dict (``speaker`` only when diarized)."""
+        d = attrs.asdict(self)
+        if self.speaker is None:
+            del d["speaker"]  # undiarized output stays as it was before speakers existed
+        return d
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Word:
@@ -47,6 +58,7 @@ class Word:
             end=float(data["end"]),
             word=str(data["word"]),
             probability=float(data.get("probability", 1.0)),
+            speaker=_opt_str(data.get("speaker")),
         )
 
 
@@ -63,11 +75,14 @@ class Segment:
     no_speech_prob: float | None = None  # probability the window held no speech
     compression_ratio: float | None = None  # gzip ratio of the text; high means repetition
     temperature: float | None = None  # sampling temperature that produced the text
+    speaker: str | None = None  # "SPEAKER_00"... when diarized (one speaker per segment)
 
     def to_dict(self) -> dict[str, Any]:
         """Return the segment as a plain dict (words as a list of dicts)."""
         d = attrs.asdict(self, recurse=False)
         d["words"] = [w.to_dict() for w in self.words]
+        if self.speaker is None:
+            del d["speaker"]
         return d
 
     @classmethod
@@ -88,6 +103,7 @@ class Segment:
             no_speech_prob=opt("no_speech_prob"),
             compression_ratio=opt("compression_ratio"),
             temperature=opt("temperature"),
+            speaker=_opt_str(data.get("speaker")),
         )
 
 
@@ -100,6 +116,7 @@ class Timings:
     inference: float = 0.0  # running the model
     total: float = 0.0  # wall time of the whole call as seen by the engine
     queue: float = 0.0  # waiting for a container / worker before the engine started
+    diarize: float = 0.0  # finding speakers (its model load is counted in ``load``)
 
     def to_dict(self) -> dict[str, float]:
         """Return the timings as a plain dict."""
@@ -132,6 +149,10 @@ class Transcript:
         cold_start: True when the container loaded the model for this call.
         job_id: the job that produced it, if it came from a job.
         output_location: where the result was stored (e.g. an s3:// URI), if anywhere.
+        speakers: speaker labels (``SPEAKER_00``...) in order of first appearance; empty
+            unless diarized.
+        diarization_error: why diarization was asked for but failed (the transcript is
+            then returned without speakers), None otherwise.
     """
 
     text: str
@@ -148,6 +169,8 @@ class Transcript:
     cold_start: bool = False
     job_id: str | None = None
     output_location: str | None = None
+    speakers: tuple[str, ...] = attrs.field(default=(), converter=_tuple)
+    diarization_error: str | None = None
 
     @property
     def words(self) -> tuple[Word, ...]:
@@ -172,6 +195,8 @@ class Transcript:
             "cold_start": self.cold_start,
             "job_id": self.job_id,
             "output_location": self.output_location,
+            "speakers": list(self.speakers),
+            "diarization_error": self.diarization_error,
         }
 
     @classmethod
@@ -205,6 +230,8 @@ class Transcript:
                 cold_start=bool(data.get("cold_start", False)),
                 job_id=data.get("job_id"),
                 output_location=data.get("output_location"),
+                speakers=tuple(str(s) for s in data.get("speakers") or ()),
+                diarization_error=_opt_str(data.get("diarization_error")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigurationError(f"not a transcript dict: {exc!r}") from exc
@@ -233,6 +260,22 @@ class Transcript:
     def to_markdown(self) -> str:
         """Return a Markdown document: full text, timestamped segments, word timings."""
         return formats.to_markdown(self)
+
+    def to_rttm(self, *, file_id: str = "audio") -> str:
+        """Return the speaker turns as RTTM (empty unless diarized)."""
+        from whisper_modal.formats import to_rttm
+
+        return to_rttm(self, file_id=file_id)
+
+    def _repr_markdown_(self) -> str:
+        # Jupyter's rich display: the same document as ``to_markdown``
+        return self.to_markdown()
+
+    def _repr_html_(self) -> str:
+        # Jupyter's rich display: a table of segments with times and speakers
+        from whisper_modal.formats import to_html
+
+        return to_html(self)
 
     def with_changes(self, **changes: Any) -> Transcript:
         """Return a copy with some fields replaced (results are immutable)."""

@@ -6,7 +6,8 @@ For audio longer than ``settings.fanout_seconds`` sent to Modal, the client deco
 uses, sends each chunk as compact FLAC through the whole policy chain below (deadline,
 retry, breaker, fallback; bounded by ``max_containers``), and merges the transcripts with
 continuous timestamps. Requests that deliver results to S3 or a webhook are not split (one
-job, one delivery). A submitted fan-out job (``fanout-<hex>``) runs on the client's loop
+job, one delivery), nor are diarized ones (chunk-local speaker labels would disagree).
+A submitted fan-out job (``fanout-<hex>``) runs on the client's loop
 and lives in the process registry: ``Job.progress()`` reports chunks done / total.
 """
 
@@ -43,6 +44,8 @@ class Chunk:
 def plan_fanout(request: Request, settings: Settings) -> list[Chunk] | None:
     """The chunks to send, or None when the request should go as one call (blocking)."""
     if request.audio is None or request.output is not None or request.webhook_url is not None:
+        return None
+    if request.options.diarize:  # speakers must be clustered over the whole recording
         return None
     try:
         from whisper_modal.engine.audio import decode_audio, encode_flac, probe_duration

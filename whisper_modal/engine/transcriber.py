@@ -107,7 +107,8 @@ class Engine:
         try:
             with loaded.lock:
                 began = time.perf_counter()
-                result = run_whisper(loaded, samples, options)  # resolves the language once
+                # diarization splits segments at word times, so it needs words
+                result = run_whisper(loaded, samples, _with_words(options))  # language once
                 inference = time.perf_counter() - began
         except Exception as exc:  # torch/whisper internals -> typed error
             raise map_engine_error(exc) from exc
@@ -117,7 +118,7 @@ class Engine:
             inference=inference,
             total=time.perf_counter() - started,
         )
-        return self._transcript(
+        transcript = self._transcript(
             result,
             samples,
             loaded,
@@ -126,6 +127,9 @@ class Engine:
             language_probability=result.get("language_probability"),
             timings=timings,
         )
+        if options.diarize:
+            transcript = _diarize(transcript, samples, options, loaded.device)
+        return transcript
 
     def transcribe_packed(
         self, inputs: list[bytes], options: TranscribeOptions
@@ -148,7 +152,7 @@ class Engine:
                 out[i] = map_engine_error(exc)
                 continue
             language_known = options.language is not None or not loaded.is_multilingual
-            if samples.shape[0] <= WINDOW_SAMPLES and language_known:
+            if samples.shape[0] <= WINDOW_SAMPLES and language_known and not options.diarize:
                 short.append((i, samples))
             else:
                 try:
@@ -227,6 +231,26 @@ class Engine:
             info["model_loaded"] = True
             info["device"] = loaded.device
         return info
+
+
+def _with_words(options: TranscribeOptions) -> TranscribeOptions:
+    return options.replace(word_timestamps=True) if options.diarize else options
+
+
+def _diarize(
+    transcript: Transcript, samples: np.ndarray, options: TranscribeOptions, device: str
+) -> Transcript:
+    from whisper_modal.engine.diarize import apply_diarization
+
+    return apply_diarization(
+        transcript,
+        samples,
+        device=device,
+        num_speakers=options.num_speakers,
+        min_speakers=options.min_speakers,
+        max_speakers=options.max_speakers,
+        keep_words=options.word_timestamps,
+    )
 
 
 def _device_label(device: str) -> str:

@@ -3,7 +3,9 @@
 Field for field as ``POST /v1/audio/transcriptions`` documents them: ``file``, ``model``,
 ``language``, ``prompt``, ``response_format`` (json, text, srt, vtt, verbose_json),
 ``temperature`` and ``timestamp_granularities[]`` (word, segment). Extensions, which
-OpenAI clients never send: ``word_timestamps`` and ``mode``. ``whisper-1`` names this
+OpenAI clients never send: ``word_timestamps``, ``mode``, and the speaker fields ``diarize``,
+``num_speakers``, ``min_speakers``, ``max_speakers`` (``verbose_json`` then carries a
+``speaker`` on segments and words, and ``speakers``). ``whisper-1`` names this
 deployment's default model, so code written for OpenAI works unchanged.
 """
 
@@ -69,6 +71,17 @@ def _bool(value: Any, name: str) -> bool | None:
     if lowered in ("0", "false", "no", "off", ""):
         return False
     raise ApiError(400, f"{name} must be true or false", param=name, code="invalid_value")
+
+
+def _int(value: Any, name: str) -> int | None:
+    if value is None or value == "":
+        return None
+    try:
+        return int(str(value).strip())
+    except ValueError:
+        raise ApiError(
+            400, f"{name} must be an integer", param=name, code="invalid_value"
+        ) from None
 
 
 def _temperature(value: Any) -> tuple[float, ...] | None:
@@ -142,6 +155,10 @@ def build_options(
         "word_timestamps": words,
         "temperature": _temperature(get("temperature")),
         "mode": get("mode"),
+        "diarize": _bool(get("diarize"), "diarize"),
+        "num_speakers": _int(get("num_speakers"), "num_speakers"),
+        "min_speakers": _int(get("min_speakers"), "min_speakers"),
+        "max_speakers": _int(get("max_speakers"), "max_speakers"),
     }
     try:
         return TranscribeOptions(**{k: v for k, v in values.items() if v is not None})
@@ -170,11 +187,18 @@ def verbose_json(t: Transcript, *, task: str, grains: frozenset[str]) -> dict[st
                 "avg_logprob": s.avg_logprob or 0.0,
                 "compression_ratio": s.compression_ratio or 0.0,
                 "no_speech_prob": s.no_speech_prob or 0.0,
+                **({"speaker": s.speaker} if s.speaker else {}),
             }
             for s in t.segments
         ]
     if "word" in grains:
-        body["words"] = [{"word": w.word.strip(), "start": w.start, "end": w.end} for w in t.words]
+        body["words"] = [
+            {"word": w.word.strip(), "start": w.start, "end": w.end}
+            | ({"speaker": w.speaker} if w.speaker else {})
+            for w in t.words
+        ]
+    if t.speakers:
+        body["speakers"] = list(t.speakers)
     return body
 
 
