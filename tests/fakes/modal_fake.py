@@ -470,6 +470,7 @@ class FakeModal:
         self._batchers: dict[str, Batcher] = {}
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
+        self._enter_lock = threading.Lock()  # held while a "container" starts
 
     def count(self, op: str) -> None:
         with self._lock:
@@ -479,12 +480,18 @@ class FakeModal:
         """The real app class instance (created once per class and model, like a warm container)."""
         import whisper_modal.app as app
 
-        with self._lock:
-            if (cls, model) not in self._instances:
-                # the enter hooks read this when the first call runs
-                app.container_environ = self.container_env()
-                self._instances[(cls, model)] = getattr(app, cls)(model=model)
-            return self._instances[(cls, model)]
+        # A real container runs its enter hooks once, before taking any input. Modal's
+        # ``.local()`` enters lazily and without a lock, so concurrent first calls would
+        # each build an instance and one could run a method on a half-entered one: enter
+        # here, once, under a lock, and only then hand the instance out.
+        with self._enter_lock:
+            obj = self._instances.get((cls, model))
+            if obj is None:
+                app.container_environ = self.container_env()  # what the hooks read
+                obj = getattr(app, cls)(model=model)
+                obj._enter()
+                self._instances[(cls, model)] = obj
+            return obj
 
     def container_env(self) -> dict[str, str]:
         """The container's whole environment: the image's variables, then the secret's."""
