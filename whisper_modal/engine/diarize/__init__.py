@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import itertools
 import threading
+import time
 from typing import Protocol
 
 import attrs
 import numpy as np
 
-from .assign import apply_diarization, assign_speakers, speaker_label
+from whisper_modal.results import Transcript
+
+from .assign import assign_speakers, speaker_label
 
 __all__ = [
     "CampPlusDiarizer",
@@ -158,3 +161,57 @@ def load_diarizer(device: str = "cpu") -> tuple[CampPlusDiarizer, float]:
             return found, 0.0
         loaded = _CACHE[device] = CampPlusDiarizer(device)
         return loaded, loaded.load_seconds
+
+
+def apply_diarization(
+    transcript: Transcript,
+    samples: np.ndarray,
+    *,
+    diarizer: Diarizer | None = None,
+    device: str = "cpu",
+    num_speakers: int | None = None,
+    min_speakers: int | None = None,
+    max_speakers: int | None = None,
+    keep_words: bool = True,
+) -> Transcript:
+    """Diarize ``samples`` and put the speakers on ``transcript``; never loses it.
+
+    Args:
+        transcript: the finished transcript of ``samples`` (with word timestamps).
+        samples: the same audio, 16 kHz mono float32.
+        diarizer: the diarizer to use; None loads the default once per process.
+        device: where the default diarizer runs ("cpu" or "cuda").
+        num_speakers, min_speakers, max_speakers: the speaker count, or bounds on it.
+        keep_words: False drops the words afterwards.
+
+    Returns:
+        The transcript with speakers, or, when diarization fails, the transcript without
+        them and the reason in ``diarization_error`` (words dropped as ``keep_words`` says).
+    """
+    started = time.perf_counter()
+    load = 0.0
+    try:
+        if diarizer is None:
+            diarizer, load = load_diarizer(device)
+        turns = diarizer.diarize(
+            samples,
+            num_speakers=num_speakers,
+            min_speakers=min_speakers,
+            max_speakers=max_speakers,
+        )
+        result = assign_speakers(transcript, turns, keep_words=keep_words)
+    except Exception as exc:  # a transcript without speakers beats no transcript
+        segments = transcript.segments
+        if not keep_words:
+            segments = tuple(attrs.evolve(s, words=()) for s in segments)
+        result = transcript.with_changes(
+            segments=segments, diarization_error=f"{type(exc).__name__}: {exc}"
+        )
+    spent = time.perf_counter() - started
+    timings = attrs.evolve(
+        result.timings,
+        diarize=spent - load,
+        load=result.timings.load + load,
+        total=result.timings.total + spent,
+    )
+    return result.with_changes(timings=timings)

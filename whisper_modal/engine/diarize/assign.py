@@ -19,7 +19,6 @@ Labels are ``SPEAKER_00``, ``SPEAKER_01``... in order of first appearance.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -29,9 +28,9 @@ import numpy as np
 from whisper_modal.results import Segment, Transcript, Word
 
 if TYPE_CHECKING:
-    from . import Diarizer, SpeakerTurn
+    from . import SpeakerTurn
 
-__all__ = ["MIN_RUN", "apply_diarization", "assign_speakers", "speaker_label"]
+__all__ = ["MIN_RUN", "assign_speakers", "speaker_label"]
 
 MIN_RUN = 1.0  # s: shorter same-speaker runs of words inside a segment join a neighbour
 PAUSE = 0.3  # s: ...unless a pause this long separates them (as in regions.MIN_PAUSE)
@@ -150,59 +149,3 @@ def assign_speakers(
         )
         segments.append(attrs.evolve(seg, id=i, speaker=label, words=words if keep_words else ()))
     return transcript.with_changes(segments=tuple(segments), speakers=tuple(order.values()))
-
-
-def apply_diarization(
-    transcript: Transcript,
-    samples: np.ndarray,
-    *,
-    diarizer: Diarizer | None = None,
-    device: str = "cpu",
-    num_speakers: int | None = None,
-    min_speakers: int | None = None,
-    max_speakers: int | None = None,
-    keep_words: bool = True,
-) -> Transcript:
-    """Diarize ``samples`` and put the speakers on ``transcript``; never loses it.
-
-    Args:
-        transcript: the finished transcript of ``samples`` (with word timestamps).
-        samples: the same audio, 16 kHz mono float32.
-        diarizer: the diarizer to use; None loads the default once per process.
-        device: where the default diarizer runs ("cpu" or "cuda").
-        num_speakers, min_speakers, max_speakers: the speaker count, or bounds on it.
-        keep_words: False drops the words afterwards.
-
-    Returns:
-        The transcript with speakers, or, when diarization fails, the transcript without
-        them and the reason in ``diarization_error`` (words dropped as ``keep_words`` says).
-    """
-    started = time.perf_counter()
-    load = 0.0
-    try:
-        if diarizer is None:
-            from . import load_diarizer
-
-            diarizer, load = load_diarizer(device)
-        turns = diarizer.diarize(
-            samples,
-            num_speakers=num_speakers,
-            min_speakers=min_speakers,
-            max_speakers=max_speakers,
-        )
-        result = assign_speakers(transcript, turns, keep_words=keep_words)
-    except Exception as exc:  # a transcript without speakers beats no transcript
-        segments = transcript.segments
-        if not keep_words:
-            segments = tuple(attrs.evolve(s, words=()) for s in segments)
-        result = transcript.with_changes(
-            segments=segments, diarization_error=f"{type(exc).__name__}: {exc}"
-        )
-    spent = time.perf_counter() - started
-    timings = attrs.evolve(
-        result.timings,
-        diarize=spent - load,
-        load=result.timings.load + load,
-        total=result.timings.total + spent,
-    )
-    return result.with_changes(timings=timings)
