@@ -102,33 +102,12 @@ def step_pieces(model: Any, rows: int, context: int) -> None:
 
 
 def quantized_copy(model: Any) -> Any:
-    """A copy with int8 dynamic quantisation of every ``nn.Linear`` *and* the logits
+    """The engine's own int8 copy (``engine.quantize``): every ``nn.Linear`` *and* the logits
     projection (a plain matmul with the token embedding in openai-whisper, so
     ``quantize_dynamic`` alone leaves the largest matrix of tiny.en in fp32)."""
-    import copy
+    from whisper_modal.engine.quantize import _quantized
 
-    import torch
-    from torch import nn
-
-    q = copy.deepcopy(model)
-    projection = nn.Linear(q.dims.n_text_state, q.dims.n_vocab, bias=False)
-    projection.weight = nn.Parameter(q.decoder.token_embedding.weight.detach().clone())
-    q = torch.ao.quantization.quantize_dynamic(q, {nn.Linear}, dtype=torch.qint8)
-    qproj = torch.ao.quantization.quantize_dynamic(
-        nn.Sequential(projection), {nn.Linear}, dtype=torch.qint8
-    )
-    decoder = q.decoder
-
-    def forward(x: Any, xa: Any, kv_cache: Any = None) -> Any:
-        offset = next(iter(kv_cache.values())).shape[1] if kv_cache else 0
-        h = decoder.token_embedding(x) + decoder.positional_embedding[offset : offset + x.shape[-1]]
-        h = h.to(xa.dtype)
-        for block in decoder.blocks:
-            h = block(h, xa, mask=decoder.mask, kv_cache=kv_cache)
-        return qproj(decoder.ln(h)).float()
-
-    decoder.forward = forward
-    return q
+    return _quantized(model)
 
 
 def quantization_rows(loaded: Any, samples: Any, reference: str) -> None:

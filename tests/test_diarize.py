@@ -338,7 +338,7 @@ def test_engine_diarizes_a_two_speaker_call() -> None:
     clip, ref = speakers.conversation(2, seed=22, turns=6)
     engine = Engine(cache_dir=tiny_en_cache(), device="cpu")
     opts = TranscribeOptions(model="tiny.en", language="en", diarize=True, word_timestamps=True)
-    t = Transcript.from_dict(engine.transcribe(clip, opts, sample_rate=16000))
+    t = engine.transcribe(clip, opts, sample_rate=16000)
     assert t.diarization_error is None
     assert t.speakers == ("SPEAKER_00", "SPEAKER_01")
     assert all(s.speaker in t.speakers for s in t.segments)

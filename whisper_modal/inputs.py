@@ -46,6 +46,8 @@ class CallOptions(TypedDict, total=False):
     word_timestamps: bool
     initial_prompt: str
     mode: str  # "sequential", "batched" or "auto"
+    vad: bool  # decode only the speech Silero VAD finds (default True)
+    cpu_int8: bool  # int8 weights on a CPU (faster; text may differ slightly)
     diarize: bool  # speakers on words and segments (needs the [diarize] extra)
     num_speakers: int  # the number of speakers when known (with diarize=True)
     min_speakers: int  # bounds on the estimated number of speakers

@@ -67,7 +67,12 @@ def plan_fanout(request: Request, settings: Settings) -> list[Chunk] | None:
     chunk_seconds = min(settings.fanout_chunk_seconds, settings.fanout_seconds)
     base = request.client_job_id or "wm"
     chunks: list[Chunk] = []
-    for window in plan_chunks(samples, target_seconds=chunk_seconds):
+    mask = None
+    if request.options.vad:  # cut at the pauses the VAD hears, as the engine's streams are
+        from whisper_modal.engine.vad import frame_speech_mask
+
+        mask = frame_speech_mask(samples, threshold=request.options.vad_threshold)
+    for window in plan_chunks(samples, target_seconds=chunk_seconds, mask=mask):
         if window.silent:
             continue
         piece = Request(
