@@ -53,20 +53,18 @@ def preflight(allow_cpu: bool) -> str:
         import whisper  # noqa: F401
     except ImportError as exc:
         fail(f"{exc.name} is missing: pip install -e '.[local,dev,bench]'")
+    # the device first: on a machine without a GPU that is the answer, whatever else is
+    # installed (the [bench] extra is not part of the test install)
+    if not torch.cuda.is_available() and not allow_cpu:
+        fail(
+            f"no CUDA GPU here (torch {torch.__version__}, cuda available: False); run this "
+            "on a GPU machine, or pass --allow-cpu to exercise the script on a CPU"
+        )
     try:
         import transformers  # noqa: F401
     except ImportError:
         fail("transformers is missing: pip install -e '.[bench]'")
-    if torch.cuda.is_available():
-        return "cuda"
-    if allow_cpu:
-        return "cpu"
-    fail(
-        f"no CUDA GPU here (torch {torch.__version__}, "
-        f"cuda available: {torch.cuda.is_available()}); run this on a GPU machine, "
-        "or pass --allow-cpu to exercise the script on a CPU"
-    )
-    raise AssertionError("unreachable")
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def to_transformers(model: Any) -> Any:
