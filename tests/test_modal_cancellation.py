@@ -171,7 +171,8 @@ def test_200_calls_with_faults_and_expiries_complete_exactly_once(
         "run", lambda n: Fault(raises=me.ConnectionError("reset")) if n % 10 == 3 else None
     )
     try:
-        client = client_for(fake, monkeypatch, backend="modal", max_attempts=5)
+        # 10 attempts: a call whose runs all fail at 10% is then a 1e-10 event, not 1e-5
+        client = client_for(fake, monkeypatch, backend="modal", max_attempts=10)
         audio = [f"RIFF-{i}".encode() for i in range(200)]
         results = client.transcribe_many(audio, concurrency=16, timeout=3.0)
         settle(fake)
