@@ -41,7 +41,7 @@ def shape(fn):
         "schedule": str(info.schedule) if info.schedule else None,
     }
 
-classes = {n: getattr(m, n) for n in ("Transcriber", "BatchTranscriber")}
+classes = {n: getattr(m, n) for n in ("Transcriber", "PackedTranscriber")}
 functions = {n: getattr(m, n) for n in ("prefetch", "warm_pool") if hasattr(m, n)}
 print(json.dumps({
     "app": m.app.name,
@@ -147,7 +147,7 @@ def test_everything_deploy_reaches_modal() -> None:
     assert t["gpus"] == [["L40S", 1], ["A10G", 1]] and t["regions"] == ["us-east"]
     assert raw["options"]["min_containers"] == 1 and raw["options"]["buffer_containers"] == 2
     assert raw["options"]["enable_memory_snapshot"] is True
-    assert raw["snap_enter"] == {"BatchTranscriber": ["load"], "Transcriber": ["load"]}
+    assert raw["snap_enter"] == {"PackedTranscriber": ["load"], "Transcriber": ["load"]}
     assert raw["functions"]["warm_pool"]["schedule"] is not None
     assert raw["functions"]["prefetch"]["gpus"] == []  # downloading needs no GPU
 

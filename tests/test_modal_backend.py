@@ -235,7 +235,7 @@ def test_packed_short_inputs_share_batches(client: Client, fake: FakeModal) -> N
     assert wer(" ".join(sentences), " ".join(texts)) <= 0.21, texts
     sizes = fake.batcher("tiny.en").batch_sizes
     assert sum(sizes) == len(inputs) and max(sizes) >= 4  # several inputs per forward pass
-    assert ("whisper-modal", "BatchTranscriber", None) in fake.lookups
+    assert ("whisper-modal", "PackedTranscriber", None) in fake.lookups
 
 
 # --------------------------------------------------------------------------- the backend alone

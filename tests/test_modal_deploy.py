@@ -147,12 +147,12 @@ def test_one_bad_request_does_not_fail_a_packed_batch(
     """Fault 7: ``_check_model`` ran outside the per-item handling, failing all 3."""
     monkeypatch.setenv("WHISPER_MODAL_CACHE_DIR", str(tiny_model_cache()))
     monkeypatch.setenv("WHISPER_MODAL_DEVICE", "cpu")
-    from whisper_modal.app import BatchTranscriber
+    from whisper_modal.app import PackedTranscriber
 
     options = sample_wire["options"]
     assert isinstance(options, dict)
     bad = dict(sample_wire, options={**options, "model": "/etc/passwd"})
-    results = BatchTranscriber(model="tiny.en").transcribe_batch.local(
+    results = PackedTranscriber(model="tiny.en").transcribe_packed.local(
         [sample_wire, bad, sample_wire]
     )
     assert [("error" in r) for r in results] == [False, True, False]

@@ -41,7 +41,7 @@ __all__ = [
     "IMAGE_ENV",
     "IMAGE_PACKAGES",
     "WEIGHTS_DIR",
-    "BatchTranscriber",
+    "PackedTranscriber",
     "Transcriber",
     "app",
     "deploy",
@@ -445,7 +445,7 @@ class Transcriber(_Loaded):
 
 
 @app.cls(**_CLASS_OPTIONS)
-class BatchTranscriber(_Loaded):
+class PackedTranscriber(_Loaded):
     """Many short inputs packed into shared batched forward passes (``transcribe_many(pack=True)``).
 
     Modal collects single calls into lists (``@modal.batched``); a class with a batched
@@ -465,7 +465,7 @@ class BatchTranscriber(_Loaded):
         _to_device(self)
 
     @modal.batched(max_batch_size=16, wait_ms=250)
-    def transcribe_batch(self, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def transcribe_packed(self, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """One result dict per request; failures are ``{"error": {...}}`` entries.
 
         A bad request (unknown model, unreadable wire dict) fails only its own entry:
@@ -486,7 +486,7 @@ class BatchTranscriber(_Loaded):
                 results[i] = {"error": error_to_dict(exc)}
             else:
                 accepted.append(i)
-        handled = self.service.handle_batch([requests[i] for i in accepted])
+        handled = self.service.handle_packed([requests[i] for i in accepted])
         for i, outcome in zip(accepted, handled, strict=True):
             results[i] = (
                 {"error": error_to_dict(outcome)}
@@ -575,7 +575,7 @@ if settings.warm_hours:  # a baked setting: the same on the deploy side and in c
         n = warm_containers_at(
             hour, str(settings.warm_hours), settings.warm_containers, settings.min_containers
         )
-        for name in ("Transcriber", "BatchTranscriber"):
+        for name in ("Transcriber", "PackedTranscriber"):
             pool = modal.Cls.from_name(settings.app_name, name)(model=settings.model)
             pool.update_autoscaler(min_containers=n)
         print(json.dumps({"event": "whisper_modal.warm_pool", "hour": hour, "min_containers": n}))

@@ -131,7 +131,7 @@ class Settings:
     )
     app_name: str = "whisper-modal"  # deployed Modal app name
     class_name: str = "Transcriber"  # class inside that app
-    batch_class_name: str = "BatchTranscriber"  # the @modal.batched class (packing)
+    packed_class_name: str = "PackedTranscriber"  # the @modal.batched class (packing)
     environment_name: str | None = None  # Modal environment (None: the profile's default)
     # -- model and engine
     model: str = "turbo"  # default Whisper model

@@ -66,7 +66,7 @@ class Service:
         notify(self.settings, request, job_id, started, result=result)
         return result
 
-    def handle_batch(self, wires: list[dict[str, Any]]) -> list[Transcript | WhisperModalError]:
+    def handle_packed(self, wires: list[dict[str, Any]]) -> list[Transcript | WhisperModalError]:
         """Run many requests, packing short plain ones into shared batched passes.
 
         Requests with S3 input, result delivery or a webhook run one by one through

@@ -247,7 +247,7 @@ class FakeMethod:
             try:
                 if fake.handler is not None and self._name == "transcribe":
                     result = fake.handler(*args)
-                elif self._name == "transcribe_batch":  # @modal.batched groups single calls
+                elif self._name == "transcribe_packed":  # @modal.batched groups single calls
                     result = fake.batcher(self._model).submit(args[0]).result()
                 else:
                     method = getattr(fake.instance(self._model, self._cls), self._name)
@@ -396,7 +396,7 @@ class Batcher:
                 batch, self._queue = self._queue[: self._max], self._queue[self._max :]
             self.batch_sizes.append(len(batch))
             try:
-                method = self._fake.instance(self._model, "BatchTranscriber").transcribe_batch
+                method = self._fake.instance(self._model, "PackedTranscriber").transcribe_packed
                 results = method.local([wire for wire, _ in batch])
                 for (_, future), result in zip(batch, results, strict=True):
                     future.set_result(result)

@@ -214,7 +214,7 @@ class ModalBackend:
 
     async def _packed(self, request: Request, timeout: float) -> Transcript:
         method = await self._method(
-            request.options.model, "transcribe_batch", self.settings.batch_class_name
+            request.options.model, "transcribe_packed", self.settings.packed_class_name
         )
         staged = await stage_large_audio(request, self.settings)
         result: dict[str, Any] = await _within(
