@@ -219,3 +219,34 @@ def test_a_webhook_to_an_inner_address_is_refused_when_submitting() -> None:
         client.submit(b"RIFF", webhook_url="http://10.1.2.3/hook")
     assert len(in_process_jobs()._jobs) == queued
     client.close()
+
+
+async def test_polling_a_job_that_just_finished_returns_its_outcome() -> None:
+    """A poll whose wait gives up as the job ends must read the job's outcome, not time out.
+
+    ``timeout=0`` on a finished future is that race every time: ``wrap_future`` hands the
+    result over a loop iteration later, so the wait expires with the job already done.
+    """
+    import concurrent.futures as cf
+
+    from whisper_modal.backends.registry import InProcessJobs
+
+    jobs = InProcessJobs()
+    done: cf.Future[wm.Transcript] = cf.Future()
+    done.set_result(wm.Transcript(text="ok", language="en", duration=1.0))
+    jobs.add("local-done", done)
+    assert (await jobs.aresult("local-done", timeout=0)).text == "ok"
+    failed: cf.Future[wm.Transcript] = cf.Future()
+    failed.set_exception(wm.AudioError("bad", reason="empty"))
+    jobs.add("local-failed", failed)
+    with pytest.raises(wm.AudioError):
+        await jobs.aresult("local-failed", timeout=0)
+    own: cf.Future[wm.Transcript] = cf.Future()
+    own.set_exception(wm.JobTimeout("inner deadline", job_id="x"))
+    jobs.add("local-own", own)
+    with pytest.raises(wm.JobTimeout, match="inner deadline"):
+        await jobs.aresult("local-own", timeout=0)
+    running: cf.Future[wm.Transcript] = cf.Future()
+    jobs.add("local-running", running)
+    with pytest.raises(wm.JobTimeout, match="not finished"):
+        await jobs.aresult("local-running", timeout=0)

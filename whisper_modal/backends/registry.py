@@ -96,16 +96,23 @@ class InProcessJobs:
             JobTimeout: not done in time. JobCancelled: cancelled. JobNotFound: unknown id.
         """
         entry = self._entry(job_id)
+        future = entry.future
         try:
             transcript = await asyncio.wait_for(
-                asyncio.shield(asyncio.wrap_future(entry.future)), timeout
+                asyncio.shield(asyncio.wrap_future(future)), timeout
             )
         except TimeoutError as exc:
-            if entry.future.done() and not entry.future.cancelled():
-                raise  # the job itself raised a TimeoutError subclass (e.g. JobTimeout)
-            raise JobTimeout(f"job {job_id} not finished after {timeout} s", job_id=job_id) from exc
+            if not future.done():
+                raise JobTimeout(
+                    f"job {job_id} not finished after {timeout} s", job_id=job_id
+                ) from exc
+            # Done after all: the job raised a TimeoutError of its own, or it finished just
+            # as the wait gave up (a poll racing the end). Its own outcome is the answer.
+            if future.cancelled():
+                raise JobCancelled(f"job {job_id} was cancelled", job_id=job_id) from exc
+            transcript = future.result()  # re-raises the job's own error, if it failed
         except asyncio.CancelledError as exc:
-            if entry.future.cancelled():
+            if future.cancelled():
                 raise JobCancelled(f"job {job_id} was cancelled", job_id=job_id) from exc
             raise
         if entry.fallback_reason is not None:
