@@ -16,12 +16,13 @@ import time
 from collections.abc import Sequence
 
 from whisper_modal.backends.base import Request
-from whisper_modal.config import Settings
+from whisper_modal.config import Settings, split_list
 from whisper_modal.errors import ConfigurationError, WhisperModalError
 from whisper_modal.formats import FORMATS, format_from_path, write
 from whisper_modal.metrics import log_event
 from whisper_modal.results import Transcript
 from whisper_modal.storage import S3Object, S3Store, parse_s3_prefix, safe_name
+from whisper_modal.webhooks import WebhookSender, build_payload, check_destination
 
 __all__ = ["notify", "result_keys", "write_results"]
 
@@ -134,11 +135,14 @@ def notify(
     """
     if request.webhook_url is None:
         return
-    from whisper_modal.webhooks import WebhookSender, build_payload
-
     secret = settings.webhook_secret
     if not secret:
         log.warning("webhook skipped: no WHISPER_MODAL_WEBHOOK_SECRET to sign it with")
+        return
+    try:  # the SSRF guard again at delivery: the caller may be untrusted, and DNS may change
+        check_destination(request.webhook_url, allow=split_list(settings.webhook_allow_hosts))
+    except ConfigurationError as exc:
+        log_event(log, "webhook_refused", level=logging.WARNING, job_id=job_id, reason=str(exc))
         return
     payload = build_payload(
         job_id or "",
@@ -150,14 +154,5 @@ def notify(
         transcript=result.to_dict() if result is not None and request.output is None else None,
         client_job_id=request.client_job_id,
     )
-    from whisper_modal.config import split_list
-    from whisper_modal.errors import ConfigurationError
-    from whisper_modal.webhooks import check_destination
-
-    try:  # the SSRF guard again at delivery: the caller may be untrusted, and DNS may change
-        check_destination(request.webhook_url, allow=split_list(settings.webhook_allow_hosts))
-    except ConfigurationError as exc:
-        log_event(log, "webhook_refused", level=logging.WARNING, job_id=job_id, reason=str(exc))
-        return
     delivery = WebhookSender(secret).send(request.webhook_url, payload)
     log_event(log, "webhook", job_id=job_id, ok=delivery.ok, attempts=delivery.attempts)

@@ -165,6 +165,8 @@ class JobBackend(Protocol):
     async def aresult(self, job_id: str, *, timeout: float | None) -> Transcript:
         """Wait up to ``timeout`` s (None: forever, 0: poll) for the job's transcript.
 
+        The transcript's ``job_id`` is ``job_id``, the id the caller holds.
+
         Raises:
             JobTimeout: not ready in time. JobNotFound / JobExpired / JobCancelled.
         """

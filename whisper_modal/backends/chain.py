@@ -290,9 +290,9 @@ class MeteredJobs:
         return await self.inner.astatus(job_id)
 
     async def aresult(self, job_id: str, *, timeout: float | None) -> Transcript:
-        """The job's transcript (its ``job_id`` is the id the caller holds)."""
+        """The job's transcript (its owner has stamped ``job_id`` on it)."""
         started = time.monotonic()
-        transcript = (await self.inner.aresult(job_id, timeout=timeout)).with_changes(job_id=job_id)
+        transcript = await self.inner.aresult(job_id, timeout=timeout)
         _record_success(self.metrics, self.settings, transcript, started)
         return transcript
 
