@@ -80,8 +80,8 @@ def _hwm_mb() -> float:
 def _transcriber(engine: str, model: str, device: str, cache: str) -> Any:
     """A function samples -> text for one engine configuration (the model loaded once).
 
-    Engine names: ``openai-whisper``; ``whisper_modal MODE [vad-off]`` (MODE sequential,
-    batched or auto); ``faster-whisper-COMPUTE`` (its sequential loop) and
+    Engine names: ``openai-whisper``; ``whisper_modal MODE [vad-off] [int8]`` (MODE
+    sequential, batched or auto; ``int8`` sets ``cpu_int8=True``); ``faster-whisper-COMPUTE`` (its sequential loop) and
     ``faster-whisper-batched-COMPUTE`` (``BatchedInferencePipeline``, batch 8, which
     applies its own Silero VAD as it must); COMPUTE int8 or float32.
     """
@@ -129,6 +129,7 @@ def _transcriber(engine: str, model: str, device: str, cache: str) -> Any:
         language="en",
         mode=words[1],
         vad="vad-off" not in words,  # type: ignore[arg-type]
+        cpu_int8="int8" in words,
     )
 
     def run_ours(samples: Any) -> str:
@@ -173,6 +174,8 @@ SPEED_ENGINES = (
     "whisper_modal batched vad-off",
     "whisper_modal batched",
     "whisper_modal auto",
+    "whisper_modal sequential int8",
+    "whisper_modal auto int8",
 )
 FASTER_ENGINES = (
     "faster-whisper-int8",

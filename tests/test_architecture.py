@@ -114,7 +114,7 @@ def test_the_cycle_finder_finds_a_cycle() -> None:
 def test_creating_jobs_imports_no_engine_or_torch() -> None:
     code = (
         "import sys, whisper_modal as wm\n"
-        "jobs = [wm.Job.from_id(i) for i in ('local-ab', 'fanout-cd', 'fc-01XYZ')]\n"
+        "jobs = [wm.Job.from_id(i) for i in ('local-ab', 'fc-01XYZ')]\n"
         "print([j.backend for j in jobs])\n"
         "print(sorted(m for m in ('torch', 'whisper', 'whisper_modal.engine.transcriber')"
         " if m in sys.modules))\n"
@@ -122,7 +122,7 @@ def test_creating_jobs_imports_no_engine_or_torch() -> None:
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
     ).stdout.splitlines()
-    assert out == ["['local', 'fanout', 'modal']", "[]"]
+    assert out == ["['local', 'modal']", "[]"]
 
 
 def test_a_closed_client_refuses_work_and_stops_its_threads() -> None:

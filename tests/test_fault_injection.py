@@ -55,7 +55,7 @@ def build(
         "call_timeout": 5.0,
     }
     settings = Settings.resolve(**{**base, **overrides})
-    backend = ModalBackend(settings, cls_lookup=fake.cls_lookup, call_lookup=fake.call_lookup)
+    backend = ModalBackend(settings, **fake.seams())
     retry = RetryPolicy(
         max_attempts=settings.max_attempts, max_seconds=settings.retry_max_seconds,
         sleep=clock.sleep, asleep=clock.asleep, clock=clock, rng=random.Random(1),

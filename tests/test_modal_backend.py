@@ -179,7 +179,7 @@ def test_backend_never_leaks_modal_exceptions(
     import modal.exception as me
 
     settings = fake_client(fake, monkeypatch).settings
-    backend = ModalBackend(settings, cls_lookup=fake.cls_lookup, call_lookup=fake.call_lookup)
+    backend = ModalBackend(settings, **fake.seams())
     for exc in [
         me.ConnectionError("x"),
         me.InternalFailure("x"),
@@ -434,7 +434,7 @@ def test_backend_gpu_override_uses_with_options(monkeypatch: pytest.MonkeyPatch)
         asyncio.run(plain.atranscribe(req(), timeout=5))
         assert fake.option_overrides == []  # no override: the deployed pool
         tuned = ModalBackend(
-            plain.settings, cls_lookup=fake.cls_lookup, call_lookup=fake.call_lookup,
+            plain.settings, **fake.seams(),
             gpu="H100", remote_timeout=600,
         )  # fmt: skip
         assert asyncio.run(tuned.atranscribe(req("t"), timeout=5)).text == "ok t"
@@ -444,7 +444,7 @@ def test_backend_gpu_override_uses_with_options(monkeypatch: pytest.MonkeyPatch)
         fake.close()
 
 
-def test_long_audio_submit_is_a_fan_out_job_with_progress(
+def test_long_audio_submit_goes_to_the_orchestrator_short_to_the_class(
     fake: FakeModal, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from tests import speech
@@ -452,14 +452,13 @@ def test_long_audio_submit_is_a_fan_out_job_with_progress(
 
     samples, reference = speech.make_clip(speech.SENTENCES[:12], gap_seconds=0.7)
     client = fake_client(fake, monkeypatch, fanout_seconds=30, fanout_chunk_seconds=25)
+    before = (fake.calls["fanout.spawn"], fake.calls["transcribe.spawn"])
     job = client.submit(samples, sample_rate=16000, language="en")
-    assert job.id.startswith("fanout-") and job.backend == "fanout"
-    done, total = job.progress() or (0, 0)
-    assert total >= 3 and 0 <= done <= total
     t = job.wait(timeout=180, poll_interval=0.1, progress=False)
-    assert job.progress() == (total, total) and job.status() is wm.JobStatus.SUCCEEDED
+    done, total = job.progress() or (0, 0)
+    assert done == total >= 3 and job.status() is wm.JobStatus.SUCCEEDED
     assert word_error_rate(reference, t.text) <= 0.12 and t.job_id == job.id
-    assert wm.Job.from_id(job.id, client=client).result(timeout=1).text == t.text
     short = client.submit(SAMPLE, language="en")
-    assert short.progress() is None and short.id.startswith("fc-")
-    short.result(timeout=120)
+    assert short.result(timeout=120).text and short.progress() is None
+    after = (fake.calls["fanout.spawn"], fake.calls["transcribe.spawn"])
+    assert (after[0] - before[0], after[1] - before[1]) == (1, total + 1)

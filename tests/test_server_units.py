@@ -78,7 +78,12 @@ def test_every_error_class_gets_a_deliberate_status() -> None:
         cls = getattr(e, name)
         if not (isinstance(cls, type) and issubclass(cls, e.WhisperModalError)):
             continue
-        exc = cls("m", job_id="j") if issubclass(cls, e.JobError) else cls("m")
+        if issubclass(cls, e.JobError):
+            exc = cls("m", job_id="j")
+        elif cls is e.ChunkFailed:
+            exc = cls("m", chunk=1, start=25.0, end=50.0, remote_type="AudioError")
+        else:
+            exc = cls("m")
         body = http_error(exc, "r")[1]
         assert body["error"]["code"] != "internal_error" and "m" in body["error"]["message"], name
 

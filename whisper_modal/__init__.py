@@ -25,6 +25,7 @@ from whisper_modal.errors import (
     AudioError,
     BackendError,
     BackendUnavailable,
+    ChunkFailed,
     CircuitOpenError,
     ConfigurationError,
     JobCancelled,
@@ -43,6 +44,7 @@ from whisper_modal.errors import (
     WhisperModalError,
 )
 from whisper_modal.inputs import CallOptions
+from whisper_modal.job_book import JobRecord
 from whisper_modal.jobs import Job
 from whisper_modal.metrics import Stats
 from whisper_modal.options import TranscribeOptions
@@ -57,6 +59,7 @@ __all__ = [
     "BackendError",
     "BackendUnavailable",
     "CallOptions",
+    "ChunkFailed",
     "CircuitOpenError",
     "Client",
     "ConfigurationError",
@@ -65,6 +68,7 @@ __all__ = [
     "JobError",
     "JobExpired",
     "JobNotFound",
+    "JobRecord",
     "JobStatus",
     "JobTimeout",
     "RemoteExecutionError",

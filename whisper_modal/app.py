@@ -29,10 +29,11 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, cast
 
 import modal
+import modal.exception
 
 from whisper_modal.config import Settings, gpu_request
 
@@ -42,11 +43,14 @@ __all__ = [
     "IMAGE_PACKAGES",
     "WEIGHTS_DIR",
     "PackedTranscriber",
+    "Platform",
     "Transcriber",
     "app",
     "deploy",
     "deploy_command",
     "deploy_settings",
+    "fanout",
+    "platform",
     "prefetch",
     "settings",
 ]
@@ -151,6 +155,34 @@ app = modal.App(settings.app_name)
 #: in-process test fake sets it to the image's environment plus its secrets, because it
 #: shares the test's process (``tests/fakes/modal_fake.py``).
 container_environ: Mapping[str, str] = os.environ
+
+#: the job book (claims on client_job_id, job records, fan-out progress): see ``job_book``.
+#: Lazy like every ``from_name``: no network until a container first uses it.
+jobs_dict = modal.Dict.from_name(settings.jobs_dict_name, create_if_missing=True)
+
+
+class Platform:
+    """What the app's code asks of Modal at run time (the test fake swaps in its own)."""
+
+    def call_id(self) -> str | None:
+        """The FunctionCall id of the input being run (the job id)."""
+        return modal.current_function_call_id()
+
+    def job_store(self) -> Any:
+        """The job book's Dict."""
+        return jobs_dict
+
+    def chunk_method(self, model: str) -> Any:
+        """The GPU class's ``transcribe`` for ``model`` (the orchestrator spawns pieces on it)."""
+        cls: Any = Transcriber  # a modal.Cls at run time, whose methods have .spawn
+        return cls(model=model).transcribe
+
+    def function_call(self, call_id: str) -> Any:
+        """``modal.FunctionCall.from_id``."""
+        return modal.FunctionCall.from_id(call_id)
+
+
+platform = Platform()
 
 _SNAPSHOT = settings.enable_memory_snapshot or settings.enable_gpu_snapshot
 
@@ -317,8 +349,64 @@ def _log_request(
     request_log.info(json.dumps(line, sort_keys=True, default=str))
 
 
+def _book() -> Any:
+    from whisper_modal.job_book import JobBook
+
+    return JobBook(platform.job_store())
+
+
+def _duplicate_of(book: Any, client_job_id: str, call_id: str) -> dict[str, Any] | None:
+    """Claim ``client_job_id`` for this input; ``{"duplicate_of": owner}`` if another owns it."""
+    from whisper_modal.job_book import best_effort
+
+    owner = best_effort(lambda: book.claim(client_job_id, call_id), "claim")
+    if owner is None or owner == call_id:  # ours (or the book is down: run anyway)
+        return None
+    request_log.info(json.dumps({"event": "whisper_modal.duplicate", "job_id": call_id,
+                                 "duplicate_of": owner}))  # fmt: skip
+    return {"duplicate_of": owner}
+
+
+def run_once(
+    request: dict[str, Any], work: Callable[[str | None], dict[str, Any]]
+) -> dict[str, Any]:
+    """Run a spawned request at most once per ``client_job_id``: ``work(job_id)`` under a claim.
+
+    An input whose client id another call already owns (a submit retried after Modal had
+    accepted the first attempt, or a restarted fan-out re-spawning a piece) does not run:
+    it answers ``{"duplicate_of": owner}`` and the client reads the owner's result. The
+    run is recorded in the job book (``whisper-modal jobs``); a failed or cancelled run
+    releases its claim, so a retry may run.
+    """
+    from whisper_modal.job_book import best_effort
+
+    call_id = platform.call_id()
+    client_job_id = request.get("client_job_id")
+    if not (call_id and client_job_id):  # ``.remote`` outside a spawn, ``.local()``
+        return work(call_id or client_job_id)
+    book = _book()
+    duplicate = _duplicate_of(book, client_job_id, call_id)
+    if duplicate is not None:
+        return duplicate
+    best_effort(lambda: book.start(call_id, kind="single", client_job_id=client_job_id), "record")
+    try:
+        result = work(call_id)
+    except BaseException as exc:  # InputCancellation is a BaseException
+        cancelled = isinstance(exc, modal.exception.InputCancellation)
+        status, error = ("cancelled" if cancelled else "failed"), type(exc).__name__
+        best_effort(lambda: book.release(client_job_id, call_id), "release")
+        best_effort(lambda: book.update(call_id, status=status, error=error), "record")
+        raise
+    seconds = result.get("duration")
+    best_effort(lambda: book.update(call_id, status="succeeded", audio_seconds=seconds), "record")
+    return result
+
+
 def _transcribe_one(self: _Loaded, request: dict[str, Any]) -> dict[str, Any]:
-    job_id = modal.current_function_call_id() or request.get("client_job_id")
+    return run_once(request, lambda job_id: _transcribe_as(self, request, job_id))
+
+
+def _transcribe_as(self: _Loaded, request: dict[str, Any], job_id: str | None) -> dict[str, Any]:
     started = time.perf_counter()
     result: dict[str, Any] | None = None
     try:
@@ -501,6 +589,46 @@ class PackedTranscriber(_Loaded):
                 self, request.get("client_job_id"), started, None if failed else result, outcome
             )
         return done
+
+
+@app.function(image=image, secrets=secrets, timeout=settings.remote_timeout)
+@modal.concurrent(max_inputs=8)  # it mostly waits on its pieces: one CPU container, many jobs
+async def fanout(request: dict[str, Any], chunk_seconds: float) -> dict[str, Any]:
+    """Orchestrate one submitted long-audio job on CPU (``orchestrator.orchestrate``).
+
+    Its FunctionCall id is the job id. Returns the merged ``Transcript.to_dict()``.
+    """
+    import asyncio
+
+    from whisper_modal.job_book import best_effort
+    from whisper_modal.orchestrator import orchestrate
+    from whisper_modal.service import Service
+
+    job_id = platform.call_id() or str(request.get("client_job_id"))
+    client_job_id = request.get("client_job_id")
+    book = _book()
+    if client_job_id:  # idempotent like a single job: a duplicate input does not run
+        duplicate = await asyncio.to_thread(_duplicate_of, book, client_job_id, job_id)
+        if duplicate is not None:
+            return duplicate
+    method = platform.chunk_method(str((request.get("options") or {}).get("model", "turbo")))
+    try:
+        result = await orchestrate(
+            request,
+            job_id=job_id,
+            chunk_seconds=chunk_seconds,
+            service=Service(None, _runtime_settings()),
+            spawn=method.spawn.aio,
+            lookup=platform.function_call,
+            book=book,
+        )
+    except BaseException:
+        if client_job_id:
+            await asyncio.to_thread(
+                best_effort, lambda: book.release(client_job_id, job_id), "release"
+            )
+        raise
+    return result.to_dict()
 
 
 @app.function(image=image, volumes={WEIGHTS_DIR: weights}, secrets=secrets, timeout=3600)

@@ -3,6 +3,7 @@
     whisper-modal transcribe FILE [--model M] [--language L] [--format F] [--output PATH]
     whisper-modal submit FILE            prints a job id
     whisper-modal result JOB_ID [--format F] [--timeout S]
+    whisper-modal jobs [--limit N] [--json]   the deployed app's recent jobs
     whisper-modal models list | import DIR --name NAME | prefetch NAME [--remote]
     whisper-modal health [--local] | deploy
     whisper-modal serve [--host 127.0.0.1] [--port 8000] [--backend local|modal|auto]
@@ -71,6 +72,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("job_id")
     p.add_argument("--format", "-f", choices=FORMATS, default="txt")
     p.add_argument("--timeout", type=float, default=None, help="seconds to wait (default: forever)")
+
+    p = sub.add_parser("jobs", help="the deployed app's recent jobs (its job book, 7 days)")
+    p.add_argument("--limit", type=int, default=20, help="newest N jobs (default 20)")
+    p.add_argument("--json", action="store_true", help="one JSON list instead of a table")
 
     models = sub.add_parser("models", help="list or import model checkpoints").add_subparsers(
         dest="models_command", required=True
@@ -160,6 +165,8 @@ def _run(args: argparse.Namespace) -> int:
             return EXIT_PENDING
         sys.stdout.write(write(transcript, args.format))
         return EXIT_OK
+    if args.command == "jobs":
+        return _jobs(args)
     if args.command == "models":
         return _models(args)
     if args.command == "health":
@@ -236,6 +243,44 @@ def _prefetch_remote(name: str, settings: Settings) -> dict[str, Any]:
         raise
     except Exception as exc:
         raise map_modal_error(exc) from exc
+
+
+def _jobs(args: argparse.Namespace) -> int:
+    import json
+    import time
+
+    from whisper_modal import default_client
+
+    records = default_client().recent_jobs(limit=args.limit)
+    if args.json:
+        print(json.dumps([r.to_dict() for r in records], indent=2))
+        return EXIT_OK
+    now = time.time()
+    rows = [("JOB", "KIND", "STATUS", "AGE", "AUDIO", "CHUNKS")]
+    for r in records:
+        rows.append(
+            (
+                r.job_id,
+                r.kind,
+                r.status,
+                _age(now - r.created),
+                "-" if r.audio_seconds is None else f"{r.audio_seconds:.0f} s",
+                f"{r.done}/{r.total}" if r.kind == "fanout" else "-",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    if not records:
+        print("(no jobs recorded in the last 7 days)", file=sys.stderr)
+    return EXIT_OK
+
+
+def _age(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f}{unit}"
+    return f"{max(seconds, 0):.0f}s"
 
 
 def _health(args: argparse.Namespace) -> int:

@@ -16,9 +16,10 @@ from collections.abc import Iterable
 from types import TracebackType
 from typing import Any, Unpack
 
+import attrs
+
 from whisper_modal._loop import LoopThread
 from whisper_modal.backends.base import (
-    FANOUT_JOB_PREFIX,
     Backend,
     JobBackend,
     Request,
@@ -30,6 +31,7 @@ from whisper_modal.concurrency import arun_many
 from whisper_modal.config import BackendPolicy, Settings, split_list
 from whisper_modal.errors import ConfigurationError, WhisperModalError
 from whisper_modal.inputs import AudioLike, CallOptions, prepare
+from whisper_modal.job_book import JobRecord
 from whisper_modal.jobs import Job
 from whisper_modal.metrics import Metrics, Stats, log_event
 from whisper_modal.resilience import CircuitBreaker, RetryPolicy
@@ -170,7 +172,6 @@ class Client:
                 breaker=self.breaker,
                 metrics=self.metrics,
                 settings=self.settings,
-                loop=self._loop,
             )
             with self._lock:
                 chain = self._chains.setdefault(key, chain)
@@ -184,8 +185,7 @@ class Client:
             owner = in_process_jobs()
         else:
             owner = ResilientJobs(self._modal_backend(), self.retry)
-        if not job_id.startswith(FANOUT_JOB_PREFIX):  # a fan-out's chunks were recorded
-            owner = MeteredJobs(owner, self.metrics, self.settings)
+        owner = MeteredJobs(owner, self.metrics, self.settings)
         return Job(job_id, backend=owner, runner=self._loop, fallback_reason=fallback_reason)
 
     def _prepare(self, audio: AudioLike, kwargs: CallOptions) -> Request:
@@ -248,13 +248,15 @@ class Client:
     ) -> Job:
         """Start a transcription and return a ``Job`` at once (arguments as ``transcribe``).
 
-        Long audio for Modal becomes a fan-out job: its chunks run on many containers and
-        ``Job.progress()`` reports chunks done / total.
+        Long audio for Modal becomes a fan-out job run by the app's orchestrator: its
+        chunks run on many containers, ``Job.progress()`` reports chunks done / total from
+        any process, and the job id (the orchestrator's FunctionCall id) re-attaches from
+        anywhere.
 
         Retry rule: a submit that fails with a transient error is retried with the same
-        ``client_job_id``. If Modal had in fact accepted the first attempt, the audio runs
-        twice, but both runs write the same S3 keys and send webhooks carrying the same
-        ``client_job_id``; the returned Job is the attempt that was acknowledged.
+        ``client_job_id``, and the app's job book makes it idempotent: when Modal had in
+        fact accepted the first attempt, the retry returns that job's id and the audio runs
+        once (``job_book``).
         """
         self._check_open()
         chain = self._chain(backend)
@@ -317,7 +319,35 @@ class Client:
         timeout = self.settings.connect_timeout + 60
         return await self.retry.acall(lambda: modal.ahealth(model=model, timeout=timeout))
 
+    async def arecent_jobs(self, limit: int = 20) -> list[JobRecord]:
+        """The deployed app's newest jobs, from its job book (``whisper-modal jobs``).
+
+        Records come from the containers (a job appears once it starts running); an
+        unfinished one is checked against Modal, so a crashed or cancelled job shows its
+        real status. Entries expire 7 days after their last write, with the job's result.
+        Returns an empty list when the book cannot be read.
+        """
+        self._check_open()
+        modal = self._modal_backend()
+        records: list[JobRecord] = await modal.arecent(limit)
+
+        async def refreshed(record: JobRecord) -> JobRecord:
+            if record.final:
+                return record
+            try:
+                status = await modal.astatus(record.job_id)
+            except WhisperModalError:
+                return record
+            return attrs.evolve(record, status=status.value)
+
+        return list(await asyncio.gather(*(refreshed(r) for r in records)))
+
     # ------------------------------------------------------------------ sync API
+
+    def recent_jobs(self, limit: int = 20) -> list[JobRecord]:
+        """The deployed app's newest jobs; see ``arecent_jobs``."""
+        self._check_open()
+        return self._loop.run(self.arecent_jobs(limit))
 
     def transcribe(
         self,

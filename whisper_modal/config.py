@@ -225,6 +225,11 @@ class Settings:
                 raise
             raise ConfigurationError(f"invalid settings: {exc}") from exc
 
+    @property
+    def jobs_dict_name(self) -> str:
+        """The app's job book (``modal.Dict``): claims and job records (``job_book``)."""
+        return f"{self.app_name}-jobs"
+
     def replace(self, **changes: Any) -> Settings:
         """Return a validated copy with some settings changed (None: unchanged).
 

@@ -13,6 +13,7 @@
     │  ├─ BackendUnavailable   retries exhausted / not deployed / no credentials -> may fall back
     │  ├─ CircuitOpenError     breaker refused the call -> may fall back
     │  └─ RemoteExecutionError the engine failed inside the container (carries the remote message)
+    │     └─ ChunkFailed       one chunk of a fan-out job failed twice (names the chunk)
     ├─ JobError(job_id)
     │  ├─ JobTimeout           result not ready in time (also a builtin TimeoutError)
     │  ├─ JobCancelled
@@ -33,6 +34,7 @@ __all__ = [
     "AudioError",
     "BackendError",
     "BackendUnavailable",
+    "ChunkFailed",
     "CircuitOpenError",
     "ConfigurationError",
     "JobCancelled",
@@ -138,6 +140,22 @@ class RemoteExecutionError(BackendError):
     def __init__(self, message: str, *, remote_type: str | None = None) -> None:
         super().__init__(message)
         self.remote_type = remote_type
+
+
+class ChunkFailed(RemoteExecutionError):
+    """A chunk of a fan-out job failed on two containers, so the job failed (no partial result).
+
+    ``chunk`` is its 0-based index, ``start``/``end`` its place in the audio in seconds,
+    ``remote_type`` the class name of the chunk's last error.
+    """
+
+    def __init__(
+        self, message: str, *, chunk: int, start: float, end: float, remote_type: str | None
+    ) -> None:
+        super().__init__(message, remote_type=remote_type)
+        self.chunk = chunk
+        self.start = start
+        self.end = end
 
 
 class JobError(WhisperModalError):

@@ -2,8 +2,9 @@
 
 A ``Job`` is an id plus the backend that owns it (and the client's loop, for the sync
 methods); it talks to that backend itself. Modal jobs have the FunctionCall id
-(``fc-...``) and can be re-attached from any process with Modal credentials for 7 days;
-local and fan-out jobs (``local-...``, ``fanout-...``) live in the submitting process.
+(``fc-...``), a long-audio job the id of the app's orchestrator call, and either can be
+re-attached from any process with Modal credentials for 7 days; local jobs
+(``local-...``) live in the submitting process.
 Creating a ``Job`` makes no network call and imports no engine.
 """
 
@@ -14,7 +15,6 @@ from collections.abc import Callable, Coroutine
 from typing import Any, Protocol, TypeVar
 
 from whisper_modal.backends.base import (
-    FANOUT_JOB_PREFIX,
     LOCAL_JOB_PREFIX,
     JobBackend,
     JobStatus,
@@ -49,8 +49,6 @@ def _set_default_source(factory: Callable[[], _JobSource]) -> None:
 def _kind(job_id: str) -> str:
     if job_id.startswith(LOCAL_JOB_PREFIX):
         return "local"
-    if job_id.startswith(FANOUT_JOB_PREFIX):
-        return "fanout"
     return "modal"
 
 
@@ -58,8 +56,8 @@ class Job:
     """A submitted transcription.
 
     Attributes:
-        id: the job id (Modal FunctionCall id, ``local-<hex>`` or ``fanout-<hex>``).
-        backend: "modal", "local" or "fanout" (where the job runs).
+        id: the job id (a Modal FunctionCall id, or ``local-<hex>``).
+        backend: "modal" or "local" (where the job runs).
         fallback_reason: why the job runs locally although Modal was asked for, if it does.
     """
 

@@ -16,7 +16,12 @@ from whisper_modal.backends.base import Request
 from whisper_modal.config import Settings
 from whisper_modal.delivery import notify, write_results
 from whisper_modal.engine.transcriber import Engine
-from whisper_modal.errors import RemoteExecutionError, WhisperModalError, map_engine_error
+from whisper_modal.errors import (
+    ConfigurationError,
+    RemoteExecutionError,
+    WhisperModalError,
+    map_engine_error,
+)
 from whisper_modal.results import Transcript
 from whisper_modal.storage import S3Store, parse_s3_uri
 
@@ -26,12 +31,27 @@ log = logging.getLogger("whisper_modal.service")
 
 
 class Service:
-    """Runs requests on one engine with one set of settings (credentials, secrets)."""
+    """Runs requests on one engine with one set of settings (credentials, secrets).
 
-    def __init__(self, engine: Engine, settings: Settings) -> None:
-        self.engine = engine
+    ``engine=None`` makes a service that only fetches audio and delivers results: the
+    app's fan-out orchestrator, which transcribes nothing itself.
+    """
+
+    def __init__(self, engine: Engine | None, settings: Settings) -> None:
+        self._engine = engine
         self.settings = settings
         self._store: Any = None
+
+    @property
+    def engine(self) -> Engine:
+        """The engine requests run on.
+
+        Raises:
+            ConfigurationError: this service was made without one (an orchestrator's).
+        """
+        if self._engine is None:
+            raise ConfigurationError("this service has no engine (it only delivers results)")
+        return self._engine
 
     def store(self) -> Any:
         """The S3 store, created on first use (boto3 is optional)."""
@@ -104,11 +124,23 @@ class Service:
         ]
 
     def _run(self, request: Request, job_id: str | None) -> Transcript:
-        audio = request.audio
-        if request.s3_uri is not None:
-            audio = self.store().get_bytes(parse_s3_uri(request.s3_uri))
-        assert audio is not None
+        audio = self.fetch_audio(request)
         result = self.engine.transcribe(audio, request.options).with_changes(job_id=job_id)
+        return self.store_results(request, result, job_id)
+
+    def fetch_audio(self, request: Request) -> bytes:
+        """The request's audio bytes: inline, or read from S3.
+
+        Raises:
+            StorageError: the S3 object is missing, denied, too large or unreachable.
+        """
+        if request.s3_uri is not None:
+            return bytes(self.store().get_bytes(parse_s3_uri(request.s3_uri)))
+        assert request.audio is not None  # a Request has exactly one of the two
+        return request.audio
+
+    def store_results(self, request: Request, result: Transcript, job_id: str | None) -> Transcript:
+        """Write ``result`` under ``request.output`` when asked; returns it with the location."""
         if request.output is not None:
             location = write_results(
                 self.store(),

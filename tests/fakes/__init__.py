@@ -62,7 +62,7 @@ def fake_backend(
 ) -> ModalBackend:
     """A ``ModalBackend`` injected with ``fake`` at the lookup seam."""
     settings = fake_settings(monkeypatch, **overrides)
-    return ModalBackend(settings, cls_lookup=fake.cls_lookup, call_lookup=fake.call_lookup)
+    return ModalBackend(settings, **fake.seams())
 
 
 def fake_client(fake: FakeModal, monkeypatch: pytest.MonkeyPatch, **overrides: Any) -> Client:

@@ -1,9 +1,16 @@
 """An in-process fake of the Modal services, injected at the backend's lookup seam.
 
-``FakeModal.cls_lookup`` stands in for ``modal.Cls.from_name`` and ``call_lookup`` for
-``modal.FunctionCall.from_id``. Method calls delegate to the *real*
+``FakeModal.cls_lookup`` stands in for ``modal.Cls.from_name``, ``function_lookup`` for
+``modal.Function.from_name``, ``call_lookup`` for ``modal.FunctionCall.from_id`` and
+``dict_lookup`` for ``modal.Dict.from_name`` (``fake.seams()`` gives all four as
+``ModalBackend`` keywords). Method calls delegate to the *real*
 ``whisper_modal.app.Transcriber`` through Modal's own ``.local()`` (which runs the real
-sync ``@modal.enter`` hook), so the real container code and the real tiny.en engine run.
+sync ``@modal.enter`` hook), so the real container code and the real tiny.en engine run;
+the orchestrator runs the real ``whisper_modal.app.fanout`` coroutine on its own event
+loop, and cancelling its call cancels its task, as Modal cancels an async input.
+
+Inside the "container", ``whisper_modal.app.platform`` is the fake's: the input's own
+FunctionCall id, the fake's Dict as the job book, and the fake's class for the pieces.
 
 Fault injection (``fake.faults``) makes the next calls raise real ``modal.exception``
 types, builtin timeouts or remote errors, or hang until released, so the client's
@@ -27,6 +34,8 @@ Strict where sharing the test's process would hide a real failure:
   the test set before creating the fake, which is what a deploy's secret holds.
 - ``call_lookup`` is lazy like ``modal.FunctionCall.from_id``: an unknown id fails at
   ``get``/``cancel``, not at lookup.
+- The Dict stores what crosses the serialiser, and ``put(skip_if_exists=True)`` is atomic,
+  as Modal's server makes it.
 """
 
 from __future__ import annotations
@@ -34,6 +43,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures as cf
+import contextvars
 import itertools
 import os
 import threading
@@ -46,6 +56,11 @@ from modal._serialization import deserialize, serialize
 from modal.types import InputStatus
 
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
+
+#: the FunctionCall id of the input a fake "container" thread is running
+CURRENT_CALL: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "fake_modal_call", default=None
+)
 
 
 class _Dual:
@@ -69,8 +84,9 @@ class Fault:
 
 class FaultPlan:
     """A queue of faults per operation, or a rule. Operations: "lookup", "spawn" (before
-    the input is accepted), "run" (the input running in the container, however it was
-    called), "map", "get".
+    the input is accepted), "accepted" (after Modal accepted the input, before the client
+    hears: a lost acknowledgement), "run" (the input running in the container, however it
+    was called; ``transcribe.run`` only for the GPU class's transcribe), "map", "get".
 
     Queued faults are used first, so ``fail_next(op, exc, times=2)`` is "fail twice, then
     recover"; a ``rule`` decides per call number for patterns (every 3rd call fails...).
@@ -81,6 +97,9 @@ class FaultPlan:
             collections.deque
         )
         self._rules: dict[str, Callable[[int], Fault | None]] = {}
+        self._where: dict[str, list[tuple[Callable[[dict[str, Any]], bool], Fault]]] = (
+            collections.defaultdict(list)
+        )
         self._counts: collections.Counter[str] = collections.Counter()
         self._lock = threading.Lock()
         self.release = threading.Event()  # set() ends every hang at once
@@ -100,15 +119,27 @@ class FaultPlan:
         with self._lock:
             self._rules[op] = decide
 
+    def fail_where(
+        self, op: str, matches: Callable[[dict[str, Any]], bool], exc: BaseException
+    ) -> None:
+        """Make every call of ``op`` whose wire dict ``matches`` raise ``exc`` (until cleared)."""
+        with self._lock:
+            self._where[op].append((matches, Fault(raises=exc)))
+
     def clear(self) -> None:
         """Remove every planned fault."""
         with self._lock:
             self._queues.clear()
             self._rules.clear()
+            self._where.clear()
 
-    def take(self, op: str) -> Fault | None:
+    def take(self, op: str, args: tuple[Any, ...] = ()) -> Fault | None:
         with self._lock:
             self._counts[op] += 1
+            wire = args[0] if args and isinstance(args[0], dict) else None
+            for matches, fault in self._where.get(op, ()):
+                if wire is not None and matches(wire):
+                    return fault
             if self._queues[op]:
                 return self._queues[op].popleft()
             rule = self._rules.get(op)
@@ -157,6 +188,10 @@ def _job_key(args: tuple[Any, ...]) -> Any:
     return args[0].get("client_job_id") if args and isinstance(args[0], dict) else None
 
 
+#: one entry of ``FunctionCall.get_call_graph()`` (the fields the backend reads)
+InputInfo = collections.namedtuple("InputInfo", "input_id function_call_id task_id status")
+
+
 class FakeFunctionCall:
     """Stands in for ``modal.FunctionCall``."""
 
@@ -167,6 +202,9 @@ class FakeFunctionCall:
         self.object_id = object_id
         self._future = future  # None: an id no spawn returned (fails on first use)
         self.cancelled = False
+        self.on_cancel: Callable[[], None] | None = None  # an async input: cancel its task
+        #: how the input ended: "completed", "deduplicated", "terminated", "failed" (or None)
+        self.outcome: str | None = None
         self.get = _Dual(self._get, self._aget)
         self.cancel = _Dual(self._cancel, self._acancel)
         self.get_call_graph = _Dual(self._graph, self._agraph)
@@ -200,6 +238,8 @@ class FakeFunctionCall:
             return  # a finished input is left alone, as Modal does
         self.cancelled = True
         future.cancel()  # a queued input never starts; a running one is terminated
+        if self.on_cancel is not None:
+            self.on_cancel()
 
     async def _acancel(self, terminate_containers: bool = False) -> None:
         self._cancel(terminate_containers)
@@ -214,8 +254,7 @@ class FakeFunctionCall:
             status = InputStatus.FAILURE if failed else InputStatus.SUCCESS
         else:
             status = InputStatus.PENDING
-        info = collections.namedtuple("InputInfo", "input_id function_call_id task_id status")
-        return [info("in-1", self.object_id, "ta-fake" if running else "", status)]
+        return [InputInfo("in-1", self.object_id, "ta-fake" if running else "", status)]
 
     async def _agraph(self) -> list[Any]:
         return self._graph()
@@ -235,8 +274,11 @@ class FakeMethod:
 
     def _execute(self, payload: bytes) -> Any:
         """Run in the "container": arguments arrive serialised, results leave serialised."""
+        import whisper_modal.app as app
+
         fake = self._fake
         args: tuple[Any, ...] = deserialize(payload, None)
+        app.platform = fake.platform  # type: ignore[assignment]  # this fake's "containers"
         with fake._lock:
             fake.in_flight += 1
             fake.max_in_flight = max(fake.max_in_flight, fake.in_flight)
@@ -246,7 +288,10 @@ class FakeMethod:
                     fake.executions[args[0].get("client_job_id")] += 1
             try:
                 if fake.handler is not None and self._name == "transcribe":
-                    result = fake.handler(*args)
+                    import whisper_modal.app as app  # the container's claim, then the handler
+
+                    handler = fake.handler
+                    result = app.run_once(args[0], lambda _job_id: handler(*args))
                 elif self._name == "transcribe_packed":  # @modal.batched groups single calls
                     result = fake.batcher(self._model).submit(args[0]).result()
                 else:
@@ -259,7 +304,7 @@ class FakeMethod:
             with fake._lock:
                 fake.in_flight -= 1
 
-    def _run_spawned(self, holder: list[FakeFunctionCall], *args: Any) -> Any:
+    def _run_spawned(self, call: FakeFunctionCall, *args: Any) -> Any:
         """A spawned input: it completes, or (cancelled while running) is terminated.
 
         Modal raises ``InputCancellation`` inside a running input that is cancelled; a
@@ -267,18 +312,23 @@ class FakeMethod:
         result: it counts as ``terminated``, never as ``completed``.
         """
         fake, job = self._fake, _job_key(args)
+        token = CURRENT_CALL.set(call.object_id)
         try:
             result = self._run(*args)
         except BaseException:
-            if holder and holder[0].cancelled:
-                with fake._lock:
+            with fake._lock:
+                call.outcome = "terminated" if call.cancelled else "failed"
+                if call.cancelled:
                     fake.terminated[job] += 1
             raise
+        finally:
+            CURRENT_CALL.reset(token)
         with fake._lock:
-            if holder and holder[0].cancelled:
+            if call.cancelled:
+                call.outcome = "terminated"
                 fake.terminated[job] += 1
                 raise me.InputCancellation("fake: input cancelled while running")
-            fake.completed[job] += 1
+            call.outcome = fake.count_outcome(job, result)
         return result
 
     def _run(self, *args: Any) -> Any:
@@ -287,6 +337,7 @@ class FakeMethod:
         self._fake.count("run")
         self._fake.count(f"{self._name}.run")
         _apply(self._fake.faults.take("run"), self._fake.faults.release)
+        _apply(self._fake.faults.take(f"{self._name}.run", args), self._fake.faults.release)
         return self._execute(serialize(args))
 
     def _remote(self, *args: Any) -> Any:
@@ -294,7 +345,7 @@ class FakeMethod:
         self._fake.count(f"{self._name}.remote")
         result = self._run(*args)
         with self._fake._lock:
-            self._fake.completed[_job_key(args)] += 1
+            self._fake.count_outcome(_job_key(args), result)
         return result
 
     async def _aremote(self, *args: Any) -> Any:
@@ -308,13 +359,9 @@ class FakeMethod:
         fake.count("spawn")
         fake.count(f"{self._name}.spawn")
         _apply(fake.faults.take("spawn"), fake.faults.release)
-        call_id = f"fc-fake{next(fake._ids):06d}"
-        holder: list[FakeFunctionCall] = []
-        call = FakeFunctionCall(fake, call_id, fake.pool.submit(self._run_spawned, holder, *args))
-        holder.append(call)
-        with fake._lock:
-            fake.function_calls[call_id] = call
-            fake.spawned.append(call_id)
+        call = FakeFunctionCall(fake, f"fc-fake{next(fake._ids):06d}", None)
+        call._future = fake.pool.submit(self._run_spawned, call, *args)
+        fake.register(call)
         return call
 
     async def _aspawn(self, *args: Any) -> FakeFunctionCall:
@@ -354,6 +401,145 @@ class FakeMethod:
         done = object()
         while (item := await asyncio.to_thread(next, outputs, done)) is not done:
             yield item
+
+
+class FakeFunction:
+    """A ``modal.Function`` of the app (``Function.from_name``): the async orchestrator.
+
+    Its inputs run the real app function (``whisper_modal.app.<name>``) through Modal's
+    ``.local()``, each on a fresh event loop in a thread of its own; ``cancel`` cancels
+    the input's task, as Modal does for an async function (so its ``finally`` blocks and
+    ``CancelledError`` handlers run), and the input then counts as terminated.
+    """
+
+    def __init__(self, fake: FakeModal, name: str) -> None:
+        self._fake = fake
+        self._name = name
+        self.hydrate = _Dual(self._hydrate, self._ahydrate)
+        self.spawn = _Dual(self._spawn, self._aspawn)
+
+    def _hydrate(self) -> FakeFunction:
+        self._fake.count("hydrate")
+        _apply(self._fake.faults.take("lookup"), self._fake.faults.release)
+        if not self._fake.deployed:
+            raise me.NotFoundError(f"Lookup failed for Function '{self._name}'")
+        return self
+
+    async def _ahydrate(self) -> FakeFunction:
+        return await asyncio.to_thread(self._hydrate)
+
+    def _spawn(self, *args: Any) -> FakeFunctionCall:
+        fake = self._fake
+        fake.count("spawn")
+        fake.count(f"{self._name}.spawn")
+        _apply(fake.faults.take("spawn"), fake.faults.release)
+        call = FakeFunctionCall(fake, f"fc-fake{next(fake._ids):06d}", None)
+        call._future = fake.fn_pool.submit(self._run, call, serialize(args))
+        fake.register(call)
+        return call
+
+    async def _aspawn(self, *args: Any) -> FakeFunctionCall:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._fake.io_pool, lambda: self._spawn(*args))
+
+    def _run(self, call: FakeFunctionCall, payload: bytes) -> Any:
+        import whisper_modal.app as app
+
+        fake = self._fake
+        args: tuple[Any, ...] = deserialize(payload, None)
+        job = _job_key(args)
+        app.platform = fake.platform  # type: ignore[assignment]  # this fake's "containers"
+        fake.count("run")
+        fake.count(f"{self._name}.run")
+        with fake._lock:
+            fake.executions[job] += 1
+        token = CURRENT_CALL.set(call.object_id)
+        loop = asyncio.new_event_loop()
+        try:
+            _apply(fake.faults.take("run"), fake.faults.release)
+            task = loop.create_task(getattr(app, self._name).local(*args))
+            call.on_cancel = lambda: loop.call_soon_threadsafe(task.cancel)
+            if call.cancelled:  # cancelled before the task existed
+                task.cancel()
+            try:
+                result = loop.run_until_complete(task)
+            except asyncio.CancelledError:
+                with fake._lock:
+                    call.outcome = "terminated"
+                    fake.terminated[job] += 1
+                raise me.InputCancellation("fake: input cancelled while running") from None
+            except Exception as exc:
+                call.outcome = "failed"
+                raise wire_exception(exc) from None
+        finally:
+            loop.close()
+            CURRENT_CALL.reset(token)
+        with fake._lock:
+            call.outcome = fake.count_outcome(job, result)
+        return wire(result)
+
+
+class FakeDict:
+    """A ``modal.Dict`` (its sync interface): values cross the serialiser, and
+    ``put(skip_if_exists=True)`` is atomic. The "dict" fault applies to every operation."""
+
+    def __init__(self, fake: FakeModal, name: str) -> None:
+        self._fake = fake
+        self.name = name
+        self._data: dict[Any, bytes] = {}
+        self._lock = threading.Lock()
+
+    def _op(self, op: str) -> None:
+        self._fake.count(f"dict.{op}")
+        _apply(self._fake.faults.take("dict"), self._fake.faults.release)
+
+    def put(self, key: Any, value: Any, *, skip_if_exists: bool = False) -> bool:
+        self._op("put")
+        data = serialize(value)
+        with self._lock:
+            if skip_if_exists and key in self._data:
+                return False
+            self._data[key] = data
+            return True
+
+    def get(self, key: Any, default: Any | None = None) -> Any:
+        self._op("get")
+        with self._lock:
+            data = self._data.get(key)
+        return default if data is None else deserialize(data, None)
+
+    def pop(self, key: Any, default: Any = None) -> Any:
+        self._op("pop")
+        with self._lock:
+            data = self._data.pop(key, None)
+        return default if data is None else deserialize(data, None)
+
+    def items(self) -> list[tuple[Any, Any]]:
+        self._op("items")
+        with self._lock:
+            pairs = list(self._data.items())
+        return [(k, deserialize(v, None)) for k, v in pairs]
+
+
+class FakePlatform:
+    """``whisper_modal.app.platform`` inside the fake's "containers"."""
+
+    def __init__(self, fake: FakeModal) -> None:
+        self._fake = fake
+
+    def call_id(self) -> str | None:
+        return CURRENT_CALL.get()
+
+    def job_store(self) -> FakeDict:
+        import whisper_modal.app as app
+
+        return self._fake.dict_lookup(app.settings.jobs_dict_name)
+
+    def chunk_method(self, model: str) -> FakeMethod:
+        return FakeMethod(self._fake, model, "transcribe")
+
+    def function_call(self, call_id: str) -> FakeFunctionCall:
+        return self._fake.call_lookup(call_id)
 
 
 class FakeObj:
@@ -455,6 +641,9 @@ class FakeModal:
         self.deployed = True
         self.faults = FaultPlan()
         self.pool = cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fake-modal")
+        self.fn_pool = cf.ThreadPoolExecutor(max_workers=16, thread_name_prefix="fake-modal-fn")
+        self.dicts: dict[str, FakeDict] = {}
+        self.deduplicated: collections.Counter[Any] = collections.Counter()  # duplicate_of
         self.io_pool = cf.ThreadPoolExecutor(max_workers=64, thread_name_prefix="fake-modal-io")
         self.function_calls: dict[str, FakeFunctionCall] = {}
         self.executions: collections.Counter[Any] = collections.Counter()  # runs started
@@ -471,10 +660,27 @@ class FakeModal:
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
         self._enter_lock = threading.Lock()  # held while a "container" starts
+        self.platform = FakePlatform(self)
 
     def count(self, op: str) -> None:
         with self._lock:
             self.calls[op] += 1
+
+    def count_outcome(self, job: Any, result: Any) -> str:
+        """Count an input that ended normally (called with the lock held): a run that
+        transcribed is ``completed``; one that found its id owned is ``deduplicated``."""
+        if isinstance(result, dict) and "duplicate_of" in result:
+            self.deduplicated[job] += 1
+            return "deduplicated"
+        self.completed[job] += 1
+        return "completed"
+
+    def register(self, call: FakeFunctionCall) -> None:
+        """Record a spawned call (then the "accepted" fault may lose its acknowledgement)."""
+        with self._lock:
+            self.function_calls[call.object_id] = call
+            self.spawned.append(call.object_id)
+        _apply(self.faults.take("accepted"), self.faults.release)
 
     def instance(self, model: str, cls: str = "Transcriber") -> Any:
         """The real app class instance (created once per class and model, like a warm container)."""
@@ -515,6 +721,32 @@ class FakeModal:
             self.lookups.append((app_name, name, environment_name))
         return FakeCls(self, name)
 
+    def function_lookup(
+        self, app_name: str, name: str, *, environment_name: str | None = None
+    ) -> FakeFunction:
+        """Stands in for ``modal.Function.from_name`` (lazy, like the real one)."""
+        with self._lock:
+            self.lookups.append((app_name, name, environment_name))
+        return FakeFunction(self, name)
+
+    def dict_lookup(
+        self, name: str, *, environment_name: str | None = None, create_if_missing: bool = False
+    ) -> FakeDict:
+        """Stands in for ``modal.Dict.from_name`` (one Dict per name)."""
+        with self._lock:
+            if name not in self.dicts:
+                self.dicts[name] = FakeDict(self, name)
+            return self.dicts[name]
+
+    def seams(self) -> dict[str, Any]:
+        """The four lookups as ``ModalBackend`` keywords."""
+        return {
+            "cls_lookup": self.cls_lookup,
+            "call_lookup": self.call_lookup,
+            "function_lookup": self.function_lookup,
+            "dict_lookup": self.dict_lookup,
+        }
+
     def call_lookup(self, function_call_id: str) -> FakeFunctionCall:
         """Stands in for ``modal.FunctionCall.from_id``: lazy, an unknown id fails at use."""
         with self._lock:
@@ -526,7 +758,13 @@ class FakeModal:
         import whisper_modal.app as app
 
         app.container_environ = os.environ
+        if app.platform is self.platform:
+            app.platform = app.Platform()
         self.faults.release.set()
+        for call in list(self.function_calls.values()):  # orchestrators still waiting
+            if call._future is not None and not call._future.done():
+                call._cancel()
+        self.fn_pool.shutdown(wait=True, cancel_futures=True)
         self.pool.shutdown(wait=True, cancel_futures=True)
         self.io_pool.shutdown(wait=True, cancel_futures=True)
 

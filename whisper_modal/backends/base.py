@@ -18,7 +18,6 @@ from whisper_modal.options import TranscribeOptions
 from whisper_modal.results import Transcript
 
 __all__ = [
-    "FANOUT_JOB_PREFIX",
     "LOCAL_JOB_PREFIX",
     "WIRE_VERSION",
     "Backend",
@@ -181,11 +180,10 @@ class JobBackend(Protocol):
         ...
 
 
-#: id prefixes of jobs that live in the submitting process (see ``backends.registry``)
+#: id prefix of jobs that live in the submitting process (see ``backends.registry``)
 LOCAL_JOB_PREFIX = "local-"
-FANOUT_JOB_PREFIX = "fanout-"
 
 
 def is_in_process_job(job_id: str) -> bool:
-    """True for ids of jobs run by this process (local and fan-out), False for Modal ids."""
-    return job_id.startswith((LOCAL_JOB_PREFIX, FANOUT_JOB_PREFIX))
+    """True for ids of jobs run by this process (local jobs), False for Modal ids."""
+    return job_id.startswith(LOCAL_JOB_PREFIX)

@@ -41,7 +41,6 @@ from whisper_modal.resilience import CircuitBreaker, RetryPolicy
 from whisper_modal.results import Transcript
 
 if TYPE_CHECKING:  # the engine is imported only when a local backend is made
-    from whisper_modal._loop import LoopThread
     from whisper_modal.backends.local import LocalBackend
 
 __all__ = [
@@ -315,7 +314,6 @@ def compose(
     breaker: CircuitBreaker,
     metrics: Metrics,
     settings: Settings,
-    loop: LoopThread,
 ) -> Backend:
     """Build the chain for ``policy`` ("modal", "local" or "auto"); see the module docstring.
 
@@ -340,4 +338,4 @@ def compose(
         return chain
     from whisper_modal.backends.fanout import FanoutBackend
 
-    return FanoutBackend(chain, settings, loop)
+    return FanoutBackend(chain, settings)

@@ -6,8 +6,14 @@ under our own ``asyncio.timeout`` (the first call also spends up to ``connect_ti
 lookup). Every method is a coroutine: the client's sync API runs them on its loop thread
 (``whisper_modal._loop``), so an abandoned call is cancelled, never left waiting.
 
-The lookup seam is ``cls_lookup`` (``modal.Cls.from_name``) and ``call_lookup``
-(``modal.FunctionCall.from_id``): tests inject the in-process fake there.
+The lookup seams are ``cls_lookup`` (``modal.Cls.from_name``), ``function_lookup``
+(``modal.Function.from_name``, the fan-out orchestrator), ``call_lookup``
+(``modal.FunctionCall.from_id``) and ``dict_lookup`` (``modal.Dict.from_name``, the job
+book): tests inject the in-process fake there.
+
+Every spawn claims its ``client_job_id`` in the app's job book (``job_book``), and so
+does the container before it runs: a retried spawn whose first attempt Modal had in fact
+accepted returns (or reads) that first call, so one request runs at most once.
 
 Results cross as plain dicts (``Transcript.to_dict()``) and become typed here, the only
 place on the client side that sees the wire.
@@ -27,6 +33,7 @@ import modal.exception as modal_exception
 from modal.types import InputStatus
 
 from whisper_modal.backends.base import JobStatus, Request, Submission
+from whisper_modal.backends.fanout import audio_seconds_hint
 from whisper_modal.backends.modal_transport import (
     fail_fast,
     server_urls,
@@ -47,6 +54,7 @@ from whisper_modal.errors import (
     error_from_dict,
     map_modal_error,
 )
+from whisper_modal.job_book import JobBook, JobRecord
 from whisper_modal.options import KNOWN_MODELS, is_known_model
 from whisper_modal.results import Transcript
 
@@ -61,6 +69,7 @@ class _NotFinished(TransientError):
 
 T = TypeVar("T")
 _RESULT_CACHE = 256  # finished results kept per backend (status() then result() = one fetch)
+FANOUT_FUNCTION = "fanout"  # the app's orchestrator of long-audio jobs (app.fanout)
 
 
 async def _within(
@@ -90,6 +99,8 @@ class ModalBackend:
             first lookup; each call gets its own ``timeout``).
         cls_lookup: ``modal.Cls.from_name`` or a fake with the same signature.
         call_lookup: ``modal.FunctionCall.from_id`` or a fake.
+        function_lookup: ``modal.Function.from_name`` or a fake.
+        dict_lookup: ``modal.Dict.from_name`` or a fake.
         gpu: run on this GPU instead of the deployed one (``Cls.with_options``). Modal
             autoscales every option variant as a separate pool, so only pass it to override.
         remote_timeout: container-side timeout in seconds instead of the deployed one.
@@ -103,6 +114,8 @@ class ModalBackend:
         *,
         cls_lookup: Callable[..., Any] | None = None,
         call_lookup: Callable[[str], Any] | None = None,
+        function_lookup: Callable[..., Any] | None = None,
+        dict_lookup: Callable[..., Any] | None = None,
         gpu: str | None = None,
         remote_timeout: int | None = None,
     ) -> None:
@@ -114,6 +127,9 @@ class ModalBackend:
         self._probe_server = cls_lookup is None
         self._cls_lookup = cls_lookup or modal.Cls.from_name
         self._call_lookup = call_lookup or modal.FunctionCall.from_id
+        self._function_lookup = function_lookup or modal.Function.from_name
+        self._dict_lookup = dict_lookup or modal.Dict.from_name
+        self._book: JobBook | None = None
         self._lock = threading.Lock()
         self._handles: dict[str, Any] = {}
         self._hydrated: set[str] = set()
@@ -135,9 +151,20 @@ class ModalBackend:
                 self._handles[class_name] = handle
             return self._handles[class_name]
 
-    async def _hydrate(self, class_name: str) -> Any:
-        handle = self._cls(class_name)
-        if class_name not in self._hydrated:
+    def _function(self, name: str) -> Any:
+        with self._lock:
+            key = "function:" + name
+            if key not in self._handles:
+                s = self.settings
+                self._handles[key] = self._function_lookup(
+                    s.app_name, name, environment_name=s.environment_name
+                )
+            return self._handles[key]
+
+    async def _hydrate(self, class_name: str, *, function: bool = False) -> Any:
+        handle = self._function(class_name) if function else self._cls(class_name)
+        key = ("function:" if function else "") + class_name
+        if key not in self._hydrated:
             # Modal's client is still retrying behind an expired lookup: retrying it again
             # would only multiply the wait, so report "unavailable" (falls back in auto mode).
             lookup = handle.hydrate.aio()
@@ -152,16 +179,20 @@ class ModalBackend:
                     fix="check the network / MODAL_SERVER_URL, or use backend='local'",
                 ),
             )
-            self._hydrated.add(class_name)
+            self._hydrated.add(key)
         return handle
 
-    async def _method(self, model: str, method: str, class_name: str | None = None) -> Any:
+    @staticmethod
+    def _method_check(model: str) -> None:
         if not is_known_model(model):
             # the container serves only known names (and would fail in its enter hook)
             raise ConfigurationError(
                 f"the Modal app serves only known Whisper models ({', '.join(KNOWN_MODELS)}), "
                 f"not {model!r}; a checkpoint path works with backend='local'"
             )
+
+    async def _method(self, model: str, method: str, class_name: str | None = None) -> Any:
+        self._method_check(model)
         name = class_name or self.settings.class_name
         handle = await self._hydrate(name)
         with self._lock:
@@ -199,14 +230,16 @@ class ModalBackend:
 
         async def work() -> Transcript:
             method = await self._method(request.options.model, "transcribe")
-            call = await self._spawn(method, request)
+            call = await self._start(method, request)
             try:
                 result = await self._get(call, timeout)
             except BaseException:
                 # Deadline, a dropped connection while waiting, or a caller that gave up:
-                # the input may still run, so stop it before anyone retries or falls back.
-                # (Cancelling a call that already finished or failed changes nothing.)
+                # the input may still run, so stop it before anyone retries or falls back,
+                # and free its client id for the retry. (Cancelling a call that already
+                # finished or failed changes nothing.)
                 await self._cancel_quietly(call)
+                await self._release(request, call)
                 raise
             return Transcript.from_dict(result)
 
@@ -226,14 +259,80 @@ class ModalBackend:
             raise error_from_dict(result["error"])
         return Transcript.from_dict(result)
 
-    async def _spawn(self, method: Any, request: Request) -> Any:
+    async def _spawn(self, method: Any, request: Request, *extra: Any) -> Any:
         """Spawn ``request`` (large audio staged first); the deadline grows with the upload."""
         staged = await stage_large_audio(request, self.settings)
         return await _within(
-            method.spawn.aio(staged.to_wire()),
+            method.spawn.aio(staged.to_wire(), *extra),
             spawn_deadline(staged.size_bytes, self.settings),
             lambda: TransientError("Modal did not accept the call in time"),
         )
+
+    async def _start(self, method: Any, request: Request, *extra: Any) -> Any:
+        """Spawn, then claim the client id: the call that owns it (an earlier one wins).
+
+        A retried spawn whose first attempt Modal had accepted gets that first call back,
+        and its own duplicate input is cancelled (its container would not run it anyway).
+        """
+        call = await self._spawn(method, request, *extra)
+        client_job_id = request.client_job_id
+        if client_job_id is None:
+            return call
+        owner = await self._book_call(lambda b: b.claim(client_job_id, str(call.object_id)))
+        if owner is None or owner == call.object_id:
+            return call
+        log.info(
+            "a retried submit found its first attempt",
+            extra={"event": "submit_deduplicated", "job_id": owner},
+        )
+        await self._cancel_quietly(call)
+        return self._call_lookup(str(owner))
+
+    async def _release(self, request: Request, call: Any) -> None:
+        client_job_id = request.client_job_id
+        if client_job_id is not None:
+            await self._book_call(lambda b: b.release(client_job_id, str(call.object_id)))
+
+    # ------------------------------------------------------------------ job book
+
+    def _job_book(self) -> JobBook:
+        with self._lock:
+            if self._book is None:
+                s = self.settings
+                store = self._dict_lookup(
+                    s.jobs_dict_name, environment_name=s.environment_name, create_if_missing=True
+                )
+                self._book = JobBook(store)
+            return self._book
+
+    async def _book_call(self, action: Callable[[JobBook], T]) -> T | None:
+        """One job-book operation within ``connect_timeout``; None when the Dict fails.
+
+        Best effort on purpose: the book makes retries idempotent and shows progress, and
+        an outage of it must not fail a transcription (the container claims again).
+        """
+        book = self._job_book()
+        try:
+            return await _within(
+                asyncio.to_thread(action, book),
+                self.settings.connect_timeout,
+                lambda: TransientError("the job book did not answer in time"),
+            )
+        except Exception as exc:
+            log.warning(
+                "job book unavailable",
+                extra={"event": "job_book_failed", "error": type(exc).__name__},
+            )
+            return None
+
+    async def arecent(self, limit: int = 20) -> list[JobRecord]:
+        """The app's newest job records (``whisper-modal jobs``); empty when none."""
+        records = await self._book_call(lambda b: b.recent(limit))
+        return records or []
+
+    def _fans_out(self, request: Request) -> bool:
+        hint = audio_seconds_hint(request, self.settings)
+        return hint is not None and hint > self.settings.fanout_seconds
 
     async def _get(self, call: Any, timeout: float | None) -> dict[str, Any]:
         """``call.get`` within ``timeout``; a terminated input is ``JobCancelled``.
@@ -249,6 +348,8 @@ class ModalBackend:
                 backstop,
                 lambda: TransientError(f"no result from Modal within {timeout:g} s"),
             )
+            if "duplicate_of" in result:  # this input did not run: another call owns its id
+                return await self._get(self._call_lookup(str(result["duplicate_of"])), timeout)
         except TimeoutError as exc:
             if type(exc) is not TimeoutError:  # a subclass means something else: map it
                 raise
@@ -298,11 +399,22 @@ class ModalBackend:
             )
 
     async def asubmit(self, request: Request) -> Submission:
-        """Spawn the request and return the FunctionCall id."""
+        """Spawn the request and return the FunctionCall id (the job id).
+
+        Audio longer than ``fanout_seconds`` goes to the app's orchestrator function
+        (``app.fanout``), which splits it over many GPU containers; its call id is the job
+        id, so either kind of job re-attaches from any process.
+        """
 
         async def work() -> Submission:
-            method = await self._method(request.options.model, "transcribe")
-            call = await self._spawn(method, request)
+            if self._fans_out(request):
+                self._method_check(request.options.model)
+                method = await self._hydrate(FANOUT_FUNCTION, function=True)
+                chunk = min(self.settings.fanout_chunk_seconds, self.settings.fanout_seconds)
+                call = await self._start(method, request, chunk)
+            else:
+                method = await self._method(request.options.model, "transcribe")
+                call = await self._start(method, request)
             return Submission(str(call.object_id))
 
         return await self._guard(work())
@@ -386,8 +498,12 @@ class ModalBackend:
         await self._guard(work(), job_id=job_id)
 
     async def aprogress(self, job_id: str) -> tuple[int, int] | None:
-        """None: a Modal job is one call (server-side fan-out progress is not recorded)."""
-        return None
+        """(chunks done, total) of a fan-out job, from the job book; None for a single job
+        (or a fan-out job whose audio is not split yet)."""
+        record = await self._book_call(lambda b: b.get(job_id))
+        if record is None or record.kind != "fanout" or record.total == 0:
+            return None
+        return record.done, record.total
 
     # ------------------------------------------------------------------ health
 

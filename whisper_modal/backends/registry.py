@@ -26,8 +26,6 @@ MAX_FINISHED_JOBS = 10_000  # finished jobs kept for ``result()`` before the old
 @attrs.define
 class _Entry:
     future: cf.Future[Transcript]
-    total: int | None = None  # parts of a fan-out job
-    done: int = 0
     fallback_reason: str | None = None
 
 
@@ -46,20 +44,12 @@ class InProcessJobs:
         job_id: str,
         future: cf.Future[Transcript],
         *,
-        total: int | None = None,
         fallback_reason: str | None = None,
     ) -> None:
-        """Register a job's future (``total``: parts, for progress)."""
+        """Register a job's future."""
         with self._lock:
-            self._jobs[job_id] = _Entry(future, total=total, fallback_reason=fallback_reason)
+            self._jobs[job_id] = _Entry(future, fallback_reason=fallback_reason)
             self._trim()
-
-    def tick(self, job_id: str) -> None:
-        """Count one more part of ``job_id`` as done."""
-        with self._lock:
-            entry = self._jobs.get(job_id)
-            if entry is not None:
-                entry.done += 1
 
     def _entry(self, job_id: str) -> _Entry:
         with self._lock:
@@ -124,10 +114,9 @@ class InProcessJobs:
         self._entry(job_id).future.cancel()
 
     async def aprogress(self, job_id: str) -> tuple[int, int] | None:
-        """(parts done, parts total) for a fan-out job; None for a single local job."""
-        entry = self._entry(job_id)
-        with self._lock:
-            return None if entry.total is None else (entry.done, entry.total)
+        """None: a local job is one run (the engine splits long audio itself)."""
+        self._entry(job_id)  # an unknown id is JobNotFound
+        return None
 
 
 _REGISTRY = InProcessJobs()
