@@ -86,14 +86,14 @@ def test_long_submit_is_an_app_job_that_reattaches_from_another_process(
     seen = json.loads(out.stdout.strip().splitlines()[-1])
     total = seen["final_progress"][1]
     assert total >= 3 and seen["final_progress"] == [total, total]
-    assert seen["progress"] and all(0 <= d <= t == total for d, t in seen["progress"])
+    assert all(0 <= d <= t == total for d, t in seen["progress"])  # never beyond the total
     assert seen["status"] == "succeeded" and seen["job_id"] == job.id
     assert wer(reference, seen["text"]) <= 0.12, seen["text"]
     assert seen["duration"] == pytest.approx(len(samples) / 16000, abs=0.1)
     # the submitting process reads the same job, and each piece ran exactly once
     assert job.result(timeout=60).text == seen["text"]
     assert sorted(chunk_runs(fake, fake.completed).values()) == [1] * total
-    assert fake.completed[job.id] == 0 and fake.executions[None] == 0
+    assert fake.function_calls[job.id].outcome == "completed"
 
 
 def test_a_failed_chunk_is_retried_once_as_a_new_input(
@@ -136,7 +136,7 @@ def test_a_chunk_failing_twice_fails_the_job_naming_it(
     assert isinstance(err, wm.RemoteExecutionError)  # never retried by the client
     assert job.status() is wm.JobStatus.FAILED
     settle(fake)  # no piece is left running, and the job never produced a result
-    assert fake.completed[job.id] == 0
+    assert fake.function_calls[job.id].outcome == "failed"
 
 
 def test_cancelling_a_fan_out_job_cancels_its_chunks(
@@ -154,15 +154,17 @@ def test_cancelling_a_fan_out_job_cancels_its_chunks(
     with pytest.raises(wm.JobCancelled):
         job.result(timeout=10)
     pieces = [c for c in fake.function_calls.values() if c.object_id != job.id]
-    assert len(pieces) == fake.calls["transcribe.spawn"] and all(c.cancelled for c in pieces)
+    assert len(pieces) == fake.calls["transcribe.spawn"]
+    assert wait_until(lambda: all(c.cancelled for c in pieces), timeout=30)  # by the orchestrator
+    book = client._modal_backend()._job_book()
+    assert wait_until(lambda: getattr(book.get(job.id), "status", "") == "cancelled", timeout=30)
     spawned = fake.calls["transcribe.spawn"]
     fake.faults.release.set()  # the hung pieces end now, as cancelled runs
     settle(fake)
     assert fake.calls["transcribe.spawn"] == spawned  # nothing new started after the cancel
     assert chunk_runs(fake, fake.completed) == {}
-    assert sum(chunk_runs(fake, fake.terminated).values()) == spawned
-    record = client._modal_backend()._job_book().get(job.id)
-    assert record is not None and record.status == "cancelled" and record.kind == "fanout"
+    assert {c.outcome for c in pieces} <= {"terminated", None}  # None: cancelled while queued
+    assert fake.function_calls[job.id].outcome == "terminated"
 
 
 def test_a_submit_whose_acknowledgement_was_lost_runs_once(
@@ -300,7 +302,12 @@ def test_200_submits_with_faults_and_expiries_run_each_job_once(
         lambda n: Fault(raises=reset) if n % 20 == 13 else Fault(hang=3.0) if n % 20 == 3 else None,
     )
     try:
-        client = client_for(fake, monkeypatch, backend="modal", max_attempts=10, connect_timeout=1)
+        # every fault here is transient and spread out: a breaker opening on them would only
+        # test the breaker (its own tests do), so it is set out of reach
+        client = client_for(
+            fake, monkeypatch, backend="modal", max_attempts=10, connect_timeout=1,
+            breaker_failure_threshold=10_000,
+        )  # fmt: skip
 
         async def submit_all() -> list[wm.Job]:
             limit = asyncio.Semaphore(16)

@@ -154,10 +154,12 @@ def _reattach(host: str, port: int, key: str, job_id: str) -> dict[str, Any]:
         job = wm.Job.from_id(job_id, client=client)
         seen: list[list[int]] = []
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not job.status().done:
+        while time.monotonic() < deadline:
             progress = job.progress()
             if progress is not None and (not seen or list(progress) != seen[-1]):
                 seen.append(list(progress))
+            if job.status().done:
+                break
             time.sleep(0.05)
         transcript = job.result(timeout=120)
         final = job.progress()
