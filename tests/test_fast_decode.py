@@ -20,7 +20,7 @@ import whisper
 from tests import speech
 from tests.models_cache import tiny_en_cache
 from whisper_modal.engine.decoding import run_whisper
-from whisper_modal.engine.fast_decode import _one_thread, _openmp, _plain_fp32, fast_model
+from whisper_modal.engine.fast_decode import _plain_fp32, fast_model
 from whisper_modal.engine.models import LoadedModel, ModelStore, load_model
 from whisper_modal.options import TranscribeOptions
 
@@ -127,19 +127,3 @@ def test_two_threads(loaded: LoadedModel, short_clip: np.ndarray) -> None:
         t.join()
     assert_same(results["stock"], stock)
     assert_same(results["fast"], stock)
-
-
-def test_one_thread_limits_only_the_calling_thread() -> None:
-    def other_thread_count() -> int:
-        seen: list[int] = []
-        thread = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
-        thread.start()
-        thread.join()
-        return seen[0]
-
-    before, other = torch.get_num_threads(), other_thread_count()
-    with _one_thread():
-        if _openmp() is not None:
-            assert torch.get_num_threads() == 1
-        assert other_thread_count() == other  # another engine's thread keeps its count
-    assert torch.get_num_threads() == before
