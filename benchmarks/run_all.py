@@ -207,22 +207,28 @@ def speed_table(minutes: list[float], model: str, device: str, cache: str, runs:
         wav, ref = make_audio(m)
         audio_s = m * 60
         print(f"\n## {m:g}-minute clip, {model} on {device}, median of {runs} runs\n")
-        print("| engine | RTF (x real time) | vs stock | WER | peak MB | load s |")
-        print("|---|---:|---:|---:|---:|---:|")
+        print("| engine | RTF (x real time) | vs stock | WER | text = stock | peak MB | load s |")
+        print("|---|---:|---:|---:|---|---:|---:|")
         base = None
+        stock_text = None  # "whisper_modal sequential vad-off" must give exactly this
         for engine in _engines():
             results = [run_worker(engine, [wav], model, device, cache) for _ in range(runs)]
             ok = [r for r in results if "error" not in r]
             if not ok:
-                print(f"| {engine} | failed: {results[0]['error'][:60]} | | | | |")
+                print(f"| {engine} | failed: {results[0]['error'][:60]} | | | | | |")
                 continue
             rtf = audio_s / statistics.median(r["walls"][0] for r in ok)
             base = base or rtf
             w = statistics.median(wer(ref.read_text(), r["texts"][0]) for r in ok)
             peak = statistics.median(r["peak_mb"] for r in ok)
             load = statistics.median(r["load"] for r in ok)
+            if engine == "openai-whisper":
+                stock_text = ok[0]["texts"][0]
+            same = ""
+            if stock_text is not None:
+                same = "yes" if all(r["texts"][0] == stock_text for r in ok) else "no"
             print(
-                f"| {engine} | {rtf:.1f} | {rtf / base:.2f}x | {w * 100:.1f}% | {peak:.0f} | {load:.2f} |"
+                f"| {engine} | {rtf:.1f} | {rtf / base:.2f}x | {w * 100:.1f}% | {same} | {peak:.0f} | {load:.2f} |"
             )
 
 

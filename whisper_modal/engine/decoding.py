@@ -149,8 +149,12 @@ def _run(
 
         result = transcribe_batched(loaded, samples, options, language=language)
     else:
+        from .fast_decode import fast_model
+
         kwargs = whisper_kwargs(options, device=loaded.device)
-        result = whisper.transcribe(loaded.model, samples, language=language, **kwargs)
+        # openai-whisper's loop with the inference-only decoder (same text; fast_decode)
+        model = fast_model(loaded.model)
+        result = whisper.transcribe(model, samples, language=language, **kwargs)
         if options.vad:  # the batched loop cuts loops itself, token by token
             cut_loops(result, loaded, options, language)
     result["language"] = language
