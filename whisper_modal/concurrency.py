@@ -35,7 +35,6 @@ async def arun_many(
     return_exceptions: bool = False,
     progress: bool | None = None,
     desc: str = "transcribing",
-    on_done: Callable[[], None] | None = None,
 ) -> list[R | WhisperModalError]:
     """Await ``call(item)`` for every item, at most ``concurrency`` at once.
 
@@ -47,7 +46,6 @@ async def arun_many(
             raising the first one.
         progress: show a bar (None: only on a terminal or in a notebook).
         desc: the bar's label.
-        on_done: called after each item finishes (progress reporting).
 
     Returns:
         One result (or error, with ``return_exceptions``) per item, in input order.
@@ -73,8 +71,6 @@ async def arun_many(
                     return exc
                 finally:
                     bar.update()
-                    if on_done is not None:
-                        on_done()
 
         try:
             async with asyncio.TaskGroup() as group:

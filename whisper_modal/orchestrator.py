@@ -32,6 +32,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from whisper_modal.backends.base import Request
+from whisper_modal.concurrency import arun_many
 from whisper_modal.delivery import notify
 from whisper_modal.errors import ChunkFailed, error_to_dict, map_engine_error
 from whisper_modal.job_book import JobBook, best_effort, chunk_job_id
@@ -142,23 +143,21 @@ async def _run(
         pieces = [Piece(0, 0.0, seconds, audio)]
     total = len(pieces)
     await record(lambda b: b.update(job_id, total=total, audio_seconds=seconds))
-    parts: list[Transcript | None] = [None] * total
     done = 0
 
-    async def one(piece: Piece) -> None:
+    async def one(piece: Piece) -> Transcript:
         nonlocal done
-        parts[piece.index] = await _piece(request, job_id, piece, total, spawn, lookup)
+        part = await _piece(request, job_id, piece, total, spawn, lookup)
         done += 1
         finished = done
         await record(lambda b: b.update(job_id, done=finished))
+        return part
 
-    try:
-        async with asyncio.TaskGroup() as group:
-            for piece in pieces:
-                group.create_task(one(piece))
-    except BaseExceptionGroup as failed:  # the first failure, with its siblings cancelled
-        raise failed.exceptions[0] from None
-    merged = merge_transcripts([(p.offset, t) for p, t in zip(pieces, parts, strict=True) if t])
+    # all pieces at once (Modal queues them); the first failure cancels the others
+    parts = await arun_many(one, pieces, concurrency=total, progress=False)
+    merged = merge_transcripts(
+        [(p.offset, t) for p, t in zip(pieces, parts, strict=True)]  # type: ignore[misc]
+    )
     merged = merged.with_changes(job_id=job_id, duration=seconds)
     return await asyncio.to_thread(service.store_results, request, merged, job_id)
 

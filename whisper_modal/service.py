@@ -135,7 +135,8 @@ class Service:
             StorageError: the S3 object is missing, denied, too large or unreachable.
         """
         if request.s3_uri is not None:
-            return bytes(self.store().get_bytes(parse_s3_uri(request.s3_uri)))
+            data: bytes = self.store().get_bytes(parse_s3_uri(request.s3_uri))
+            return data
         assert request.audio is not None  # a Request has exactly one of the two
         return request.audio
 

@@ -40,8 +40,8 @@ class Chunk:
     request: Request
 
 
-def audio_seconds_hint(request: Request, settings: Settings) -> float | None:
-    """The audio's length from its header when that is cheap; None when unknown.
+def audio_seconds_hint(request: Request, settings: Settings) -> float:
+    """The audio's length from its header, for deciding whether to fan out (no decoding).
 
     Returns ``0.0`` for a request that must not be split whatever its length: S3 input
     (its length is unknown here), or diarization (speakers are clustered over the whole
@@ -71,7 +71,7 @@ def plan_fanout(request: Request, settings: Settings) -> list[Chunk] | None:
     """The chunks to send, or None when the request should go as one call (blocking)."""
     if request.output is not None or request.webhook_url is not None:
         return None
-    if (audio_seconds_hint(request, settings) or 0.0) <= settings.fanout_seconds:
+    if audio_seconds_hint(request, settings) <= settings.fanout_seconds:
         return None
     try:
         from whisper_modal.engine.audio import decode_audio

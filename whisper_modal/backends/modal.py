@@ -70,6 +70,7 @@ class _NotFinished(TransientError):
 T = TypeVar("T")
 _RESULT_CACHE = 256  # finished results kept per backend (status() then result() = one fetch)
 FANOUT_FUNCTION = "fanout"  # the app's orchestrator of long-audio jobs (app.fanout)
+FUNCTION_KEY = "function:"  # marks a function's name among the looked-up handles
 
 
 async def _within(
@@ -138,33 +139,27 @@ class ModalBackend:
 
     # ------------------------------------------------------------------ lookup
 
-    def _cls(self, class_name: str) -> Any:
+    def _lookup(self, name: str) -> Any:
+        """The lazy handle of a class of the app, or of a function (``FUNCTION_KEY`` + name)."""
         with self._lock:
-            if class_name not in self._handles:
+            if name not in self._handles:
                 s = self.settings
-                handle = self._cls_lookup(
-                    s.app_name, class_name, environment_name=s.environment_name
-                )
-                # with_options is lazy too: still no network until the first call
-                if self._overrides:
-                    handle = handle.with_options(**self._overrides)
-                self._handles[class_name] = handle
-            return self._handles[class_name]
+                if name.startswith(FUNCTION_KEY):
+                    handle = self._function_lookup(
+                        s.app_name, name.removeprefix(FUNCTION_KEY),
+                        environment_name=s.environment_name,
+                    )  # fmt: skip
+                else:
+                    handle = self._cls_lookup(s.app_name, name, environment_name=s.environment_name)
+                    # with_options is lazy too: still no network until the first call
+                    if self._overrides:
+                        handle = handle.with_options(**self._overrides)
+                self._handles[name] = handle
+            return self._handles[name]
 
-    def _function(self, name: str) -> Any:
-        with self._lock:
-            key = "function:" + name
-            if key not in self._handles:
-                s = self.settings
-                self._handles[key] = self._function_lookup(
-                    s.app_name, name, environment_name=s.environment_name
-                )
-            return self._handles[key]
-
-    async def _hydrate(self, class_name: str, *, function: bool = False) -> Any:
-        handle = self._function(class_name) if function else self._cls(class_name)
-        key = ("function:" if function else "") + class_name
-        if key not in self._hydrated:
+    async def _hydrate(self, name: str) -> Any:
+        handle = self._lookup(name)
+        if name not in self._hydrated:
             # Modal's client is still retrying behind an expired lookup: retrying it again
             # would only multiply the wait, so report "unavailable" (falls back in auto mode).
             lookup = handle.hydrate.aio()
@@ -179,7 +174,7 @@ class ModalBackend:
                     fix="check the network / MODAL_SERVER_URL, or use backend='local'",
                 ),
             )
-            self._hydrated.add(key)
+            self._hydrated.add(name)
         return handle
 
     @staticmethod
@@ -331,8 +326,7 @@ class ModalBackend:
         return records or []
 
     def _fans_out(self, request: Request) -> bool:
-        hint = audio_seconds_hint(request, self.settings)
-        return hint is not None and hint > self.settings.fanout_seconds
+        return audio_seconds_hint(request, self.settings) > self.settings.fanout_seconds
 
     async def _get(self, call: Any, timeout: float | None) -> dict[str, Any]:
         """``call.get`` within ``timeout``; a terminated input is ``JobCancelled``.
@@ -409,7 +403,7 @@ class ModalBackend:
         async def work() -> Submission:
             if self._fans_out(request):
                 self._method_check(request.options.model)
-                method = await self._hydrate(FANOUT_FUNCTION, function=True)
+                method = await self._hydrate(FUNCTION_KEY + FANOUT_FUNCTION)
                 chunk = min(self.settings.fanout_chunk_seconds, self.settings.fanout_seconds)
                 call = await self._start(method, request, chunk)
             else:
