@@ -94,6 +94,27 @@ def test_an_expired_deadline_cancels_the_input_before_the_retry(
         fake.close()
 
 
+def test_a_result_that_lands_as_the_deadline_passes_is_used_not_run_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fake = FakeModal(handler=SlowFirstRuns(slow=0.0), workers=4)
+    # the first get says "not finished" (the builtin TimeoutError) once the input has in
+    # fact completed: the deadline's cancel then comes too late to stop it
+    finished = lambda: wait_until(lambda: sum(fake.completed.values()) == 1)  # noqa: E731
+    fake.faults.queue("get", Fault(raises=TimeoutError(), before=finished))
+    try:
+        client = client_for(fake, monkeypatch, backend="modal", max_attempts=3)
+        t = client.transcribe(b"RIFF-late", timeout=2.0)
+        settle(fake)
+        job = t.text.removeprefix("ok ")
+        assert (fake.completed[job], fake.terminated[job]) == (1, 0)
+        # the late result was taken: no second spawn, no retry, the claim kept
+        assert fake.calls["spawn"] == 1 and client.stats().retried_calls == 0
+        client.close()
+    finally:
+        fake.close()
+
+
 def test_a_fallback_leaves_no_modal_run_alive(monkeypatch: pytest.MonkeyPatch) -> None:
     fake = FakeModal(handler=SlowFirstRuns(always=True), workers=8)
     try:

@@ -77,9 +77,16 @@ class _Dual:
 class Fault:
     """One injected behaviour for one call."""
 
-    def __init__(self, *, raises: BaseException | None = None, hang: float | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        raises: BaseException | None = None,
+        hang: float | None = None,
+        before: Callable[[], object] | None = None,
+    ) -> None:
         self.raises = raises
         self.hang = hang
+        self.before = before  # runs first, outside the plan's lock (it may wait)
 
 
 class FaultPlan:
@@ -108,6 +115,11 @@ class FaultPlan:
         """Make the next ``times`` calls of ``op`` raise ``exc``."""
         with self._lock:
             self._queues[op].extend(Fault(raises=exc) for _ in range(times))
+
+    def queue(self, op: str, fault: Fault) -> None:
+        """Make the next call of ``op`` meet ``fault``."""
+        with self._lock:
+            self._queues[op].append(fault)
 
     def hang_next(self, op: str, seconds: float, times: int = 1) -> None:
         """Make the next calls of ``op`` hang (until ``release`` or ``seconds``)."""
@@ -177,6 +189,8 @@ def wire_exception(exc: BaseException) -> BaseException:
 def _apply(fault: Fault | None, release: threading.Event) -> None:
     if fault is None:
         return
+    if fault.before is not None:
+        fault.before()
     if fault.hang is not None:
         release.wait(fault.hang)
         raise me.ConnectionError("fake: connection dropped after hanging")
@@ -234,9 +248,10 @@ class FakeFunctionCall:
     def _cancel(self, terminate_containers: bool = False) -> None:
         self._fake.count("cancel")
         future = self._known()
-        if future.done():
-            return  # a finished input is left alone, as Modal does
-        self.cancelled = True
+        with self._fake._lock:  # the input's end is decided under the same lock
+            if future.done() or self.outcome is not None:
+                return  # a finished input is left alone, as Modal does
+            self.cancelled = True
         future.cancel()  # a queued input never starts; a running one is terminated
         if self.on_cancel is not None:
             self.on_cancel()

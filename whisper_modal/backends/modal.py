@@ -71,6 +71,7 @@ T = TypeVar("T")
 _RESULT_CACHE = 256  # finished results kept per backend (status() then result() = one fetch)
 FANOUT_FUNCTION = "fanout"  # the app's orchestrator of long-audio jobs (app.fanout)
 FUNCTION_KEY = "function:"  # marks a function's name among the looked-up handles
+LATE_RESULT_SECONDS = 1.0  # after a cancel, how long a result that was being written may take
 
 
 async def _within(
@@ -228,12 +229,17 @@ class ModalBackend:
             call = await self._start(method, request)
             try:
                 result = await self._get(call, timeout)
-            except BaseException:
+            except BaseException as exc:
                 # Deadline, a dropped connection while waiting, or a caller that gave up:
                 # the input may still run, so stop it before anyone retries or falls back,
                 # and free its client id for the retry. (Cancelling a call that already
                 # finished or failed changes nothing.)
                 await self._cancel_quietly(call)
+                if isinstance(exc, Exception):  # not a caller that gave up
+                    # an input that finished as the deadline passed is not run again
+                    late = await self._finished(call)
+                    if late is not None:
+                        return Transcript.from_dict(late)
                 await self._release(request, call)
                 raise
             return Transcript.from_dict(result)
@@ -357,6 +363,13 @@ class ModalBackend:
                 raise JobCancelled(f"job {job_id} was cancelled", job_id=job_id) from exc
             raise
         return result
+
+    async def _finished(self, call: Any) -> dict[str, Any] | None:
+        """The call's result if it has one now (after a cancel that came too late), else None."""
+        try:
+            return await self._get(call, LATE_RESULT_SECONDS)
+        except Exception:  # not finished, failed or terminated: the caller's error stands
+            return None
 
     async def _terminated(self, call: Any) -> bool:
         """True when the call graph says the call's input was terminated (cancelled)."""
