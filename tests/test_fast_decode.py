@@ -127,3 +127,61 @@ def test_two_threads(loaded: LoadedModel, short_clip: np.ndarray) -> None:
         t.join()
     assert_same(results["stock"], stock)
     assert_same(results["fast"], stock)
+
+
+def _stock_batched(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the batched loop fall back to its stock-shaped loop (``_stock_loop``)."""
+    from whisper_modal.engine.decode_batch import _prompted_task
+
+    monkeypatch.setattr(_prompted_task(), "fast_main_loop", lambda self, *args: None)
+
+
+def test_batched_streams_match_the_stock_loop(
+    loaded: LoadedModel, clip: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # per-row prompts and per-row stops: the fast loop against openai-whisper's loop shape
+    from whisper_modal.engine.batching import transcribe_batched
+
+    options = TranscribeOptions(model="tiny.en", language="en", vad=False)
+    fast = transcribe_batched(loaded, clip, options, language="en", stream_seconds=35)
+    # two streams of ~38 s: two windows each, the second prompted by the first
+    assert len({s["seek"] for s in fast["segments"]}) > 2
+    with monkeypatch.context() as patch:
+        _stock_batched(patch)
+        stock = transcribe_batched(loaded, clip, options, language="en", stream_seconds=35)
+    assert_same(fast, stock)
+
+
+def test_int8_twin_quantizes_every_linear_layer(loaded: LoadedModel) -> None:
+    # openai-whisper's Linear is a subclass, which quantize_dynamic skips silently
+    from whisper.model import Linear
+
+    from whisper_modal.engine.quantize import int8_model
+
+    twin = int8_model(loaded).model
+    assert not [name for name, m in twin.named_modules() if isinstance(m, Linear)]
+    assert twin.fp32_decoder is loaded.model.decoder
+    assert "fp32_decoder" not in dict(twin.named_modules())  # not registered as a submodule
+    mel = torch.randn(1, 80, 3000)
+    with torch.inference_mode():
+        exact, approx = loaded.model.encoder(mel), twin.encoder(mel)
+    error = float((approx - exact).norm() / exact.norm())
+    assert 0 < error < 0.05  # int8 arithmetic: close, not equal
+
+
+def test_int8_fast_loop_matches_the_int8_stock_loop(
+    loaded: LoadedModel, clip: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the same per-row int8 weights in both loops (query/key/value fused or not), so the
+    # transcripts agree; a word may differ where accumulation order breaks a near tie
+    from tests.wer import wer
+
+    options = TranscribeOptions(
+        model="tiny.en", language="en", vad=False, mode="batched", cpu_int8=True
+    )
+    fast = run_whisper(loaded, clip, options)
+    with monkeypatch.context() as patch:
+        _stock_batched(patch)
+        stock = run_whisper(loaded, clip, options)
+    assert len(stock["text"].split()) > 150
+    assert wer(stock["text"], fast["text"]) <= 0.02

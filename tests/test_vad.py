@@ -120,6 +120,47 @@ def test_speech_map_round_trip() -> None:
     assert speech_map.restore(result)["segments"][0]["end"] == pytest.approx(3.0)
 
 
+def test_joined_mask_reads_the_original_probabilities(clip: tuple[np.ndarray, str]) -> None:
+    samples = clip[0]
+    gap = np.zeros(6 * SR, dtype=np.float32)
+    padded = np.concatenate([gap, samples, gap, samples, gap])
+    speech_map = vad.detect(padded)
+    assert len(speech_map.regions) == 2
+    joined = speech_map.join(padded)
+    mask = speech_map.joined_mask(0.5)
+    assert mask.shape[0] == -(-joined.shape[0] // vad.MASK_HOP)
+    # each joined frame carries the decision at its original position...
+    probs = vad.speech_probabilities(padded)
+    (a, b), (c, _) = speech_map.regions
+    at = np.arange(mask.shape[0]) * vad.MASK_HOP  # joined samples
+    original = np.where(at < b - a, a + at, c + at - (b - a))
+    expected = probs[np.minimum(original // vad.VAD_FRAME, probs.size - 1)] >= 0.5 - 0.15
+    assert np.array_equal(mask, expected)
+    # ...and agrees with running the detector again on the joined speech (which only sees
+    # a different LSTM state at the join)
+    again = vad.frame_speech_mask(joined)
+    assert (mask == again).mean() >= 0.97
+    assert 0.3 < mask.mean() < 0.98  # speech and pauses both present
+
+
+def test_the_detector_runs_once_per_input(
+    engine: Engine, clip: tuple[np.ndarray, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[int] = []
+    real = vad.speech_probabilities
+
+    def counted(samples: np.ndarray) -> np.ndarray:
+        calls.append(samples.shape[0])
+        return real(samples)
+
+    monkeypatch.setattr(vad, "speech_probabilities", counted)
+    gap = np.zeros(3 * SR, dtype=np.float32)
+    long = np.concatenate([clip[0], gap, clip[0], gap, clip[0], gap, clip[0]])  # ~110 s
+    result = _run(engine, long, OPTS.replace(mode="batched"), sample_rate=SR)
+    assert wer(" ".join([clip[1]] * 4), result["text"]) <= 0.15
+    assert calls == [long.shape[0]]  # the original audio only, not the joined speech again
+
+
 def test_vad_options_are_validated() -> None:
     for bad in ({"vad_threshold": 0.0}, {"vad_threshold": 1.5}, {"vad_min_silence_seconds": 0}):
         with pytest.raises(ConfigurationError, match="vad_"):

@@ -346,6 +346,7 @@ def transcribe_batched(
     language: str,
     batch_size: int | None = None,
     stream_seconds: float = MIN_STREAM_SECONDS,
+    mask: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Transcribe one input as ``batch_size`` streams decoded together.
 
@@ -358,6 +359,8 @@ def transcribe_batched(
             model and beam size.
         stream_seconds: the shortest stream: audio shorter than ``batch_size`` times this
             gets fewer streams, so more windows keep the previous text as their prompt.
+        mask: speech per 10 ms frame of ``samples``, when the caller has it (the VAD's
+            ``SpeechMap.joined_mask``); else computed here.
 
     Returns:
         openai-whisper's result shape: ``text``, ``segments`` (id, seek, start, end, text,
@@ -365,7 +368,7 @@ def transcribe_batched(
         when asked), ``language``.
     """
     size = batch_size or _batch_size(loaded, options)
-    speech = _speech_mask(samples, options)
+    speech = _speech_mask(samples, options) if mask is None else mask
     mel, mask, frames = _source(samples, loaded.model.dims.n_mels, speech)
     count = min(size, int(samples.shape[0] / SAMPLE_RATE // stream_seconds)) or 1
     prompt = _initial_prompt(loaded, options, language)
@@ -409,7 +412,7 @@ def transcribe_windows(
     """
     if not inputs:
         return []
-    from .vad import SpeechMap, VadParameters, speech_regions
+    from .vad import SpeechMap, VadParameters, detect
 
     if options.cpu_int8:
         from .quantize import int8_model
@@ -419,18 +422,20 @@ def transcribe_windows(
     maps: list[SpeechMap | None] = [None] * len(clips)
     if options.vad:  # each input hears only its own speech, as in ``decoding.run_whisper``
         params = VadParameters.from_options(options)
-        speech_maps = [SpeechMap(speech_regions(x, params)) for x in clips]
+        speech_maps = [detect(x, params) for x in clips]
         clips = [m.join(x) for m, x in zip(speech_maps, clips, strict=True)]
         maps = list(speech_maps)
     prompt = _initial_prompt(loaded, options, language)
     streams: list[_Stream | None] = []
-    for samples in clips:
+    for samples, speech in zip(clips, maps, strict=True):
         if not samples.shape[0]:  # no speech: nothing to decode
             streams.append(None)
             continue
+        known = speech.joined_mask(options.vad_threshold) if speech else None
         mel, mask, frames = _source(
-            samples, loaded.model.dims.n_mels, _speech_mask(samples, options)
-        )
+            samples, loaded.model.dims.n_mels,
+            _speech_mask(samples, options) if known is None else known,
+        )  # fmt: skip
         streams.append(_Stream(mel, mask, 0, frames, frames, list(prompt)))
     size = batch_size or _batch_size(loaded, options)
     _run(loaded, [s for s in streams if s is not None], options, language, size)

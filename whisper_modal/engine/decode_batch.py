@@ -32,32 +32,27 @@ INPUT_STRIDE = 2  # mel frames per timestamp token (one token per 0.02 s)
 
 @functools.cache
 def _prompted_task() -> Any:
-    from whisper.decoding import DecodingTask
+    from .fast_decode import fast_task_class
 
-    class PromptedTask(DecodingTask):  # type: ignore[misc]
-        """openai-whisper's DecodingTask with one prompt per batch row (equal lengths)."""
+    class PromptedTask(fast_task_class()):  # type: ignore[misc]
+        """openai-whisper's DecodingTask with one prompt and one stop per batch row.
+
+        Greedy fp32 decoding runs ``fast_decode``'s inference-only loop (the same tokens
+        as openai-whisper's); beam search, fp16 and the int8 copy run ``_stock_loop``.
+        """
 
         def __init__(
             self, model: Any, options: Any, prompts: list[list[int]], limits: list[int]
         ) -> None:
             super().__init__(model, options)
             self.prompts = prompts
+            self.stop: _StopAfterTimestamp | None = None
             if any(limit < N_FRAMES // INPUT_STRIDE for limit in limits):
-                # last, after ApplyTimestampRules (which may mask EOT)
-                stop = _StopAfterTimestamp(
+                self.stop = _StopAfterTimestamp(
                     self.tokenizer, self.sample_begin, limits, self.n_group, model.device
                 )
-                self.logit_filters.append(stop)
 
         def _main_loop(self, audio_features: Any, tokens: Any) -> Any:
-            """openai-whisper's ``DecodingTask._main_loop``, with two changes.
-
-            The prompt rows are written into the initial tokens, and logits are computed
-            only where the loop reads them (the last position, and the start-of-transcript
-            position for the no-speech probability): openai-whisper projects every prompt
-            position onto the 51,864-token vocabulary in the first step, which was ~10%
-            of CPU decoding time with 200-token prompts. The loop is otherwise the same.
-            """
             import torch
 
             if self.prompts and self.prompts[0]:
@@ -66,6 +61,23 @@ def _prompted_task() -> Any:
                 rows = rows.repeat_interleave(self.n_group, dim=0)
                 tokens = tokens.clone()
                 tokens[:, 1 : 1 + rows.shape[1]] = rows
+            stops = None if self.stop is None else self.stop.stops.tolist()
+            result = self.fast_main_loop(audio_features, tokens, stops)
+            return self._stock_loop(audio_features, tokens) if result is None else result
+
+        def _stock_loop(self, audio_features: Any, tokens: Any) -> Any:
+            """openai-whisper's ``DecodingTask._main_loop``, with two changes.
+
+            Logits are computed only where the loop reads them (the last position, and
+            the start-of-transcript position for the no-speech probability):
+            openai-whisper projects every prompt position onto the 51,864-token
+            vocabulary in the first step, which was ~10% of CPU decoding time with
+            200-token prompts. Each row's stop filter runs last, after
+            ApplyTimestampRules (which may mask EOT). The loop is otherwise the same.
+            """
+            import torch
+
+            filters = [*self.logit_filters, *([self.stop] if self.stop else [])]
             n_batch = tokens.shape[0]
             sum_logprobs = torch.zeros(n_batch, device=audio_features.device)
             no_speech_probs = [np.nan] * n_batch
@@ -79,7 +91,7 @@ def _prompted_task() -> Any:
                         probs_at_sot = logits[:, 0].float().softmax(dim=-1)
                         no_speech_probs = probs_at_sot[:, self.tokenizer.no_speech].tolist()
                     logits = logits[:, -1]
-                    for logit_filter in self.logit_filters:
+                    for logit_filter in filters:
                         logit_filter.apply(logits, tokens)
                     tokens, completed = self.decoder.update(tokens, logits, sum_logprobs)
                     if completed or tokens.shape[-1] > self.n_ctx:

@@ -124,7 +124,7 @@ def run_whisper(
 
     result = gate(
         samples,
-        lambda speech: _run(loaded, speech, options, mode),
+        lambda speech, mask: _run(loaded, speech, options, mode, mask),
         VadParameters.from_options(options),
     )
     if result is None:  # no speech: nothing to decode, so nothing to hallucinate
@@ -139,15 +139,20 @@ def run_whisper(
 
 
 def _run(
-    loaded: LoadedModel, samples: np.ndarray, options: TranscribeOptions, mode: str
+    loaded: LoadedModel,
+    samples: np.ndarray,
+    options: TranscribeOptions,
+    mode: str,
+    mask: np.ndarray | None = None,
 ) -> dict[str, Any]:
+    """Transcribe ``samples`` in ``mode``; ``mask``: their speech per 10 ms, when known."""
     import whisper
 
     language, probability = resolve_language(loaded, samples, options)
     if mode == "batched":
         from .batching import transcribe_batched
 
-        result = transcribe_batched(loaded, samples, options, language=language)
+        result = transcribe_batched(loaded, samples, options, language=language, mask=mask)
     else:
         from .fast_decode import fast_model
 

@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["fast_model"]
+__all__ = ["fast_model", "fast_task_class"]
 
 
 def fast_model(model: Any) -> Any:
@@ -84,32 +84,54 @@ class _FastModel:
         if single:
             mel = mel.unsqueeze(0)
         with torch.no_grad():
-            result = _task_class()(self._model, options).run(mel)
+            result = fast_task_class()(self._model, options).run(mel)
         return result[0] if single else result
 
 
-class _Weights:
-    """A decoder's parameters laid out for one-row steps, built once per model.
+class _Dense:
+    """``x @ weight.T + bias`` with the weight stored transposed and contiguous (``in x out``).
 
-    Each linear layer's weight is stored transposed and contiguous (``in x out``): at one
-    row per step a decoder step is bound by reading weights from memory, and on the CPUs
-    measured here MKL reads an ``in x out`` matrix about twice as fast as openai-whisper's
-    ``out x in`` (the 51,864-way logits projection of tiny.en: ~5 ms against ~10 ms per
-    step). Self-attention's query, key and value share one matrix (one matmul, not three).
-    The copies cost as much memory as the decoder (113 MB for tiny.en).
+    At a few rows per step a decoder step is bound by reading weights from memory, and on
+    the CPUs measured here MKL reads an ``in x out`` matrix about twice as fast as
+    openai-whisper's ``out x in`` (the 51,864-way logits projection of tiny.en at one row:
+    ~5 ms against ~10 ms per step).
     """
 
-    def __init__(self, decoder: Any) -> None:
+    __slots__ = ("bias", "weight_t")
+
+    def __init__(self, weight: Any, bias: Any | None) -> None:
+        self.weight_t = weight.detach().t().contiguous()
+        self.bias = None if bias is None else bias.detach()
+
+    def __call__(self, x: Any) -> Any:
         import torch
 
-        def t(w: Any) -> Any:
-            return w.detach().t().contiguous()
+        return x @ self.weight_t if self.bias is None else torch.addmm(self.bias, x, self.weight_t)
+
+
+class _Weights:
+    """A decoder's parameters laid out for few-row steps, built once per model and kind.
+
+    Every linear layer is a ``_Dense`` (fp32, the same math as openai-whisper's) or, for
+    ``int8``, a ``quantize.Int8Linear``. Self-attention's query, key and value share one matrix (one
+    product, not three; with per-row int8 scales that is the same as three). The fp32
+    copies cost as much memory as the decoder (113 MB for tiny.en), the int8 ones a
+    quarter of it.
+    """
+
+    def __init__(self, decoder: Any, int8: bool = False) -> None:
+        import torch
+
+        from .quantize import Int8Linear
+
+        linear: Any = Int8Linear if int8 else _Dense
 
         def ln(m: Any) -> tuple[Any, Any, float]:
             return (m.weight.detach(), m.bias.detach(), float(m.eps))
 
+        self.int8 = int8
         self.embedding = decoder.token_embedding.weight.detach()
-        self.embedding_t = t(self.embedding)
+        self.head = linear(self.embedding, None)  # logits: the tied output projection
         self.positions = decoder.positional_embedding.detach()
         self.ln = ln(decoder.ln)
         self.n_head = int(decoder.blocks[0].attn.n_head)
@@ -124,19 +146,19 @@ class _Weights:
             self.blocks.append(
                 (
                     ln(block.attn_ln),
-                    (qkv_bias.detach(), t(qkv)),
-                    (attn.out.bias.detach(), t(attn.out.weight)),
+                    linear(qkv, qkv_bias),
+                    linear(attn.out.weight, attn.out.bias),
                     ln(block.cross_attn_ln),
-                    (cross.query.bias.detach(), t(cross.query.weight)),
-                    (cross.out.bias.detach(), t(cross.out.weight)),
+                    linear(cross.query.weight, cross.query.bias),
+                    linear(cross.out.weight, cross.out.bias),
                     ln(block.mlp_ln),
-                    (mlp[0].bias.detach(), t(mlp[0].weight)),
-                    (mlp[2].bias.detach(), t(mlp[2].weight)),
+                    linear(mlp[0].weight, mlp[0].bias),
+                    linear(mlp[2].weight, mlp[2].bias),
                 )
             )
         # cross-attention key/value weights, applied with F.linear as openai-whisper's Linear
-        # does; not through the modules, whose forward hooks a stock decode running in
-        # another thread on the same model may have installed (its key/value cache)
+        # does (fp32); not through the modules, whose forward hooks a stock decode running
+        # in another thread on the same model may have installed (its key/value cache)
         self.cross = [
             (
                 block.cross_attn.key.weight.detach(),
@@ -145,18 +167,27 @@ class _Weights:
             )
             for block in decoder.blocks
         ]
+        self.cross_int8 = (
+            [
+                (linear(key, None), linear(value, value_bias))
+                for key, value, value_bias in self.cross
+            ]
+            if int8
+            else None
+        )
 
 
-_WEIGHTS: weakref.WeakKeyDictionary[Any, _Weights] = weakref.WeakKeyDictionary()
+_WEIGHTS: weakref.WeakKeyDictionary[Any, dict[bool, _Weights]] = weakref.WeakKeyDictionary()
 _WEIGHTS_LOCK = threading.Lock()
 
 
-def _weights(decoder: Any) -> _Weights:
-    """``_Weights`` of ``decoder``, made on first use (one copy per model and process)."""
+def _weights(decoder: Any, int8: bool = False) -> _Weights:
+    """``_Weights`` of ``decoder``, made on first use (one copy per model, kind and process)."""
     with _WEIGHTS_LOCK:
-        weights = _WEIGHTS.get(decoder)
+        kinds = _WEIGHTS.setdefault(decoder, {})
+        weights = kinds.get(int8)
         if weights is None:
-            weights = _WEIGHTS[decoder] = _Weights(decoder)
+            weights = kinds[int8] = _Weights(decoder, int8)
         return weights
 
 
@@ -186,7 +217,7 @@ def _plain_fp32(decoder: Any, dtype: Any) -> bool:
 
 
 @functools.cache
-def _task_class() -> Any:
+def fast_task_class() -> Any:
     """``FastDecodingTask``, built on first use so importing this module needs no torch."""
     import torch
     import torch.nn.functional as F  # noqa: N812 (torch's own spelling)
@@ -202,38 +233,71 @@ def _task_class() -> Any:
         """openai-whisper's ``DecodingTask`` with an inference-only greedy main loop."""
 
         def _main_loop(self, audio_features: Any, tokens: Any) -> Any:
+            result = self.fast_main_loop(audio_features, tokens)
+            return super()._main_loop(audio_features, tokens) if result is None else result
+
+        def fast_main_loop(
+            self, audio_features: Any, tokens: Any, stops: list[int] | None = None
+        ) -> Any:
+            """The inference-only loop, or None where it does not apply (then run stock's).
+
+            ``stops[row]``, when given, is a token id: the row ends (EOT) once its last
+            sampled token is at or past it, after the other filters have run (the batched
+            loop's per-stream end, ``decode_batch``).
+            """
             known = (SuppressBlank, SuppressTokens, ApplyTimestampRules)
+            # the int8 twin (engine.quantize) keeps the fp32 decoder it was made from
+            source = getattr(self.model, "fp32_decoder", None)
+            decoder = self.model.decoder if source is None else source
             if not (
                 isinstance(self.decoder, GreedyDecoder)
                 and all(type(f) in known for f in self.logit_filters)
-                and _plain_fp32(self.model.decoder, audio_features.dtype)
+                and _plain_fp32(decoder, audio_features.dtype)
             ):
-                return super()._main_loop(audio_features, tokens)
+                return None
             with torch.inference_mode():
-                return _Loop(self, audio_features, tokens).run()
+                weights = _weights(decoder, int8=source is not None)
+                return _Loop(self, weights, audio_features, tokens, stops).run()
 
     class _Loop:
         """One window's decoding state: caches, masks and the tokens so far."""
 
-        def __init__(self, task: Any, audio_features: Any, tokens: Any) -> None:
+        def __init__(
+            self,
+            task: Any,
+            weights: _Weights,
+            audio_features: Any,
+            tokens: Any,
+            stops: list[int] | None,
+        ) -> None:
             self.task = task
+            self.stops = stops
             self.tokenizer = task.tokenizer
             self.temperature = float(task.options.temperature)
             self.eot = int(self.tokenizer.eot)
             self.n_ctx = int(task.n_ctx)
-            w = self.w = _weights(task.model.decoder)
+            w = self.w = weights
             rows, n_initial = tokens.shape
             self.rows = rows
             self.n_state = int(w.embedding.shape[1])
-            # cross-attention keys/values: the same linear calls stock makes once per window
+            # cross-attention keys/values, once per window as stock computes them, laid out
+            # per head and contiguous: SDPA read the strided view ~3x slower at 5 rows
+            if w.cross_int8 is None:
+                pairs = [
+                    (F.linear(audio_features, key, None), F.linear(audio_features, v, v_bias))
+                    for key, v, v_bias in w.cross
+                ]
+            else:
+                flat = audio_features.reshape(-1, audio_features.shape[-1])
+                pairs = [
+                    (key(flat).view_as(audio_features), v(flat).view_as(audio_features))
+                    for key, v in w.cross_int8
+                ]
             self.cross = [
-                (
-                    self._heads(F.linear(audio_features, key, None)),
-                    self._heads(F.linear(audio_features, value, value_bias)),
-                )
-                for key, value, value_bias in w.cross
+                (self._heads(k).contiguous(), self._heads(v).contiguous()) for k, v in pairs
             ]
-            size = (rows, self.n_ctx, self.n_state)
+            # the self-attention cache, per head: (rows, heads, context, state / heads)
+            size = (rows, w.n_head, self.n_ctx, self.n_state // w.n_head)
             self.keys = [audio_features.new_empty(size) for _ in w.blocks]
             self.values = [audio_features.new_empty(size) for _ in w.blocks]
             self.tokens = tokens.new_empty((rows, self.n_ctx + 1))
@@ -255,27 +319,27 @@ def _task_class() -> Any:
                 w.blocks, self.keys, self.values, self.cross, strict=True
             ):
                 h = F.layer_norm(x, (d,), *ln1)
-                qkv_rows = torch.addmm(qkv[0], h, qkv[1]).view(rows, n, 3 * d)
-                q, k, v = (qkv_rows[..., j * d : (j + 1) * d] for j in range(3))
-                keys[:, offset:end] = k
-                values[:, offset:end] = v
+                qkv_rows = qkv(h).view(rows, n, 3 * d)
+                q, k, v = (self._heads(qkv_rows[..., j * d : (j + 1) * d]) for j in range(3))
+                keys[:, :, offset:end] = k
+                values[:, :, offset:end] = v
                 a = F.scaled_dot_product_attention(
-                    self._heads(q),
-                    self._heads(keys[:, :end]),
-                    self._heads(values[:, :end]),
+                    q,
+                    keys[:, :, :end],
+                    values[:, :, :end],
                     is_causal=n > 1,  # n > 1 only in the first call, from position 0
                 )
-                x = x + torch.addmm(out[0], a.transpose(1, 2).reshape(rows * n, d), out[1])
+                x = x + out(a.transpose(1, 2).reshape(rows * n, d))
                 h = F.layer_norm(x, (d,), *ln2)
-                q = torch.addmm(cq[0], h, cq[1]).view(rows, n, d)
+                q = cq(h).view(rows, n, d)
                 a = F.scaled_dot_product_attention(self._heads(q), ck, cv)
-                x = x + torch.addmm(co[0], a.transpose(1, 2).reshape(rows * n, d), co[1])
+                x = x + co(a.transpose(1, 2).reshape(rows * n, d))
                 h = F.layer_norm(x, (d,), *ln3)
-                x = x + torch.addmm(fc2[0], F.gelu(torch.addmm(fc1[0], h, fc1[1])), fc2[1])
+                x = x + fc2(F.gelu(fc1(h)))
             if positions != [n - 1]:  # project only the positions the loop reads
                 x = x.view(rows, n, d)[:, positions].reshape(rows * len(positions), d)
             x = F.layer_norm(x, (d,), *w.ln)
-            return (x @ w.embedding_t).view(rows, len(positions), -1)
+            return w.head(x).view(rows, len(positions), -1)
 
         def run(self) -> tuple[Any, Any, list[float]]:
             task = self.task
@@ -334,6 +398,13 @@ def _task_class() -> Any:
                             if force:
                                 logits[k, :timestamp_begin] = -np.inf
                         logprobs = None  # the logits changed
+                if self.stops is not None and sampled >= 1:
+                    ended = [k for k in range(rows) if last[k] >= self.stops[k]]
+                    for k in ended:  # past the row's end: only EOT is left
+                        logits[k, :] = -np.inf
+                        logits[k, eot] = 0.0
+                    if ended:
+                        logprobs = None
                 # GreedyDecoder.update
                 if self.temperature == 0:
                     next_tokens = logits.argmax(dim=-1)

@@ -43,6 +43,7 @@ __all__ = [
     "VAD_FRAME",
     "SpeechMap",
     "VadParameters",
+    "detect",
     "frame_speech_mask",
     "gate",
     "model_path",
@@ -56,6 +57,7 @@ CONTEXT = 64  # samples of the previous frame the model sees before each frame
 BLOCK_FRAMES = 512  # frames per ONNX call (~16 s): bounds transient memory
 MODEL_FILE = "silero_vad_16k_sequence.onnx"
 HYSTERESIS = 0.15  # speech ends below threshold - this (silero-vad's default)
+MASK_HOP = SAMPLE_RATE // 100  # samples per 10 ms mask frame (Whisper's mel hop)
 
 
 @attrs.frozen
@@ -205,11 +207,7 @@ def speech_regions(
     Returns:
         The speech regions; ``[]`` for audio with no speech (silence, noise, tones).
     """
-    params = params or VadParameters()
-    total = int(samples.shape[0])
-    if total == 0:
-        return []
-    return _regions_from_probs(speech_probabilities(samples), total, params)
+    return list(detect(samples, params).regions)
 
 
 def frame_speech_mask(
@@ -229,13 +227,15 @@ def frame_speech_mask(
     Returns:
         Boolean array of ``frames`` entries.
     """
-    hop = SAMPLE_RATE // 100
-    frames = -(-int(samples.shape[0]) // hop) if frames is None else frames
-    probs = speech_probabilities(samples)
+    frames = -(-int(samples.shape[0]) // MASK_HOP) if frames is None else frames
+    return _mask_at(speech_probabilities(samples), np.arange(frames) * MASK_HOP, threshold)
+
+
+def _mask_at(probs: np.ndarray, at: np.ndarray, threshold: float) -> np.ndarray:
+    """Speech (True) or pause at sample positions ``at``, from Silero's frame probabilities."""
     if probs.size == 0:
-        return np.zeros(frames, dtype=bool)
-    # 10 ms frame i lies in Silero frame (i * 160) // 512
-    index = np.minimum((np.arange(frames) * hop) // VAD_FRAME, probs.size - 1)
+        return np.zeros(at.shape[0], dtype=bool)
+    index = np.minimum(at // VAD_FRAME, probs.size - 1)  # the Silero frame holding each sample
     mask: np.ndarray = probs[index] >= max(threshold - HYSTERESIS, 0.01)
     return mask
 
@@ -245,18 +245,23 @@ class SpeechMap:
 
     Args:
         regions: ``[start, end)`` sample ranges in order (``speech_regions``).
+        probs: the detector's frame probabilities over the original audio, when known
+            (``detect``): then ``joined_mask`` needs no second pass of the detector.
     """
 
-    def __init__(self, regions: Sequence[tuple[int, int]]) -> None:
+    def __init__(self, regions: Sequence[tuple[int, int]], probs: np.ndarray | None = None) -> None:
         self.regions = tuple(regions)
+        self.probs = probs
         self._ends: list[int] = []  # end of each region, in joined samples
         self._shift: list[float] = []  # seconds of removed audio before each region
+        self._removed: list[int] = []  # the same in samples
         removed, previous = 0, 0
         for start, end in self.regions:
             removed += start - previous
             previous = end
             self._ends.append(end - removed)
             self._shift.append(removed / SAMPLE_RATE)
+            self._removed.append(removed)
 
     def join(self, samples: np.ndarray) -> np.ndarray:
         """The speech regions of ``samples`` end to end (float32)."""
@@ -265,6 +270,22 @@ class SpeechMap:
         return np.concatenate([samples[a:b] for a, b in self.regions]).astype(
             np.float32, copy=False
         )
+
+    def joined_mask(self, threshold: float) -> np.ndarray:
+        """``frame_speech_mask`` of the joined clip, read from the original's probabilities.
+
+        One 10 ms frame per ``MASK_HOP`` joined samples, each looked up at its original
+        position: the detector runs once per input instead of again on the joined speech
+        (~0.6 s for 5 minutes on the 2-core CPU). Needs ``probs``.
+        """
+        if self.probs is None:
+            raise ValueError("joined_mask needs the probabilities (build the map with detect)")
+        total = self._ends[-1] if self._ends else 0
+        at = np.arange(-(-total // MASK_HOP), dtype=np.int64) * MASK_HOP
+        if not self._ends:
+            return np.zeros(0, dtype=bool)
+        region = np.minimum(np.searchsorted(self._ends, at, side="right"), len(self._ends) - 1)
+        return _mask_at(self.probs, at + np.asarray(self._removed)[region], threshold)
 
     def region_of(self, seconds: float) -> int:
         """Index of the region that a time in the joined clip falls in."""
@@ -299,26 +320,38 @@ class SpeechMap:
         return result
 
 
+def detect(samples: np.ndarray, params: VadParameters | None = None) -> SpeechMap:
+    """The speech regions of ``samples`` (as ``speech_regions``), as a ``SpeechMap`` that
+    keeps the detector's probabilities for ``joined_mask``."""
+    params = params or VadParameters()
+    total = int(samples.shape[0])
+    if total == 0:
+        return SpeechMap([], np.zeros(0, dtype=np.float32))
+    probs = speech_probabilities(samples)
+    return SpeechMap(_regions_from_probs(probs, total, params), probs)
+
+
 def gate(
     samples: np.ndarray,
-    run: Callable[[np.ndarray], dict[str, Any]],
+    run: Callable[[np.ndarray, np.ndarray], dict[str, Any]],
     params: VadParameters | None = None,
 ) -> dict[str, Any] | None:
     """Run ``run`` on the speech in ``samples`` only, with times mapped back.
 
     Args:
         samples: 16 kHz mono float32 audio.
-        run: transcribes a clip and returns openai-whisper's result shape.
+        run: transcribes a clip given the clip and its 10 ms speech mask
+            (``SpeechMap.joined_mask``), and returns openai-whisper's result shape.
         params: VAD thresholds.
 
     Returns:
         ``run``'s result with original times, plus ``speech_seconds``; None when the
         audio holds no speech (the caller returns an empty transcript: nothing is decoded).
     """
-    regions = speech_regions(samples, params)
-    if not regions:
+    params = params or VadParameters()
+    speech = detect(samples, params)
+    if not speech.regions:
         return None
-    speech = SpeechMap(regions)
-    result = speech.restore(run(speech.join(samples)))
-    result["speech_seconds"] = sum(b - a for a, b in regions) / SAMPLE_RATE
+    result = speech.restore(run(speech.join(samples), speech.joined_mask(params.threshold)))
+    result["speech_seconds"] = sum(b - a for a, b in speech.regions) / SAMPLE_RATE
     return result
