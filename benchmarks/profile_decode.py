@@ -44,6 +44,21 @@ class Timers:
 
         module.forward = timed
 
+    def wrap_method(self, name: str, cls: Any, method: str) -> Any:
+        """Time ``cls.method`` (rows from the instance's ``rows``); returns the original."""
+        original = getattr(cls, method)
+
+        def timed(obj: Any, *args: Any, **kwargs: Any) -> Any:
+            t = time.perf_counter()
+            out = original(obj, *args, **kwargs)
+            self.seconds[name] += time.perf_counter() - t
+            self.calls[name] += 1
+            self.rows[name] += int(getattr(obj, "rows", 1))
+            return out
+
+        setattr(cls, method, timed)
+        return original
+
     def report(self, title: str, wall: float) -> None:
         print(f"\n### {title}: {wall:.1f} s wall\n")
         print("| part | calls | rows | s | share of wall | ms per call |")
@@ -140,6 +155,7 @@ def main() -> None:
     from benchmarks.run_all import make_audio
     from tests.models_cache import tiny_en_cache
     from whisper_modal.engine.decoding import run_whisper
+    from whisper_modal.engine.fast_decode import fast_task_class
     from whisper_modal.engine.models import ModelStore, load_model
     from whisper_modal.options import TranscribeOptions
 
@@ -166,12 +182,16 @@ def main() -> None:
         encoder, decoder = model.encoder.forward, model.decoder.forward
         timers.wrap("encoder (one call per window batch)", model.encoder)
         timers.wrap("decoder (one call per token step)", model.decoder)
+        # whisper_modal's loop calls its own step, not the decoder module
+        loop = fast_task_class().loop_class
+        step = timers.wrap_method("fast decoder step (one call per token step)", loop, "forward")
         try:
             t = time.perf_counter()
             run()
             wall = time.perf_counter() - t
         finally:
             model.encoder.forward, model.decoder.forward = encoder, decoder
+            loop.forward = step
         timers.report(title, wall)
     step_pieces(model, rows=1, context=100)
     step_pieces(model, rows=8, context=100)

@@ -185,3 +185,17 @@ def test_int8_fast_loop_matches_the_int8_stock_loop(
         stock = run_whisper(loaded, clip, options)
     assert len(stock["text"].split()) > 150
     assert wer(stock["text"], fast["text"]) <= 0.02
+
+
+def test_logits_projection_matches_stock_at_one_and_several_rows(loaded: LoadedModel) -> None:
+    # one row: MKL's product; several: oneDNN's (where torch has it). Both are fp32.
+    from whisper_modal.engine.fast_decode import _Logits
+
+    weight = loaded.model.decoder.token_embedding.weight.detach()
+    head = _Logits(weight)
+    for rows in (1, 5):
+        x = torch.randn(rows, weight.shape[1], generator=torch.Generator().manual_seed(rows))
+        ours, stock = head(x), x @ weight.T
+        assert ours.shape == stock.shape and ours.dtype == torch.float32
+        assert torch.allclose(ours, stock, rtol=1e-4, atol=1e-4)
+        assert torch.equal(ours.argmax(dim=-1), stock.argmax(dim=-1))

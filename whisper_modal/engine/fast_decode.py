@@ -109,6 +109,37 @@ class _Dense:
         return x @ self.weight_t if self.bias is None else torch.addmm(self.bias, x, self.weight_t)
 
 
+class _Logits(_Dense):
+    """The tied output projection in fp32: oneDNN's matmul at several rows, MKL's at one.
+
+    At a few rows MKL's fp32 GEMM reads the 51,864 x d matrix slowly on the AMD EPYC
+    measured here (10.6-12 ms at 5 rows for tiny.en, against 3.3 ms at one row); oneDNN's
+    took 5.2-6.2 ms. Batched streams and best-of sampling decode several rows per step.
+    Costs a second copy of the matrix (80 MB for tiny.en) where oneDNN is available.
+    """
+
+    __slots__ = ("weight_mkldnn",)
+
+    def __init__(self, weight: Any) -> None:
+        import torch
+
+        super().__init__(weight, None)
+        self.weight_mkldnn = None
+        if torch.backends.mkldnn.is_available():  # type: ignore[no-untyped-call]
+            try:
+                self.weight_mkldnn = weight.detach().float().contiguous().to_mkldnn()
+            except RuntimeError:  # a build without oneDNN's CPU kernels: MKL it is
+                self.weight_mkldnn = None
+
+    def __call__(self, x: Any) -> Any:
+        import torch
+
+        if self.weight_mkldnn is None or x.shape[0] == 1:
+            return x @ self.weight_t
+        product = torch._C._nn.mkldnn_linear(x.contiguous().to_mkldnn(), self.weight_mkldnn, None)
+        return product.to_dense()
+
+
 class _Weights:
     """A decoder's parameters laid out for few-row steps, built once per model and kind.
 
@@ -131,7 +162,8 @@ class _Weights:
 
         self.int8 = int8
         self.embedding = decoder.token_embedding.weight.detach()
-        self.head = linear(self.embedding, None)  # logits: the tied output projection
+        # logits: the tied output projection
+        self.head = Int8Linear(self.embedding, None) if int8 else _Logits(self.embedding)
         self.positions = decoder.positional_embedding.detach()
         self.ln = ln(decoder.ln)
         self.n_head = int(decoder.blocks[0].attn.n_head)
@@ -449,4 +481,5 @@ def fast_task_class() -> Any:
                     max_initial = f.max_initial_timestamp_index
             return always, first | always, max_initial, timestamps
 
+    FastDecodingTask.loop_class = _Loop  # for benchmarks/profile_decode.py's timers
     return FastDecodingTask
