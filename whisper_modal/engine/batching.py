@@ -431,11 +431,13 @@ def transcribe_windows(
         if not samples.shape[0]:  # no speech: nothing to decode
             streams.append(None)
             continue
-        known = speech.joined_mask(options.vad_threshold) if speech else None
-        mel, mask, frames = _source(
-            samples, loaded.model.dims.n_mels,
-            _speech_mask(samples, options) if known is None else known,
-        )  # fmt: skip
+        # with the VAD, the mask comes from the detector pass that found the speech
+        frame_mask = (
+            _speech_mask(samples, options)
+            if speech is None
+            else speech.joined_mask(options.vad_threshold)
+        )
+        mel, mask, frames = _source(samples, loaded.model.dims.n_mels, frame_mask)
         streams.append(_Stream(mel, mask, 0, frames, frames, list(prompt)))
     size = batch_size or _batch_size(loaded, options)
     _run(loaded, [s for s in streams if s is not None], options, language, size)

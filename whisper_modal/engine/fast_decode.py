@@ -160,7 +160,6 @@ class _Weights:
         def ln(m: Any) -> tuple[Any, Any, float]:
             return (m.weight.detach(), m.bias.detach(), float(m.eps))
 
-        self.int8 = int8
         self.embedding = decoder.token_embedding.weight.detach()
         # logits: the tied output projection
         self.head = Int8Linear(self.embedding, None) if int8 else _Logits(self.embedding)

@@ -253,14 +253,12 @@ class SpeechMap:
         self.regions = tuple(regions)
         self.probs = probs
         self._ends: list[int] = []  # end of each region, in joined samples
-        self._shift: list[float] = []  # seconds of removed audio before each region
-        self._removed: list[int] = []  # the same in samples
+        self._removed: list[int] = []  # samples of removed audio before each region
         removed, previous = 0, 0
         for start, end in self.regions:
             removed += start - previous
             previous = end
             self._ends.append(end - removed)
-            self._shift.append(removed / SAMPLE_RATE)
             self._removed.append(removed)
 
     def join(self, samples: np.ndarray) -> np.ndarray:
@@ -280,10 +278,9 @@ class SpeechMap:
         """
         if self.probs is None:
             raise ValueError("joined_mask needs the probabilities (build the map with detect)")
-        total = self._ends[-1] if self._ends else 0
-        at = np.arange(-(-total // MASK_HOP), dtype=np.int64) * MASK_HOP
         if not self._ends:
             return np.zeros(0, dtype=bool)
+        at = np.arange(-(-self._ends[-1] // MASK_HOP), dtype=np.int64) * MASK_HOP
         region = np.minimum(np.searchsorted(self._ends, at, side="right"), len(self._ends) - 1)
         return _mask_at(self.probs, at + np.asarray(self._removed)[region], threshold)
 
@@ -295,7 +292,7 @@ class SpeechMap:
     def original(self, seconds: float, region: int | None = None) -> float:
         """A time in the joined clip as a time in the original audio (seconds)."""
         k = self.region_of(seconds) if region is None else region
-        return round(seconds + self._shift[k], 3)
+        return round(seconds + self._removed[k] / SAMPLE_RATE, 3)
 
     def restore(self, result: dict[str, Any]) -> dict[str, Any]:
         """Move the segment and word times of an openai-whisper-shaped result to the original.
