@@ -146,13 +146,45 @@ class S3Server:
             return [m for m, p in self.log if p.split("?", 1)[0] == path]
 
     def enforce_auth(self, enabled: bool) -> None:
-        """Turn moto's IAM authentication/authorisation on or off (process-wide)."""
+        """Turn moto's IAM authentication/authorisation on or off (process-wide).
+
+        With it on, S3 requests are authorised under the IAM action AWS checks for them
+        (``_authorize_like_aws``), so a policy that works on AWS works here.
+        """
+        _authorize_like_aws()
         count = b"0" if enabled else b"inf"
         url = f"{self.endpoint}/moto-api/reset-auth"
         # text/plain: urllib's default form content type makes moto read an empty body
         request = Request(url, data=count, method="POST", headers={"Content-Type": "text/plain"})
         with urlopen(request, timeout=5) as response:
             assert response.status == 200
+
+
+# AWS authorises a few S3 operations under another operation's IAM action: HeadObject
+# needs s3:GetObject (there is no s3:HeadObject action; see the "Permissions" section of
+# https://docs.aws.amazon.com/AmazonS3/latest/API/API_HeadObject.html) and HeadBucket needs
+# s3:ListBucket. moto 5.2.5 did the same; moto 5.2.6 checks the operation's own name, so it
+# refuses HeadObject under a policy that AWS accepts (a difference from AWS, not a stricter
+# AWS). Mapping the names back keeps the IAM test meaningful on both versions (a no-op on
+# 5.2.5, which already passes s3:GetObject for a HEAD).
+_AWS_IAM_ACTION = {"HeadObject": "GetObject", "HeadBucket": "ListBucket"}
+_aws_authorization = threading.Lock()
+
+
+def _authorize_like_aws() -> None:
+    from moto.iam import access_control
+
+    with _aws_authorization:
+        request_class: Any = access_control.S3IAMRequest
+        if getattr(request_class, "_whisper_modal_aws_actions", False):
+            return
+        original = request_class.__init__
+
+        def init(self: Any, *args: Any, action: str, **kwargs: Any) -> None:
+            original(self, *args, action=_AWS_IAM_ACTION.get(action, action), **kwargs)
+
+        request_class.__init__ = init
+        request_class._whisper_modal_aws_actions = True
 
 
 @contextmanager
