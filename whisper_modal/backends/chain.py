@@ -29,6 +29,7 @@ import warnings
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from whisper_modal.audio_header import known_seconds
 from whisper_modal.backends.base import Backend, JobBackend, JobStatus, Request, Submission
 from whisper_modal.config import Settings
 from whisper_modal.errors import (
@@ -83,14 +84,7 @@ def _cpu_estimate(model: str, audio_seconds: float | None) -> str:
 
 
 def _audio_seconds(request: Request) -> float | None:
-    if request.audio is None:
-        return None
-    try:
-        from whisper_modal.engine.audio import probe_duration
-
-        return probe_duration(request.audio)
-    except Exception:  # an estimate only; never fail the call for it
-        return None
+    return None if request.audio is None else known_seconds(request.audio)
 
 
 class ResilientBackend:

@@ -19,6 +19,7 @@ import asyncio
 
 import attrs
 
+from whisper_modal.audio_header import known_seconds
 from whisper_modal.backends.base import Backend, Request, Submission
 from whisper_modal.concurrency import arun_many
 from whisper_modal.config import Settings
@@ -45,23 +46,15 @@ def audio_seconds_hint(request: Request, settings: Settings) -> float:
 
     Returns ``0.0`` for a request that must not be split whatever its length: S3 input
     (its length is unknown here), or diarization (speakers are clustered over the whole
-    recording). A header without a length (raw MP3, Ogg) gives a size-based guess:
-    ``inf`` when the bytes could hold more than ``fanout_seconds``, else ``0.0``.
+    recording). WAV and FLAC headers are read without any decoder installed; other
+    formats need soundfile. Without a length (raw MP3, m4a, no soundfile) the size
+    decides: ``inf`` when the bytes could hold more than ``fanout_seconds``, else ``0.0``.
     """
     if request.audio is None or request.options.diarize:
         return 0.0
-    try:
-        from whisper_modal.engine.audio import probe_duration
-    except ImportError:  # a client-only install cannot read headers
-        probe_duration = None  # type: ignore[assignment]
-    seconds = None
-    if probe_duration is not None:
-        try:
-            seconds = probe_duration(request.audio)
-        except Exception:  # the header is unreadable: guess from the size
-            seconds = None
+    seconds = known_seconds(request.audio)
     if seconds is not None:
-        return float(seconds)
+        return seconds
     if len(request.audio) < settings.fanout_seconds * _MIN_BYTES_PER_SECOND:
         return 0.0
     return float("inf")
@@ -74,10 +67,12 @@ def plan_fanout(request: Request, settings: Settings) -> list[Chunk] | None:
     if audio_seconds_hint(request, settings) <= settings.fanout_seconds:
         return None
     try:
-        from whisper_modal.engine.audio import decode_audio
+        from whisper_modal.engine.audio import can_decode, decode_audio
         from whisper_modal.engine.constants import SAMPLE_RATE
         from whisper_modal.engine.splitting import split_for_fanout
     except ImportError:  # a client-only install cannot decode: send as one call
+        return None
+    if not can_decode():  # no soundfile/soxr (client-only, the web image): one call
         return None
     assert request.audio is not None  # audio_seconds_hint said so
     samples = decode_audio(request.audio, max_seconds=settings.max_audio_seconds)

