@@ -133,6 +133,35 @@ def test_a_fallback_leaves_no_modal_run_alive(monkeypatch: pytest.MonkeyPatch) -
         fake.close()
 
 
+def test_a_packed_call_past_its_deadline_is_cancelled_before_the_retry(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``pack=True`` used ``.remote``, which sends no cancellation: the retry ran beside a
+    first input that ran on to the end (two GPU runs for one item)."""
+    from tests import speech
+
+    fake = FakeModal(workers=4)
+    gate = threading.Event()
+    fake.faults.queue("transcribe_packed.run", Fault(before=lambda: gate.wait(60)))
+    try:
+        client = client_for(fake, monkeypatch, backend="modal", max_attempts=3)
+        fake.instance("tiny.en", "PackedTranscriber")  # the model loads before the clock runs
+        clip = speech.wav_bytes(speech.synthesize(speech.SENTENCES[0]))
+        [t] = client.transcribe_many([clip], pack=True, timeout=8.0, language="en")
+        assert isinstance(t, wm.Transcript) and t.mode == "batched" and t.text
+        assert fake.calls["cancel"] == 1  # the held input was cancelled at its deadline
+        gate.set()  # the first input, cancelled while it was held, may now end
+        assert wait_until(lambda: sum(fake.terminated.values()) == 1, timeout=60)
+        settle(fake)
+        assert fake.calls["transcribe_packed.run"] == 2
+        assert (sum(fake.completed.values()), sum(fake.terminated.values())) == (1, 1)
+        assert client.stats().retried_calls == 1
+        client.close()
+    finally:
+        gate.set()
+        fake.close()
+
+
 async def test_a_caller_that_gives_up_cancels_the_remote_input(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -39,7 +39,6 @@ from whisper_modal.backends.modal_transport import (
     server_urls,
     spawn_deadline,
     stage_large_audio,
-    upload_seconds,
 )
 from whisper_modal.config import Settings
 from whisper_modal.errors import (
@@ -219,13 +218,15 @@ class ModalBackend:
         before any retry or fallback: ``.remote`` sends no cancellation, and the abandoned
         input would run (and deliver) on a GPU up to the app's timeout. ``packed=True``
         sends the request to the ``@modal.batched`` class, whose short inputs Modal
-        gathers from concurrent ``.remote`` calls.
+        gathers from concurrent calls; it is spawned and cancelled the same way.
         """
-        if packed:
-            return await self._guard(self._packed(request, timeout))
 
         async def work() -> Transcript:
-            method = await self._method(request.options.model, "transcribe")
+            if packed:
+                name, cls = "transcribe_packed", self.settings.packed_class_name
+                method = await self._method(request.options.model, name, cls)
+            else:
+                method = await self._method(request.options.model, "transcribe")
             call = await self._start(method, request)
             try:
                 result = await self._get(call, timeout)
@@ -235,30 +236,16 @@ class ModalBackend:
                 # and free its client id for the retry. (Cancelling a call that already
                 # finished or failed changes nothing.)
                 await self._cancel_quietly(call)
-                if isinstance(exc, Exception):  # not a caller that gave up
-                    # an input that finished as the deadline passed is not run again
-                    late = await self._finished(call)
-                    if late is not None:
-                        return Transcript.from_dict(late)
-                await self._release(request, call)
-                raise
+                late = await self._finished(call) if isinstance(exc, Exception) else None
+                if late is None:  # an input that finished as the deadline passed is kept
+                    await self._release(request, call)
+                    raise
+                result = late
+            if "error" in result:  # a per-item failure inside a packed batch
+                raise error_from_dict(result["error"])
             return Transcript.from_dict(result)
 
         return await self._guard(work())
-
-    async def _packed(self, request: Request, timeout: float) -> Transcript:
-        method = await self._method(
-            request.options.model, "transcribe_packed", self.settings.packed_class_name
-        )
-        staged = await stage_large_audio(request, self.settings)
-        result: dict[str, Any] = await _within(
-            method.remote.aio(staged.to_wire()),
-            timeout + upload_seconds(staged.size_bytes),  # uploaded inside the call
-            lambda: TransientError(f"no result from Modal within {timeout:g} s"),
-        )
-        if "error" in result:  # a per-item failure inside a packed batch
-            raise error_from_dict(result["error"])
-        return Transcript.from_dict(result)
 
     async def _spawn(self, method: Any, request: Request, *extra: Any) -> Any:
         """Spawn ``request`` (large audio staged first); the deadline grows with the upload."""
