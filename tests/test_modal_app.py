@@ -54,8 +54,9 @@ print(json.dumps({
         for n, c in classes.items()
     },
     "options": {k: m._CLASS_OPTIONS[k] for k in (
-        "enable_memory_snapshot", "experimental_options", "min_containers",
+        "enable_memory_snapshot", "experimental_options",
         "buffer_containers", "max_containers", "scaledown_window")},
+    "warm_pools": m.WARM_POOLS,
 }, default=str))
 """
 
@@ -145,7 +146,8 @@ def test_everything_deploy_reaches_modal() -> None:
     raw = inspect_app(**DEPLOYS["everything"])["raw"]
     t = raw["classes"]["Transcriber"]
     assert t["gpus"] == [["L40S", 1], ["A10G", 1]] and t["regions"] == ["us-east"]
-    assert raw["options"]["min_containers"] == 1 and raw["options"]["buffer_containers"] == 2
+    assert raw["warm_pools"] == {"Transcriber": [1, 1], "PackedTranscriber": [0, 0]}
+    assert raw["options"]["buffer_containers"] == 2
     assert raw["options"]["enable_memory_snapshot"] is True
     assert raw["snap_enter"] == {"PackedTranscriber": ["load"], "Transcriber": ["load"]}
     assert raw["functions"]["warm_pool"]["schedule"] is not None
@@ -251,3 +253,49 @@ def test_deploy_without_credentials_is_a_typed_one_line_error(tmp_path: Path) ->
     assert (
         last.startswith("whisper-modal: failed: BackendUnavailable") and "modal token new" in last
     )
+
+
+WARM_POOL_RUN = """
+import json, time
+import modal
+import whisper_modal.app as m
+
+calls = {}
+class Pool:
+    def __init__(self, name): self.name = name
+    def __call__(self, **params): return self
+    def update_autoscaler(self, **kw): calls[self.name] = kw["min_containers"]
+modal.Cls.from_name = lambda app, name, **kw: Pool(name)
+hours = {}
+for hour in (7, 9):
+    time.gmtime = lambda *a, h=hour: time.struct_time((2026, 12, 5, h, 0, 0, 5, 339, 0))
+    m.warm_pool.local()
+    hours[hour] = dict(calls)
+print(json.dumps(hours))
+"""
+
+
+@pytest.mark.parametrize(
+    ("packed", "expected"),
+    [
+        ({}, {"7": {"Transcriber": 1, "PackedTranscriber": 0},
+              "9": {"Transcriber": 2, "PackedTranscriber": 0}}),
+        ({"WHISPER_MODAL_PACKED_MIN_CONTAINERS": "1", "WHISPER_MODAL_PACKED_WARM_CONTAINERS": "3"},
+         {"7": {"Transcriber": 1, "PackedTranscriber": 1},
+          "9": {"Transcriber": 2, "PackedTranscriber": 3}}),
+    ],
+)  # fmt: skip
+def test_warm_hours_warm_each_class_by_its_own_settings(
+    packed: dict[str, str], expected: dict[str, dict[str, int]]
+) -> None:
+    """MIN_CONTAINERS / WARM_CONTAINERS are the plain class's: the packed class, a GPU pool
+    of its own, stays cold unless its own settings ask (both used to get the same count,
+    so MIN_CONTAINERS=1 billed two GPUs around the clock)."""
+    env = {**CLEAN, "WHISPER_MODAL_WARM_HOURS": "8-18", "WHISPER_MODAL_WARM_CONTAINERS": "2",
+           "WHISPER_MODAL_MIN_CONTAINERS": "1", **packed}  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", WARM_POOL_RUN], cwd=ROOT, env=env, capture_output=True,
+        text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == expected

@@ -41,6 +41,7 @@ __all__ = [
     "DEPLOY_SETTINGS",
     "IMAGE_ENV",
     "IMAGE_PACKAGES",
+    "WARM_POOLS",
     "WEIGHTS_DIR",
     "PackedTranscriber",
     "Platform",
@@ -68,6 +69,8 @@ DEPLOY_SETTINGS = (
     "region",
     "warm_hours",
     "warm_containers",
+    "packed_min_containers",
+    "packed_warm_containers",
     "volume_name",
     "secret_name",
     "enable_memory_snapshot",
@@ -186,12 +189,18 @@ platform = Platform()
 
 _SNAPSHOT = settings.enable_memory_snapshot or settings.enable_gpu_snapshot
 
+#: each GPU class's warm pool: (containers kept warm always, inside ``warm_hours``); each
+#: class is a pool of its own that Modal bills separately
+WARM_POOLS: dict[str, tuple[int, int]] = {
+    "Transcriber": (settings.min_containers, settings.warm_containers),
+    "PackedTranscriber": (settings.packed_min_containers, settings.packed_warm_containers),
+}
+
 _CLASS_OPTIONS: dict[str, Any] = {
     "image": image,
     "gpu": gpu_request(settings.gpu),  # a list is Modal's fallback order
     "timeout": settings.remote_timeout,
     "max_containers": settings.max_containers,
-    "min_containers": settings.min_containers or None,
     "buffer_containers": settings.buffer_containers,
     "scaledown_window": settings.scaledown_window,
     "region": settings.region,
@@ -505,7 +514,7 @@ def _s3_check(runtime: Settings) -> tuple[bool, str]:
         return False, f"{type(exc).__name__}: {exc}"
 
 
-@app.cls(**_CLASS_OPTIONS)
+@app.cls(**_CLASS_OPTIONS, min_containers=WARM_POOLS["Transcriber"][0] or None)
 class Transcriber(_Loaded):
     """One container pool per model: the client instantiates ``Transcriber(model=...)``."""
 
@@ -532,7 +541,7 @@ class Transcriber(_Loaded):
         return _health(self)
 
 
-@app.cls(**_CLASS_OPTIONS)
+@app.cls(**_CLASS_OPTIONS, min_containers=WARM_POOLS["PackedTranscriber"][0] or None)
 class PackedTranscriber(_Loaded):
     """Many short inputs packed into shared batched forward passes (``transcribe_many(pack=True)``).
 
@@ -700,13 +709,16 @@ if settings.warm_hours:  # a baked setting: the same on the deploy side and in c
     def warm_pool() -> None:
         """At the window's edges, set ``min_containers`` of the default model's pools."""
         hour = time.gmtime().tm_hour
-        n = warm_containers_at(
-            hour, str(settings.warm_hours), settings.warm_containers, settings.min_containers
-        )
-        for name in ("Transcriber", "PackedTranscriber"):
+        warm = {
+            name: warm_containers_at(hour, str(settings.warm_hours), inside, always)
+            for name, (always, inside) in WARM_POOLS.items()
+        }
+        for name, n in warm.items():
             pool = modal.Cls.from_name(settings.app_name, name)(model=settings.model)
             pool.update_autoscaler(min_containers=n)
-        print(json.dumps({"event": "whisper_modal.warm_pool", "hour": hour, "min_containers": n}))
+        print(
+            json.dumps({"event": "whisper_modal.warm_pool", "hour": hour, "min_containers": warm})
+        )
 
 
 @app.local_entrypoint()

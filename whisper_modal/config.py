@@ -173,6 +173,10 @@ class Settings:
     # function raises min_containers at the start and lowers it at the end)
     warm_hours: str | None = None
     warm_containers: int = attrs.field(default=1, validator=_non_negative)
+    # the same two for the packed class (transcribe_many(pack=True)), a GPU pool of its own:
+    # 0 keeps none of its containers warm, so MIN_CONTAINERS=1 bills one GPU, not two
+    packed_min_containers: int = attrs.field(default=0, validator=_non_negative)
+    packed_warm_containers: int = attrs.field(default=0, validator=_non_negative)
     volume_name: str = "whisper-modal-weights"
     secret_name: str | None = None  # modal.Secret holding AWS_* and WHISPER_MODAL_WEBHOOK_SECRET
     enable_memory_snapshot: bool = False  # snapshot the container with the model on CPU
