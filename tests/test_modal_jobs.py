@@ -339,3 +339,39 @@ def test_200_submits_with_faults_and_expiries_run_each_job_once(
         assert len(fake.function_calls) > 200  # the faults did make retries spawn again
     finally:
         fake.close()
+
+
+@pytest.mark.parametrize("failure", ["hangs", "refuses"])
+def test_whisper_modal_jobs_fails_when_the_book_cannot_be_read(
+    fake: FakeModal,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    failure: str,
+) -> None:
+    """An unreadable book is an error (exit 1, a reason), never "(no jobs recorded ...)"."""
+    import threading
+
+    from whisper_modal.cli import main
+    from whisper_modal.job_book import JobBook
+
+    client = fake_client(fake, monkeypatch, connect_timeout=0.5)
+    wm.configure(client)  # conftest restores the default client
+    client.submit(SAMPLE, language="en").result(timeout=120)  # a job the listing would show
+    release = threading.Event()
+
+    def unreadable(self: JobBook, limit: int = 20, **_: object) -> list[object]:
+        if failure == "hangs":  # streaming the whole Dict outlived the deadline
+            release.wait(30)
+            return []
+        raise me.ConnectionError("fake: the Dict's server closed the stream")
+
+    monkeypatch.setattr(JobBook, "recent", unreadable)
+    try:
+        assert main(["jobs"]) == 1
+        assert main(["jobs", "--json"]) == 1
+    finally:
+        release.set()
+    captured = capsys.readouterr()
+    assert "no jobs" not in captured.err and captured.out == ""
+    reason = "did not answer within 0.5 s" if failure == "hangs" else "closed the stream"
+    assert captured.err.count("whisper-modal: failed:") == 2 and reason in captured.err

@@ -325,7 +325,10 @@ class Client:
         Records come from the containers (a job appears once it starts running); an
         unfinished one is checked against Modal, so a crashed or cancelled job shows its
         real status. Entries expire 7 days after their last write, with the job's result.
-        Returns an empty list when the book cannot be read.
+
+        Raises:
+            TransientError, BackendUnavailable: the book could not be read (never an
+                empty list that would look like "no jobs").
         """
         self._check_open()
         modal = self._modal_backend()

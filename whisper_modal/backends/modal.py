@@ -314,9 +314,23 @@ class ModalBackend:
             return None
 
     async def arecent(self, limit: int = 20) -> list[JobRecord]:
-        """The app's newest job records (``whisper-modal jobs``); empty when none."""
-        records = await self._book_call(lambda b: b.recent(limit))
-        return records or []
+        """The app's newest job records (``whisper-modal jobs``); empty when there are none.
+
+        Unlike the book's writes, a listing that fails raises: an empty list would read
+        as "no jobs" when the truth is "unknown".
+
+        Raises:
+            TransientError: the job book did not answer within ``connect_timeout``.
+            BackendUnavailable: Modal refused (no credentials, app not deployed, ...).
+        """
+        book = self._job_book()
+        seconds = self.settings.connect_timeout
+        listing = _within(
+            asyncio.to_thread(book.recent, limit),
+            seconds,
+            lambda: TransientError(f"the job book did not answer within {seconds:g} s"),
+        )
+        return await self._guard(listing)
 
     def _fans_out(self, request: Request) -> bool:
         return audio_seconds_hint(request, self.settings) > self.settings.fanout_seconds
