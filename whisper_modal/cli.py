@@ -227,7 +227,7 @@ def _prefetch_remote(name: str, settings: Settings) -> dict[str, Any]:
         )
         try:
             async with asyncio.timeout(settings.connect_timeout):
-                await fail_fast(fn.hydrate.aio(), server_urls(), settings.connect_timeout)
+                await fail_fast(fn.hydrate.aio, server_urls(), settings.connect_timeout)
         except TimeoutError as exc:
             raise BackendUnavailable(
                 f"Modal did not answer the lookup of {settings.app_name!r} within "

@@ -162,9 +162,11 @@ class ModalBackend:
         if name not in self._hydrated:
             # Modal's client is still retrying behind an expired lookup: retrying it again
             # would only multiply the wait, so report "unavailable" (falls back in auto mode).
-            lookup = handle.hydrate.aio()
-            if self._probe_server:  # a refused port or failed DNS answers in milliseconds
-                lookup = fail_fast(lookup, server_urls(), self.settings.connect_timeout)
+            lookup = (
+                fail_fast(handle.hydrate.aio, server_urls(), self.settings.connect_timeout)
+                if self._probe_server  # a refused port or failed DNS answers in milliseconds
+                else handle.hydrate.aio()
+            )
             await _within(
                 lookup,
                 self.settings.connect_timeout,

@@ -12,10 +12,11 @@ Three facts about the ``modal`` client (1.6, read from its source) shape this mo
   staging prefix, the request is refused with a ``ConfigurationError`` naming both fixes.
 - Modal's client retries a refused connection for about a minute and never says why
   meanwhile. A refused TCP connect or a failed DNS lookup is known in milliseconds, so
-  ``fail_fast`` races a plain TCP connect to every configured server URL (``server_url``
-  may be a comma-separated fail-over list, ``modal/_utils/grpc_utils.py``) against the
-  lookup, and gives up at once only when *every* URL is refused or unresolvable. A server
-  that accepts and then hangs still gets the whole lookup deadline.
+  ``fail_fast`` first tries a plain TCP connect to every configured server URL
+  (``server_url`` may be a comma-separated fail-over list, ``modal/_utils/grpc_utils.py``),
+  and gives up at once only when *every* URL is refused or unresolvable; the lookup starts
+  once one answers (or after a short head start, beside the probe). A server that
+  accepts and then hangs still gets the whole lookup deadline.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import contextlib
 import errno
 import socket
 import uuid
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 from urllib.parse import urlparse
 
@@ -47,6 +48,9 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+#: how long the reachability probe runs before the lookup starts beside it (seconds)
+PROBE_HEAD_START = 2.0
 
 #: seconds for Modal to accept a job once its input is uploaded
 SPAWN_SECONDS = 60.0
@@ -153,31 +157,42 @@ async def unreachable_reason(urls: Sequence[str], timeout: float) -> str | None:
     return "; ".join(r for r in reasons if r)
 
 
-async def fail_fast(lookup: Awaitable[T], urls: Sequence[str], timeout: float) -> T:
-    """Await ``lookup``; if first every server URL proves unreachable, stop and say so.
+async def fail_fast(lookup: Callable[[], Awaitable[T]], urls: Sequence[str], timeout: float) -> T:
+    """Run ``lookup()``, unless every server URL first proves unreachable.
+
+    The probe gets a head start (``PROBE_HEAD_START`` seconds, a refused port or a failed
+    DNS lookup answers in milliseconds): a lookup started and then abandoned leaves
+    modal's ``_Object.hydrate`` coroutine never awaited, which Python reports at exit as a
+    ``RuntimeWarning`` the user sees. A probe still undecided after the head start runs on
+    beside the lookup, as before.
 
     Args:
-        lookup: the Modal lookup (``Cls.hydrate.aio()``).
+        lookup: makes the Modal lookup (``lambda: cls.hydrate.aio()``); called at most once.
         urls: the server URLs to probe (``server_urls()``).
         timeout: the most a probe may take (the lookup's own deadline is the caller's).
 
     Raises:
         BackendUnavailable: every URL refused the connection or failed DNS.
     """
-    task = asyncio.ensure_future(lookup)
     probe = asyncio.ensure_future(unreachable_reason(urls, timeout))
+    task: asyncio.Future[T] | None = None
     try:
-        await asyncio.wait({task, probe}, return_when=asyncio.FIRST_COMPLETED)
-        if not task.done():
+        await asyncio.wait({probe}, timeout=min(PROBE_HEAD_START, timeout))
+        if not probe.done():
+            task = asyncio.ensure_future(lookup())
+            await asyncio.wait({task, probe}, return_when=asyncio.FIRST_COMPLETED)
+        if task is None or not task.done():
             reason = probe.result() if probe.done() else None
             if reason is not None:
                 raise BackendUnavailable(
                     f"Modal's server cannot be reached: {reason}",
                     fix="check the network / MODAL_SERVER_URL, or use backend='local'",
                 )
+        if task is None:  # every URL answered, so the lookup can go
+            task = asyncio.ensure_future(lookup())
         return await task  # the lookup's own answer wins whenever it is there
     finally:
-        losers = [t for t in (task, probe) if not t.done()]
+        losers = [t for t in (task, probe) if t is not None and not t.done()]
         for loser in losers:
             loser.cancel()
         if losers:  # let them unwind (bounded: a DNS lookup in a thread may lag)
