@@ -241,3 +241,40 @@ def test_200_calls_with_faults_and_expiries_complete_exactly_once(
         client.close()
     finally:
         fake.close()
+
+
+@pytest.mark.parametrize("parent_retained", [True, False], ids=["nested", "parent-gone"])
+def test_jobs_spawned_inside_a_container_read_pending_then_cancelled(
+    monkeypatch: pytest.MonkeyPatch, parent_retained: bool
+) -> None:
+    """The web function's jobs API spawns inside its own input: Modal's call graph nests
+    those calls under the request's input (or drops them with it), so status comes from
+    the job book: a queued job reads PENDING, not RUNNING, and a job cancelled while
+    queued reads CANCELLED, not FAILED."""
+    gate = threading.Event()
+
+    def held(wire: dict[str, Any]) -> dict[str, Any]:
+        gate.wait(30)
+        return SlowFirstRuns(slow=0.0)(wire)
+
+    fake = FakeModal(handler=held, workers=1)  # one container: the second job queues
+    fake.spawn_parent, fake.parent_retained = "fc-web-request", parent_retained
+    try:
+        client = client_for(fake, monkeypatch, backend="modal")
+        first = client.submit(b"RIFF-a")
+        assert wait_until(lambda: fake.in_flight == 1)
+        queued = client.submit(b"RIFF-b")
+        assert first.status() is wm.JobStatus.RUNNING
+        assert queued.status() is wm.JobStatus.PENDING
+        queued.cancel()
+        assert queued.status() is wm.JobStatus.CANCELLED
+        gate.set()
+        assert first.result(timeout=10).text.startswith("ok ")
+        assert first.status() is wm.JobStatus.SUCCEEDED
+        assert queued.status() is wm.JobStatus.CANCELLED
+        settle(fake)
+        assert sum(fake.completed.values()) == 1
+        client.close()
+    finally:
+        gate.set()
+        fake.close()

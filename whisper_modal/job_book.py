@@ -9,6 +9,11 @@ One named Dict per deployed app (``Settings.jobs_dict_name``, ``"<app>-jobs"``) 
   submits, at most one completed run per client id).
 - ``job:<job_id>`` -> a ``JobRecord``: kind, status, timestamps, audio seconds, and chunks
   done / total for a fan-out job (``Job.progress()`` from any process; ``whisper-modal jobs``).
+  The submitter writes it "pending" right after the spawn, the container "running" and
+  then the outcome; whoever cancels writes "cancelled". Job status is read from these
+  records first: Modal's call graph, the cross-check, is best effort by Modal's own word
+  and nests a call spawned inside a container (the web function's jobs, the
+  orchestrator's pieces) under its parent's input, or drops it with that parent.
 
 Modal expires a Dict entry after 7 days without reads or writes, the same retention as a
 FunctionCall's result, so records go with their jobs. The store is any object with the
@@ -131,6 +136,34 @@ class JobBook:
         """The record of ``job_id``, or None when the app has none (yet, or any more)."""
         data = self.store.get("job:" + job_id)
         return None if data is None else JobRecord.from_dict(data)
+
+    def submitted(self, job_id: str, *, kind: str, client_job_id: str | None) -> bool:
+        """Record a job just spawned as "pending", unless its container wrote first.
+
+        Returns:
+            True when this wrote the record (False: one existed already).
+        """
+        now = self._now()
+        record = JobRecord(job_id, kind, "pending", now, now, client_job_id=client_job_id)
+        return bool(self.store.put("job:" + job_id, record.to_dict(), skip_if_exists=True))
+
+    def cancelled(self, job_id: str) -> JobRecord:
+        """Record that ``job_id`` was cancelled, unless it had already ended.
+
+        Written by whoever cancels: a job cancelled before any container took it has
+        no container to record it, and Modal's call graph does not say so reliably.
+        """
+        old = self.get(job_id)
+        if old is not None and old.final:
+            return old
+        now = self._now()
+        record = (
+            attrs.evolve(old, status="cancelled", updated=now)
+            if old is not None
+            else JobRecord(job_id, "single", "cancelled", now, now)
+        )
+        self.store.put("job:" + job_id, record.to_dict())
+        return record
 
     def start(
         self, job_id: str, *, kind: str, client_job_id: str | None, total: int = 0

@@ -53,6 +53,7 @@ from typing import Any
 
 import modal.exception as me
 from modal._serialization import deserialize, serialize
+from modal.call_graph import InputInfo
 from modal.types import InputStatus
 
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
@@ -202,10 +203,6 @@ def _job_key(args: tuple[Any, ...]) -> Any:
     return args[0].get("client_job_id") if args and isinstance(args[0], dict) else None
 
 
-#: one entry of ``FunctionCall.get_call_graph()`` (the fields the backend reads)
-InputInfo = collections.namedtuple("InputInfo", "input_id function_call_id task_id status")
-
-
 class FakeFunctionCall:
     """Stands in for ``modal.FunctionCall``."""
 
@@ -219,6 +216,8 @@ class FakeFunctionCall:
         self.on_cancel: Callable[[], None] | None = None  # an async input: cancel its task
         #: how the input ended: "completed", "deduplicated", "terminated", "failed" (or None)
         self.outcome: str | None = None
+        #: the call whose input spawned this one (or ``FakeModal.spawn_parent``), if any
+        self.parent: str | None = None
         self.get = _Dual(self._get, self._aget)
         self.cancel = _Dual(self._cancel, self._acancel)
         self.get_call_graph = _Dual(self._graph, self._agraph)
@@ -259,7 +258,7 @@ class FakeFunctionCall:
     async def _acancel(self, terminate_containers: bool = False) -> None:
         self._cancel(terminate_containers)
 
-    def _graph(self) -> list[Any]:
+    def _info(self) -> InputInfo:
         future = self._known()
         running = future.running() or future.done()
         if self.cancelled:
@@ -269,7 +268,34 @@ class FakeFunctionCall:
             status = InputStatus.FAILURE if failed else InputStatus.SUCCESS
         else:
             status = InputStatus.PENDING
-        return [InputInfo("in-1", self.object_id, "ta-fake" if running else "", status)]
+        task = "ta-fake" if running else ""
+        return InputInfo("in-" + self.object_id, self.object_id, task, status, "f", "m", [])
+
+    def _graph(self) -> list[Any]:
+        """Shaped as ``modal/call_graph.py`` builds it: root inputs only, each call's input
+        nested under the input that spawned it; a child whose parent input is past
+        retention (``FakeModal.parent_retained = False``) is dropped with it."""
+        self._known()
+        fake = self._fake
+        with fake._lock:
+            calls = dict(fake.function_calls)
+        root = self
+        while root.parent in calls:
+            root = calls[root.parent]
+
+        def tree(call: FakeFunctionCall) -> InputInfo:
+            info = call._info()
+            info.children.extend(tree(c) for c in calls.values() if c.parent == call.object_id)
+            return info
+
+        if root.parent is None:
+            return [tree(root)]
+        if not fake.parent_retained:  # e.g. the web function's request input, long gone
+            return []
+        children = [tree(c) for c in calls.values() if c.parent == root.parent]
+        outer = InputInfo("in-outer", root.parent, "ta-outer", InputStatus.SUCCESS, "web", "m", [])
+        outer.children.extend(children)
+        return [outer]
 
     async def _agraph(self) -> list[Any]:
         return self._graph()
@@ -306,7 +332,9 @@ class FakeMethod:
                     import whisper_modal.app as app  # the container's claim, then the handler
 
                     handler = fake.handler
-                    result = app.run_once(args[0], lambda _job_id: handler(*args))
+                    result = app.run_once(
+                        args[0], lambda _job_id: fake.interruptible(handler, args)
+                    )
                 elif self._name == "transcribe_packed":  # @modal.batched groups single calls
                     result = fake.batcher(self._model).submit(args[0]).result()
                 else:
@@ -381,7 +409,10 @@ class FakeMethod:
 
     async def _aspawn(self, *args: Any) -> FakeFunctionCall:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._fake.io_pool, lambda: self._spawn(*args))
+        context = contextvars.copy_context()  # the spawning input (CURRENT_CALL) goes along
+        return await loop.run_in_executor(
+            self._fake.io_pool, lambda: context.run(self._spawn, *args)
+        )
 
     def _one_of_map(self, args: tuple[Any, ...]) -> Any:
         self._fake.count(f"{self._name}.map")
@@ -455,7 +486,10 @@ class FakeFunction:
 
     async def _aspawn(self, *args: Any) -> FakeFunctionCall:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._fake.io_pool, lambda: self._spawn(*args))
+        context = contextvars.copy_context()  # the spawning input (CURRENT_CALL) goes along
+        return await loop.run_in_executor(
+            self._fake.io_pool, lambda: context.run(self._spawn, *args)
+        )
 
     def _run(self, call: FakeFunctionCall, payload: bytes) -> Any:
         import whisper_modal.app as app
@@ -670,6 +704,10 @@ class FakeModal:
         self.option_overrides: list[dict[str, Any]] = []  # every Cls.with_options(...)
         self.in_flight = 0
         self.max_in_flight = 0
+        #: the (unmodelled) input that spawns calls made outside any fake input, as the web
+        #: function's request does; None: they are root inputs, like a laptop's spawns
+        self.spawn_parent: str | None = None
+        self.parent_retained = True  # False: that parent input is past Modal's retention
         self._instances: dict[tuple[str, str], Any] = {}
         self._batchers: dict[str, Batcher] = {}
         self._ids = itertools.count(1)
@@ -690,8 +728,22 @@ class FakeModal:
         self.completed[job] += 1
         return "completed"
 
+    def interruptible(self, handler: Handler, args: tuple[Any, ...]) -> dict[str, Any]:
+        """Run ``handler`` as the input's work; cancelled meanwhile: ``InputCancellation``.
+
+        Modal raises it inside the running input, so the container's own code (the job
+        book's record in ``run_once``) sees the cancellation; a thread cannot be
+        interrupted, so the fake raises it as soon as the handler returns.
+        """
+        result = handler(*args)
+        call = self.function_calls.get(CURRENT_CALL.get() or "")
+        if call is not None and call.cancelled:
+            raise me.InputCancellation("fake: input cancelled while running")
+        return result
+
     def register(self, call: FakeFunctionCall) -> None:
         """Record a spawned call (then the "accepted" fault may lose its acknowledgement)."""
+        call.parent = CURRENT_CALL.get() or self.spawn_parent
         with self._lock:
             self.function_calls[call.object_id] = call
             self.spawned.append(call.object_id)

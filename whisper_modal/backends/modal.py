@@ -375,20 +375,36 @@ class ModalBackend:
             return None
 
     async def _terminated(self, call: Any) -> bool:
-        """True when the call graph says the call's input was terminated (cancelled)."""
+        """True when the job book, or else Modal's call graph, says the call was cancelled."""
+        call_id = str(call.object_id)
+        record = await self._book_call(lambda b: b.get(call_id))
+        if record is not None and record.final:
+            return record.status == "cancelled"
+        node = await self._graph_node(call)  # e.g. cancelled elsewhere while still queued
+        return node is not None and getattr(node, "status", None) == InputStatus.TERMINATED
+
+    async def _graph_node(self, call: Any) -> Any | None:
+        """The call's own input in Modal's call graph (a cross-check only), or None.
+
+        The graph holds root inputs, with a call spawned inside a container (the web
+        function's jobs, the orchestrator's pieces) nested under its parent's input; a
+        child whose parent is past retention is missing. Modal calls it best effort.
+        """
         try:
             graph = await _within(
                 call.get_call_graph.aio(),
                 self.settings.connect_timeout,
                 lambda: TransientError("no call graph in time"),
             )
-        except Exception:  # best effort: without a graph, the error stays what it was
-            return False
-        return any(
-            getattr(i, "function_call_id", None) == call.object_id
-            and getattr(i, "status", None) == InputStatus.TERMINATED
-            for i in graph
-        )
+        except Exception:  # best effort: without a graph, nothing is known
+            return None
+        pending = list(graph)
+        while pending:
+            node = pending.pop()
+            if getattr(node, "function_call_id", None) == call.object_id:
+                return node
+            pending.extend(getattr(node, "children", None) or ())
+        return None
 
     async def _cancel_quietly(self, call: Any) -> None:
         """Cancel an abandoned call; never raises (the caller's own error matters more)."""
@@ -417,7 +433,8 @@ class ModalBackend:
         """
 
         async def work() -> Submission:
-            if self._fans_out(request):
+            kind = "fanout" if self._fans_out(request) else "single"
+            if kind == "fanout":
                 self._method_check(request.options.model)
                 method = await self._hydrate(FUNCTION_KEY + FANOUT_FUNCTION)
                 chunk = min(self.settings.fanout_chunk_seconds, self.settings.fanout_seconds)
@@ -425,7 +442,11 @@ class ModalBackend:
             else:
                 method = await self._method(request.options.model, "transcribe")
                 call = await self._start(method, request)
-            return Submission(str(call.object_id))
+            job_id, client_job_id = str(call.object_id), request.client_job_id
+            await self._book_call(
+                lambda b: b.submitted(job_id, kind=kind, client_job_id=client_job_id)
+            )
+            return Submission(job_id)
 
         return await self._guard(work())
 
@@ -477,22 +498,13 @@ class ModalBackend:
         return JobStatus.SUCCEEDED
 
     async def _running_or_pending(self, job_id: str) -> JobStatus:
-        # The call graph says whether a container took the input (task id set). It is
-        # best-effort on Modal's side, so any problem just means "pending".
-        try:
-            call = self._call_lookup(job_id)
-            graph = await _within(
-                call.get_call_graph.aio(),
-                self.settings.connect_timeout,
-                lambda: TransientError("no call graph in time"),
-            )
-        except Exception:
-            return JobStatus.PENDING
-        return (
-            JobStatus.RUNNING
-            if any(getattr(i, "task_id", "") for i in graph)
-            else JobStatus.PENDING
-        )
+        """An unfinished job: running or pending, from its record, else the call graph."""
+        record = await self._book_call(lambda b: b.get(job_id))
+        if record is not None and record.status == "running":
+            return JobStatus.RUNNING
+        node = await self._graph_node(self._call_lookup(job_id))  # "pending" is cross-checked
+        # a container took the input when its task id is set; without a node: pending
+        return JobStatus.RUNNING if getattr(node, "task_id", "") else JobStatus.PENDING
 
     async def acancel(self, job_id: str) -> None:
         """Cancel the job's input (a finished job is left alone)."""
@@ -504,6 +516,8 @@ class ModalBackend:
                 self.settings.connect_timeout,
                 lambda: TransientError(f"Modal did not confirm cancelling job {job_id} in time"),
             )
+            # a queued input has no container to record it: the canceller does
+            await self._book_call(lambda b: b.cancelled(job_id))
 
         await self._guard(work(), job_id=job_id)
 
