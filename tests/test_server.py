@@ -172,6 +172,25 @@ def test_wrong_key_is_an_authentication_error(server: ApiServer, clip: bytes) ->
     assert _call(server, "GET", "/v1/models", key="sk-other-key")[0] == 200
 
 
+def test_the_schema_needs_a_key_and_the_browsable_docs_are_off(server: ApiServer) -> None:
+    status, body = _call(server, "GET", "/openapi.json", key=None)
+    assert status == 401
+    _assert_openai_error(body, "invalid_api_key")
+    status, schema = _call(server, "GET", "/openapi.json")
+    assert status == 200 and "/v1/audio/transcriptions" in schema["paths"]
+    assert "/openapi.json" not in schema["paths"]
+    for page in ("/docs", "/redoc"):  # their page loads the schema without a key
+        assert _call(server, "GET", page, key=None)[0] == 404
+        assert _call(server, "GET", page)[0] == 404
+
+
+def test_without_keys_the_docs_are_public(client: wm.Client) -> None:
+    with ApiServer(create_app(client, api_keys=[])) as open_server:
+        assert _call(open_server, "GET", "/docs", key=None)[0] == 200
+        status, schema = _call(open_server, "GET", "/openapi.json", key=None)
+        assert status == 200 and "/v1/jobs" in schema["paths"]
+
+
 def test_junk_audio_is_a_bad_request(sdk: openai.OpenAI, server: ApiServer) -> None:
     with pytest.raises(openai.BadRequestError) as caught:
         sdk.audio.transcriptions.create(file=("clip.wav", b"not audio " * 200), model="whisper-1")

@@ -8,6 +8,7 @@ the FunctionCall id), as on the web function.
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -20,7 +21,7 @@ import pytest
 from tests import speech
 from tests.api_server import ApiServer
 from tests.fakes import fake_client
-from tests.fakes.modal_fake import FakeModal
+from tests.fakes.modal_fake import FakeFunctionCall, FakeModal
 from tests.wer import wer
 from whisper_modal.server import create_app
 
@@ -103,3 +104,20 @@ def test_jobs_are_modal_function_calls(server: ApiServer, sdk: openai.OpenAI,
     assert wer(SENTENCE, " ".join(s.text for s in pysrt.from_string(srt))) <= MAX_WER
     with pytest.raises(openai.NotFoundError):
         sdk.get("/jobs/fc-doesnotexist", cast_to=object)
+
+
+def test_jobs_of_other_apps_are_not_found_and_not_cancelled(
+    sdk: openai.OpenAI, fake: FakeModal
+) -> None:
+    """Any FunctionCall id of the workspace would do otherwise: the job book has no record
+    of one this app never ran, so the stateless jobs API answers 404 and touches nothing."""
+    foreign = FakeFunctionCall(fake, "fc-another-apps-call", cf.Future())  # still queued
+    fake.register(foreign)
+    cancels = fake.calls["cancel"]
+    with pytest.raises(openai.NotFoundError) as caught:
+        sdk.get(f"/jobs/{foreign.object_id}", cast_to=object)
+    body: Any = caught.value.body
+    assert body["code"] == "job_not_found" and foreign.object_id in body["message"]
+    with pytest.raises(openai.NotFoundError):
+        sdk.delete(f"/jobs/{foreign.object_id}", cast_to=object)
+    assert not foreign.cancelled and fake.calls["cancel"] == cancels

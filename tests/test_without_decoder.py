@@ -11,6 +11,7 @@ soundfile")``, a 400 from the deployed HTTP API).
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -20,6 +21,7 @@ import numpy as np
 import pytest
 
 from tests import speech
+from tests.servers import FAKE_AWS_ENV, moto_server
 from whisper_modal.audio_header import header_seconds
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -119,3 +121,68 @@ def test_header_seconds_say_none_where_the_header_does_not_tell() -> None:
     assert header_seconds(b"") is None
     # a WAV cut short plays what it holds, not what its header promised
     assert header_seconds(wav[: 44 + 16000]) == pytest.approx(0.5, abs=1e-3)
+
+
+STAGE = """
+import asyncio, json, sys
+from whisper_modal.backends.base import Request
+from whisper_modal.backends.modal_transport import stage_large_audio
+from whisper_modal.config import Settings
+from whisper_modal.options import TranscribeOptions
+
+settings = Settings.resolve()  # the web image's variables, as the deploy baked them
+request = Request(options=TranscribeOptions(), audio=b"x" * (settings.max_upload_bytes + 1))
+print(json.dumps({"s3_uri": asyncio.run(stage_large_audio(request, settings)).s3_uri}))
+"""
+
+
+def _web_image(env: dict[str, str]) -> tuple[list[str], dict[str, str]]:
+    """The web image's packages and variables as ``modal deploy`` with ``env`` builds it."""
+    script = (
+        "import json, whisper_modal.app as m\n"
+        "print(json.dumps([list(m.WEB_IMAGE_PACKAGES), m.WEB_ENV]))"
+    )
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("WHISPER_MODAL_")}
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, env={**clean, **env},
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    packages, variables = json.loads(done.stdout.strip().splitlines()[-1])
+    return packages, variables
+
+
+def test_the_web_image_can_stage_what_its_http_limit_lets_in() -> None:
+    """An HTTP limit over the Modal upload limit means the web container stages through
+    S3 (boto3): the image must install it, and carry the limits and prefix it decides by."""
+    deploy = {
+        "WHISPER_MODAL_MAX_REQUEST_BYTES": "4096",
+        "WHISPER_MODAL_MAX_UPLOAD_BYTES": "1000",
+        "WHISPER_MODAL_S3_STAGING_PREFIX": "s3://stage/web",
+    }
+    packages, variables = _web_image(deploy)
+    names = {p.split("==")[0] for p in packages}
+    assert "boto3" in names and "soundfile" not in names
+    assert variables["WHISPER_MODAL_MAX_UPLOAD_BYTES"] == "1000"
+    assert variables["WHISPER_MODAL_S3_STAGING_PREFIX"] == "s3://stage/web"
+    admitted = {"boto3", "botocore"} if "boto3" in names else set()  # boto3 brings botocore
+    missing = tuple(m for m in MISSING if m not in admitted)
+    with moto_server() as s3:
+        s3.client().create_bucket(Bucket="stage")
+        env = {
+            "PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT), "HOME": str(ROOT),
+            **FAKE_AWS_ENV, **variables, "WHISPER_MODAL_S3_ENDPOINT_URL": s3.endpoint,
+        }  # fmt: skip
+        script = f"MISSING = {missing!r}\n" + GUARD + textwrap.dedent(STAGE)
+        done = subprocess.run(
+            [sys.executable, "-c", script], cwd=ROOT, env=env,
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr[-3000:]
+        uri = json.loads(done.stdout.strip().splitlines()[-1])["s3_uri"]
+        assert uri.startswith("s3://stage/web/staging/")
+        key = uri.removeprefix("s3://stage/")
+        assert s3.client().get_object(Bucket="stage", Key=key)["ContentLength"] == 1001
+    # by default the HTTP limit (100 MiB) is under the upload limit (256 MiB): no boto3
+    default_packages, _ = _web_image({})
+    assert not any(p.startswith("boto3") for p in default_packages)

@@ -42,6 +42,8 @@ __all__ = [
     "IMAGE_ENV",
     "IMAGE_PACKAGES",
     "WARM_POOLS",
+    "WEB_ENV",
+    "WEB_IMAGE_PACKAGES",
     "WEIGHTS_DIR",
     "PackedTranscriber",
     "Platform",
@@ -79,6 +81,8 @@ DEPLOY_SETTINGS = (
     "environment_name",
     "server_models",
     "max_request_bytes",
+    "max_upload_bytes",
+    "s3_staging_prefix",
     "web_min_containers",
     "web_max_inputs",
     "web_proxy_auth",
@@ -112,6 +116,9 @@ settings = deploy_settings()
 #: where the weights volume is mounted inside the container
 WEIGHTS_DIR = "/weights"
 
+#: the S3 client both images pin (staging and fetching audio, delivering results)
+BOTO3 = "boto3==1.44.5"
+
 #: pinned to the versions the [local] extra is tested with (torch from PyPI is the CUDA build)
 IMAGE_PACKAGES = (
     "openai-whisper==20250625",
@@ -120,7 +127,7 @@ IMAGE_PACKAGES = (
     "soundfile==0.14.0",
     "soxr==1.1.0",
     "av==18.1.0",
-    "boto3==1.44.5",
+    BOTO3,
     "attrs==26.1.0",
     "tenacity==9.2.1",
     "tqdm==4.70.1",
@@ -806,6 +813,15 @@ WEB_PACKAGES = (
     "tqdm==4.70.1",
 )
 
+#: what the web container needs to stage uploads over ``max_upload_bytes`` through S3:
+#: installed only when the HTTP limit (``max_request_bytes``) lets such an upload in
+WEB_STAGING_PACKAGES = (BOTO3,)
+
+#: the packages the web image installs with this deploy's settings
+WEB_IMAGE_PACKAGES = WEB_PACKAGES + (
+    WEB_STAGING_PACKAGES if settings.max_request_bytes > settings.max_upload_bytes else ()
+)
+
 #: settings the web container must resolve as the deploying shell did: the lookups, the
 #: served models and limits, and ``secret_name`` (its secret is an object dependency:
 #: resolved differently, Modal would refuse to start the container)
@@ -816,24 +832,27 @@ WEB_ENV_SETTINGS = (
     "server_models",
     "secret_name",
     "max_request_bytes",
+    "max_upload_bytes",
+    "s3_staging_prefix",
     "web_min_containers",
     "web_max_inputs",
     "web_proxy_auth",
 )
 
+#: the web container's whole WHISPER_MODAL_* configuration (its secret may add keys)
+WEB_ENV = {
+    "WHISPER_MODAL_BACKEND": "modal",
+    **{
+        f"WHISPER_MODAL_{name.upper()}": str(getattr(settings, name))
+        for name in WEB_ENV_SETTINGS
+        if getattr(settings, name) is not None
+    },
+}
+
 web_image = (
     modal.Image.debian_slim(python_version="3.12")
-    .uv_pip_install(*WEB_PACKAGES)
-    .env(
-        {
-            "WHISPER_MODAL_BACKEND": "modal",
-            **{
-                f"WHISPER_MODAL_{name.upper()}": str(getattr(settings, name))
-                for name in WEB_ENV_SETTINGS
-                if getattr(settings, name) is not None
-            },
-        }
-    )
+    .uv_pip_install(*WEB_IMAGE_PACKAGES)
+    .env(WEB_ENV)
     .add_local_python_source("whisper_modal")
 )
 

@@ -322,9 +322,10 @@ class Client:
     async def arecent_jobs(self, limit: int = 20) -> list[JobRecord]:
         """The deployed app's newest jobs, from its job book (``whisper-modal jobs``).
 
-        Records come from the containers (a job appears once it starts running); an
-        unfinished one is checked against Modal, so a crashed or cancelled job shows its
-        real status. Entries expire 7 days after their last write, with the job's result.
+        Records are written by the submitter (a job appears as "pending" once spawned),
+        its container and whoever cancels it; an unfinished one is checked against
+        Modal, so a crashed job shows its real status. Entries expire 7 days after
+        their last write, with the job's result.
 
         Raises:
             TransientError, BackendUnavailable: the book could not be read (never an
@@ -344,6 +345,22 @@ class Client:
             return attrs.evolve(record, status=status.value)
 
         return list(await asyncio.gather(*(refreshed(r) for r in records)))
+
+    async def ajob_record(self, job_id: str) -> JobRecord | None:
+        """The deployed app's job-book record of ``job_id``, or None when the app never
+        recorded such a job (an id from another app, or one past its 7 days).
+
+        An in-process (local) job has no record: None. The HTTP API's stateless jobs
+        answer 404 for an id without one, so it serves only this app's jobs.
+
+        Raises:
+            TransientError, BackendUnavailable: the book could not be read.
+        """
+        self._check_open()
+        if is_in_process_job(job_id):
+            return None
+        record: JobRecord | None = await self._modal_backend().arecord(job_id)
+        return record
 
     # ------------------------------------------------------------------ sync API
 

@@ -325,14 +325,27 @@ class ModalBackend:
             TransientError: the job book did not answer within ``connect_timeout``.
             BackendUnavailable: Modal refused (no credentials, app not deployed, ...).
         """
+        return await self._book_read(lambda b: b.recent(limit))
+
+    async def arecord(self, job_id: str) -> JobRecord | None:
+        """The job book's record of ``job_id``; None: this app never recorded such a job.
+
+        Raises:
+            TransientError: the job book did not answer within ``connect_timeout``.
+            BackendUnavailable: Modal refused (no credentials, app not deployed, ...).
+        """
+        return await self._book_read(lambda b: b.get(job_id))
+
+    async def _book_read(self, action: Callable[[JobBook], T]) -> T:
+        """A job-book read whose answer matters: it raises rather than guess."""
         book = self._job_book()
         seconds = self.settings.connect_timeout
-        listing = _within(
-            asyncio.to_thread(book.recent, limit),
+        read = _within(
+            asyncio.to_thread(action, book),
             seconds,
             lambda: TransientError(f"the job book did not answer within {seconds:g} s"),
         )
-        return await self._guard(listing)
+        return await self._guard(read)
 
     def _fans_out(self, request: Request) -> bool:
         return audio_seconds_hint(request, self.settings) > self.settings.fanout_seconds

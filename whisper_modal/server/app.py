@@ -153,10 +153,16 @@ def create_app(
         finally:
             await store.stop()
 
+    # With keys, the schema is served only with a key, and the browsable docs (whose page
+    # fetches the schema without one) not at all: the API's shape is not for anyone.
+    public_docs = not keys.enabled
     app = FastAPI(
         title="whisper_modal",
         summary="OpenAI-compatible speech-to-text and a jobs API",
         lifespan=lifespan,
+        openapi_url="/openapi.json" if public_docs else None,
+        docs_url="/docs" if public_docs else None,
+        redoc_url="/redoc" if public_docs else None,
     )
     app.add_middleware(_RequestId)
 
@@ -182,6 +188,14 @@ def create_app(
 
     def authorize(request: HttpRequest) -> None:
         keys.check(request.headers.get("authorization"))
+
+    if not public_docs:
+
+        @app.get("/openapi.json", include_in_schema=False)
+        async def openapi(request: HttpRequest) -> dict[str, Any]:
+            """The OpenAPI schema, for callers with a key."""
+            authorize(request)
+            return app.openapi()
 
     async def audio_request(request: HttpRequest, task: str) -> Response:
         authorize(request)

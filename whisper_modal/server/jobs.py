@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 import attrs
 
-from whisper_modal.backends.base import JobStatus, Request
+from whisper_modal.backends.base import JobStatus, Request, is_in_process_job
 from whisper_modal.client import Client
 from whisper_modal.errors import JobCancelled, JobNotFound, WhisperModalError
 from whisper_modal.jobs import Job
@@ -149,8 +149,17 @@ class DirectJobs:
             )
         return JobView(job.id, JobStatus.PENDING, created_at=time.time())
 
+    async def _check_known(self, job_id: str) -> None:
+        """Serve only this app's jobs: a Modal id needs a record in the app's job book.
+
+        Any FunctionCall id of the workspace would otherwise do, other apps' included.
+        """
+        if not is_in_process_job(job_id) and await self.client.ajob_record(job_id) is None:
+            raise JobNotFound(f"no job {job_id!r} in this app", job_id=job_id)
+
     async def get(self, job_id: str) -> JobView:
         """Ask the backend (one status call, one non-blocking result call when done)."""
+        await self._check_known(job_id)
         job = Job.from_id(job_id, client=self.client)
         status = await job.astatus()
         if not status.done:
@@ -168,6 +177,7 @@ class DirectJobs:
 
     async def cancel(self, job_id: str) -> JobView:
         """Cancel through the client."""
+        await self._check_known(job_id)
         await Job.from_id(job_id, client=self.client).acancel()
         return await self.get(job_id)
 
