@@ -22,7 +22,7 @@ from urllib.request import urlopen
 
 from tests.servers import LOOPBACK, free_port
 
-__all__ = ["ApiServer", "ServeProcess", "wait_healthy"]
+__all__ = ["ApiServer", "ModalWebProxy", "ServeProcess", "wait_healthy"]
 
 ROOT = Path(__file__).parents[1]
 
@@ -110,3 +110,110 @@ class ServeProcess:
             except subprocess.TimeoutExpired:
                 self.kill()
         self.kill()
+
+
+class ModalWebProxy:
+    """Modal's web proxy in front of ``upstream``, with its request cut made short.
+
+    Modal answers a web request that runs past 150 s with ``303 See Other`` to the same
+    URL plus ``__modal_function_call_id``: the *result URL*, which blocks until the
+    function's answer is there (docs: "Request timeouts"). Here the first answer comes
+    within ``first_within`` seconds (0: always the 303) and the result URL waits up to
+    ``result_within``. ``upstream_requests`` counts what reached the app: a client that
+    follows the 303 must not send the transcription twice.
+    """
+
+    def __init__(self, upstream: str, *, first_within: float, result_within: float) -> None:
+        import http.server
+        import urllib.parse
+        import uuid
+
+        proxy = self
+        self.upstream = upstream
+        self.redirects = 0
+        self.upstream_requests = 0
+        self._results: dict[str, tuple[threading.Event, list[Any]]] = {}
+        self._lock = threading.Lock()
+        self._workers: list[threading.Thread] = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:  # quiet
+                pass
+
+            def _answer(self, ticket: str, within: float) -> None:
+                done, slot = proxy._results[ticket]
+                if not done.wait(within):
+                    with proxy._lock:
+                        proxy.redirects += 1
+                    path = urllib.parse.urlsplit(self.path).path
+                    self.send_response(303)
+                    self.send_header("Location", f"{path}?__modal_function_call_id={ticket}")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                status, headers, body = slot[0]
+                self.send_response(status)
+                for name, value in headers:
+                    if name.lower() in ("content-type", "x-request-id"):
+                        self.send_header(name, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def _forward(self, method: str) -> None:
+                query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
+                ticket = (query.get("__modal_function_call_id") or [""])[0]
+                if ticket in proxy._results:  # the result URL: the same answer, no new run
+                    self._answer(ticket, result_within)
+                    return
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                ticket = "fc-web-" + uuid.uuid4().hex[:8]
+                proxy._results[ticket] = (threading.Event(), [])
+                keep = {k: v for k, v in self.headers.items()
+                        if k.lower() in ("authorization", "content-type")}  # fmt: skip
+                worker = threading.Thread(
+                    target=proxy._call, args=(ticket, method, self.path, keep, body), daemon=True
+                )
+                proxy._workers.append(worker)
+                worker.start()
+                self._answer(ticket, first_within)
+
+            def do_GET(self) -> None:
+                self._forward("GET")
+
+            def do_POST(self) -> None:
+                self._forward("POST")
+
+        self._server = http.server.ThreadingHTTPServer((LOOPBACK, 0), Handler)
+        self.url = f"http://{LOOPBACK}:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def _call(
+        self, ticket: str, method: str, path: str, headers: dict[str, str], body: bytes | None
+    ) -> None:
+        from urllib.error import HTTPError
+        from urllib.request import Request
+
+        with self._lock:
+            self.upstream_requests += 1
+        request = Request(f"{self.upstream}{path}", data=body, method=method, headers=headers)
+        try:
+            with urlopen(request, timeout=300) as response:
+                answer = (response.status, list(response.headers.items()), response.read())
+        except HTTPError as exc:
+            answer = (exc.code, list(exc.headers.items()), exc.read())
+        done, slot = self._results[ticket]
+        slot.append(answer)
+        done.set()
+
+    def __enter__(self) -> ModalWebProxy:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for worker in self._workers:
+            worker.join(timeout=300)
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=30)

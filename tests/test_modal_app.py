@@ -57,6 +57,9 @@ print(json.dumps({
         "enable_memory_snapshot", "experimental_options",
         "buffer_containers", "max_containers", "scaledown_window")},
     "warm_pools": m.WARM_POOLS,
+    "fanout": {"cpu": m.fanout._spec_.cpu, "memory": m.fanout._spec_.memory,
+               "retries": m.FANOUT_OPTIONS["retries"].max_retries,
+               "deadline": m.fanout_deadline(m.FANOUT_OPTIONS["timeout"])},
 }, default=str))
 """
 
@@ -299,3 +302,15 @@ def test_warm_hours_warm_each_class_by_its_own_settings(
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout.strip().splitlines()[-1]) == expected
+
+
+def test_the_orchestrator_reserves_what_it_holds_and_is_retried_once() -> None:
+    """Modal's default reservation (0.125 core, 128 MiB) is under one hour of float32
+    audio; a dead orchestrator without retries left its pieces and record behind."""
+    default = inspect_app()["raw"]["fanout"]
+    assert default == {"cpu": 1.0, "memory": 4096, "retries": 1, "deadline": 3540.0}
+    sized = inspect_app(
+        WHISPER_MODAL_FANOUT_CPU="2", WHISPER_MODAL_FANOUT_MEMORY_MIB="8192",
+        WHISPER_MODAL_REMOTE_TIMEOUT="300",
+    )["raw"]["fanout"]  # fmt: skip
+    assert sized == {"cpu": 2.0, "memory": 8192, "retries": 1, "deadline": 270.0}

@@ -15,6 +15,8 @@ import collections
 import json
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -375,3 +377,92 @@ def test_whisper_modal_jobs_fails_when_the_book_cannot_be_read(
     assert "no jobs" not in captured.err and captured.out == ""
     reason = "did not answer within 0.5 s" if failure == "hangs" else "closed the stream"
     assert captured.err.count("whisper-modal: failed:") == 2 and reason in captured.err
+
+
+def test_an_orchestrator_past_its_deadline_cancels_its_pieces_and_is_not_rerun(
+    fake: FakeModal, monkeypatch: pytest.MonkeyPatch, long_clip: tuple[np.ndarray, str]
+) -> None:
+    """Modal's timeout would stop the orchestrator's input and leave its pieces on their
+    GPUs, its record "running" and its claim held; its own deadline, inside Modal's,
+    cleans up first. Modal's retry (``retries=1``) of the failed input does not run again."""
+    import asyncio
+
+    import attrs
+
+    import whisper_modal.app as app
+    from tests.fakes.modal_fake import CURRENT_CALL
+    from whisper_modal.inputs import prepare
+
+    samples, _ = long_clip
+    request = prepare(
+        samples, default_model="tiny.en", max_bytes=10**9, webhook_allow=(),
+        sample_rate=16000, language="en",
+    )  # fmt: skip
+    monkeypatch.setattr(app, "platform", fake.platform)
+    monkeypatch.setattr(app, "settings", attrs.evolve(app.settings, remote_timeout=8))
+    fake.faults.hang_next("transcribe.run", 60, times=50)  # every piece outlives the deadline
+
+    async def run_as(job_id: str) -> dict[str, Any]:
+        token = CURRENT_CALL.set(job_id)
+        try:
+            return await app.fanout.local(request.to_wire(), 25.0)
+        finally:
+            CURRENT_CALL.reset(token)
+
+    book = app._book()
+
+    def release_once_failed() -> None:
+        # the fake's FunctionCall.get.aio blocks a thread until its piece ends (Modal's
+        # does not), and asyncio.run waits for that thread: end the hung pieces once the
+        # job has failed, as cancelled runs
+        wait_until(lambda: getattr(book.get("fc-too-long"), "final", False), timeout=60)
+        fake.faults.release.set()
+
+    releaser = threading.Thread(target=release_once_failed, daemon=True)
+    releaser.start()
+    with pytest.raises(wm.RemoteExecutionError, match=r"past its deadline of 7\.2 s") as info:
+        asyncio.run(run_as("fc-too-long"))
+    releaser.join(timeout=60)
+    assert info.value.remote_type == "FanoutDeadline"
+    pieces = [c for c in fake.function_calls.values() if c.object_id != "fc-too-long"]
+    assert len(pieces) == 3 and all(c.cancelled for c in pieces)
+    record = book.get("fc-too-long")
+    assert record is not None and (record.status, record.error) == (
+        "failed",
+        "RemoteExecutionError",
+    )
+    assert book.owner(str(request.client_job_id)) is None  # the claim is released
+    spawned = fake.calls["transcribe.spawn"]
+    with pytest.raises(wm.RemoteExecutionError, match="failed already"):
+        asyncio.run(run_as("fc-too-long"))  # Modal's retry of the failed input
+    assert fake.calls["transcribe.spawn"] == spawned
+    settle(fake)
+    assert chunk_runs(fake, fake.completed) == {}
+
+
+def test_a_piece_whose_spawn_is_in_flight_at_the_cancel_is_cancelled_too(
+    fake: FakeModal, monkeypatch: pytest.MonkeyPatch, long_clip: tuple[np.ndarray, str]
+) -> None:
+    """The cancellation can land while a piece's spawn is on its way to Modal: the spawn
+    goes through, and that piece must be cancelled like the others (it ran on before)."""
+    from tests.fakes.modal_fake import Fault
+
+    samples, _ = long_clip
+    client = fake_client(fake, monkeypatch, **FANOUT)
+    fake.faults.hang_next("transcribe.run", 60, times=50)  # every piece hangs until released
+    # spawn 1 is the job itself, 2-4 its pieces: the last piece's spawn takes 3 s
+    slow = Fault(before=lambda: time.sleep(3.0))  # then it goes through
+    fake.faults.rule("spawn", lambda n: slow if n == 4 else None)
+    job = client.submit(samples, sample_rate=16000, language="en")
+    assert wait_until(lambda: fake.calls["transcribe.spawn"] >= 3, timeout=60)
+    job.cancel()  # while the third piece's spawn is still on its way
+    with pytest.raises(wm.JobCancelled):
+        job.result(timeout=30)
+    assert wait_until(lambda: len(fake.function_calls) == 4, timeout=30)
+    pieces = [c for c in fake.function_calls.values() if c.object_id != job.id]
+    assert wait_until(lambda: all(c.cancelled for c in pieces), timeout=30), [
+        (c.object_id, c.cancelled) for c in pieces
+    ]
+    fake.faults.release.set()
+    settle(fake)
+    assert chunk_runs(fake, fake.completed) == {}

@@ -29,7 +29,7 @@ import webvtt
 
 import whisper_modal as wm
 from tests import speech
-from tests.api_server import ApiServer, ServeProcess
+from tests.api_server import ApiServer, ModalWebProxy, ServeProcess
 from tests.models_cache import tiny_en_cache
 from tests.servers import WebhookReceiver, moto_server
 from tests.wer import wer
@@ -189,6 +189,27 @@ def test_without_keys_the_docs_are_public(client: wm.Client) -> None:
         assert _call(open_server, "GET", "/docs", key=None)[0] == 200
         status, schema = _call(open_server, "GET", "/openapi.json", key=None)
         assert status == 200 and "/v1/jobs" in schema["paths"]
+
+
+def test_a_request_past_modals_web_cut_arrives_through_its_303(
+    server: ApiServer, clip: bytes
+) -> None:
+    """Modal cuts a web request at 150 s with a 303 to the result URL (README "Long
+    requests on Modal"); here the cut comes at once. The OpenAI SDK follows it to the
+    transcript without sending the upload twice; curl without ``-L`` stops at the 303."""
+    with ModalWebProxy(server.url, first_within=0.0, result_within=120.0) as proxy:
+        sdk = openai.OpenAI(base_url=f"{proxy.url}/v1", api_key=KEY, max_retries=0, timeout=300)
+        text = sdk.audio.transcriptions.create(
+            file=("clip.wav", clip), model="whisper-1", response_format="text"
+        )
+        assert wer(SENTENCE, text) <= MAX_WER, text
+        assert proxy.redirects == 1 and proxy.upstream_requests == 1
+        curl = subprocess.run(
+            ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-H",
+             f"Authorization: Bearer {KEY}", f"{proxy.url}/v1/models"],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert curl.stdout == "303" and proxy.upstream_requests == 2
 
 
 def test_junk_audio_is_a_bad_request(sdk: openai.OpenAI, server: ApiServer) -> None:

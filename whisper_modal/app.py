@@ -73,6 +73,9 @@ DEPLOY_SETTINGS = (
     "warm_containers",
     "packed_min_containers",
     "packed_warm_containers",
+    "fanout_cpu",
+    "fanout_memory_mib",
+    "fanout_max_inputs",
     "volume_name",
     "secret_name",
     "enable_memory_snapshot",
@@ -607,8 +610,27 @@ class PackedTranscriber(_Loaded):
         return done
 
 
-@app.function(image=image, secrets=secrets, timeout=settings.remote_timeout)
-@modal.concurrent(max_inputs=8)  # it mostly waits on its pieces: one CPU container, many jobs
+def fanout_deadline(timeout: float) -> float:
+    """The orchestrator's own deadline: inside the function's Modal ``timeout`` (a tenth
+    of it, at most a minute, is left to cancel the pieces and write the record)."""
+    return timeout - min(60.0, timeout / 10)
+
+
+#: the orchestrator's options (tests read them). ``retries``: Modal runs the input again
+#: when its container dies (an OOM kill, a lost worker); the re-run finds the pieces that
+#: ran by their ids and reads their results instead of transcribing again.
+FANOUT_OPTIONS: dict[str, Any] = {
+    "image": image,
+    "secrets": secrets,
+    "timeout": settings.remote_timeout,
+    "cpu": settings.fanout_cpu,
+    "memory": settings.fanout_memory_mib,
+    "retries": modal.Retries(max_retries=1, initial_delay=1.0, backoff_coefficient=1.0),
+}
+
+
+@app.function(**FANOUT_OPTIONS)
+@modal.concurrent(max_inputs=settings.fanout_max_inputs)  # it mostly waits on its pieces
 async def fanout(request: dict[str, Any], chunk_seconds: float) -> dict[str, Any]:
     """Orchestrate one submitted long-audio job on CPU (``orchestrator.orchestrate``).
 
@@ -616,6 +638,7 @@ async def fanout(request: dict[str, Any], chunk_seconds: float) -> dict[str, Any
     """
     import asyncio
 
+    from whisper_modal.errors import RemoteExecutionError
     from whisper_modal.job_book import best_effort
     from whisper_modal.orchestrator import orchestrate
     from whisper_modal.service import Service
@@ -627,6 +650,13 @@ async def fanout(request: dict[str, Any], chunk_seconds: float) -> dict[str, Any
         duplicate = await asyncio.to_thread(_duplicate_of, book, client_job_id, job_id)
         if duplicate is not None:
             return duplicate
+    earlier = await asyncio.to_thread(best_effort, lambda: book.get(job_id), "read")
+    if earlier is not None and earlier.status == "failed":
+        # Modal's retry after the job failed (retries cover exceptions too): not run again
+        raise RemoteExecutionError(
+            f"fan-out job {job_id} failed already ({earlier.error}); not run again",
+            remote_type=earlier.error,
+        )
     method = platform.chunk_method(str((request.get("options") or {}).get("model", "turbo")))
     try:
         result = await orchestrate(
@@ -637,6 +667,7 @@ async def fanout(request: dict[str, Any], chunk_seconds: float) -> dict[str, Any
             spawn=method.spawn.aio,
             lookup=platform.function_call,
             book=book,
+            deadline=fanout_deadline(settings.remote_timeout),
         )
     except BaseException:
         if client_job_id:

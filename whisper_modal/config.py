@@ -177,6 +177,12 @@ class Settings:
     # 0 keeps none of its containers warm, so MIN_CONTAINERS=1 bills one GPU, not two
     packed_min_containers: int = attrs.field(default=0, validator=_non_negative)
     packed_warm_containers: int = attrs.field(default=0, validator=_non_negative)
+    # the fan-out orchestrator (app.fanout, CPU): its reservation and jobs per container.
+    # Each job holds its encoded file, then ~230 MB of float32 per hour of audio while it
+    # splits, then the pieces as FLAC; Modal's default reservation is 0.125 core / 128 MiB
+    fanout_cpu: float = attrs.field(default=1.0, validator=_positive)
+    fanout_memory_mib: int = attrs.field(default=4096, validator=_positive)
+    fanout_max_inputs: int = attrs.field(default=4, validator=_positive)
     volume_name: str = "whisper-modal-weights"
     secret_name: str | None = None  # modal.Secret holding AWS_* and WHISPER_MODAL_WEBHOOK_SECRET
     enable_memory_snapshot: bool = False  # snapshot the container with the model on CPU

@@ -34,7 +34,12 @@ from typing import TYPE_CHECKING, Any
 from whisper_modal.backends.base import Request
 from whisper_modal.concurrency import arun_many
 from whisper_modal.delivery import notify
-from whisper_modal.errors import ChunkFailed, error_to_dict, map_engine_error
+from whisper_modal.errors import (
+    ChunkFailed,
+    RemoteExecutionError,
+    error_to_dict,
+    map_engine_error,
+)
 from whisper_modal.job_book import JobBook, best_effort, chunk_job_id
 from whisper_modal.results import Transcript
 from whisper_modal.service import Service
@@ -61,6 +66,7 @@ async def orchestrate(
     spawn: SpawnChunk,
     lookup: CallLookup,
     book: JobBook | None,
+    deadline: float | None = None,
 ) -> Transcript:
     """Run one fan-out job end to end; see the module docstring.
 
@@ -72,17 +78,33 @@ async def orchestrate(
         spawn: starts one piece on the GPU class.
         lookup: finds a FunctionCall by id (to read a piece that already ran).
         book: where progress and the job's record go (None: not recorded).
+        deadline: seconds the whole job may take (None: no limit). Set it inside the
+            function's own Modal timeout: a job past it cancels its pieces, records
+            "failed" and raises, where Modal's timeout would stop this input and leave
+            the pieces running and the record "running".
 
     Raises:
-        ChunkFailed: a piece failed twice. WhisperModalError: the audio could not be read
-        or decoded, or delivery failed. asyncio.CancelledError: the job was cancelled.
+        ChunkFailed: a piece failed twice. RemoteExecutionError: past ``deadline``.
+        WhisperModalError: the audio could not be read or decoded, or delivery failed.
+        asyncio.CancelledError: the job was cancelled.
     """
     request = Request.from_wire(wire)
     started = time.perf_counter()
     record = _Recorder(book, job_id)
     await record(lambda b: b.start(job_id, kind="fanout", client_job_id=request.client_job_id))
     try:
-        result = await _run(request, job_id, chunk_seconds, service, spawn, lookup, record)
+        scope = asyncio.timeout(deadline)
+        try:
+            async with scope:
+                result = await _run(request, job_id, chunk_seconds, service, spawn, lookup, record)
+        except TimeoutError as exc:
+            if not scope.expired():
+                raise
+            raise RemoteExecutionError(
+                f"fan-out job {job_id} ran past its deadline of {deadline:g} s; its pieces"
+                " were cancelled",
+                remote_type="FanoutDeadline",
+            ) from exc
     except asyncio.CancelledError:
         await asyncio.shield(record(lambda b: b.update(job_id, status="cancelled")))
         raise
@@ -178,7 +200,7 @@ async def _piece(
             audio=piece.audio,
             client_job_id=chunk_job_id(job_id, piece.index, attempt),
         ).to_wire()
-        call = await spawn(wire)
+        call = await _spawn_or_cancel(spawn, wire)
         try:
             result: dict[str, Any] = await call.get.aio()
             while "duplicate_of" in result:  # this attempt already ran (a restarted job)
@@ -206,6 +228,24 @@ async def _piece(
         end=piece.offset + piece.seconds,
         remote_type=kind,
     )
+
+
+async def _spawn_or_cancel(spawn: SpawnChunk, wire: dict[str, Any]) -> Any:
+    """``spawn(wire)``; a job cancelled meanwhile still cancels the piece it started.
+
+    The spawn may have reached Modal by the time the cancellation lands: without this,
+    that piece ran on with nobody to cancel it.
+    """
+    spawning = asyncio.ensure_future(spawn(wire))
+    try:
+        return await asyncio.shield(spawning)
+    except asyncio.CancelledError:
+        try:
+            call = await spawning
+        except Exception:  # the spawn failed: nothing started
+            raise asyncio.CancelledError() from None
+        await _cancel(call)
+        raise
 
 
 async def _cancel(call: Any) -> None:
