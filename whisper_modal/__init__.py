@@ -5,8 +5,11 @@
     job = wm.submit(audio_bytes)                # -> Job; wm.Job.from_id(job.id).result()
 
 This module is the whole public contract: it only re-exports (``__all__`` is sorted and
-checked by ``tests/test_public_api.py``).
+checked by ``tests/test_public_api.py``) and gives the package logger a ``NullHandler``,
+the library convention: nothing is printed unless the application configures ``logging``.
 """
+
+import logging
 
 from whisper_modal._api import (
     asubmit,
@@ -99,3 +102,5 @@ __all__ = [
     "transcribe_many",
     "verify",
 ]
+
+logging.getLogger(__name__).addHandler(logging.NullHandler())

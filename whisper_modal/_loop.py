@@ -15,10 +15,12 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures as cf
 import contextlib
+import queue
 import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
+from whisper_modal import _warnings
 from whisper_modal.errors import ConfigurationError
 
 __all__ = ["LoopThread"]
@@ -66,8 +68,15 @@ class LoopThread:
         if threading.current_thread() is self._thread:
             coro.close()
             raise ConfigurationError("a sync whisper_modal call inside its own loop: use await")
-        future = self.submit(coro)
+        sink: queue.SimpleQueue[_warnings.Forwarded | None] = queue.SimpleQueue()
         try:
+            future = self.submit(_warnings.forwarding(coro, sink))
+        except BaseException:
+            coro.close()
+            raise
+        future.add_done_callback(lambda _: sink.put(None))
+        try:
+            _warnings.drain(sink)  # its warnings, issued at the caller's line (see _warnings)
             return future.result()
         except BaseException:
             future.cancel()  # KeyboardInterrupt in the caller: stop the remote work too

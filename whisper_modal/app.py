@@ -36,6 +36,7 @@ import modal
 import modal.exception
 
 from whisper_modal.config import Settings, gpu_request
+from whisper_modal.metrics import log_to_stderr
 
 __all__ = [
     "DEPLOY_SETTINGS",
@@ -248,6 +249,7 @@ request_log = logging.getLogger("whisper_modal.requests")
 def _log_to_stdout() -> None:
     if modal.is_local() or request_log.handlers:
         return
+    log_to_stderr()  # the package's warnings (Modal keeps a container's stderr in its logs)
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(logging.Formatter("%(message)s"))
     request_log.addHandler(handler)

@@ -302,6 +302,9 @@ def _health(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``whisper-modal`` command; returns the exit code."""
     args = _parser().parse_args(argv)
+    from whisper_modal.metrics import log_to_stderr
+
+    log_to_stderr()  # an application: the library's warnings (fallback, circuit) on stderr
     try:
         return _run(args)
     except (ConfigurationError, AudioError, StorageError) as exc:

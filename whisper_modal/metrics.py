@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import sys
 import threading
 from collections import Counter
 from collections.abc import Mapping
@@ -26,6 +27,7 @@ __all__ = [
     "Metrics",
     "Stats",
     "log_event",
+    "log_to_stderr",
     "price_per_second",
     "redact",
     "redact_text",
@@ -328,3 +330,36 @@ def log_event(
         return
     safe = {(f"{k}_" if k in _RESERVED else k): redact(k, v) for k, v in fields.items()}
     logger.log(level, event, extra={**safe, "event": event})
+
+
+class _EventFormatter(logging.Formatter):
+    """``whisper-modal: WARNING fallback reason=BackendUnavailable device=cpu``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields = " ".join(
+            f"{k}={v}" for k, v in record.__dict__.items() if k not in _RESERVED and k != "event"
+        )
+        line = f"whisper-modal: {record.levelname} {record.getMessage()}"
+        line = f"{line} {fields}" if fields else line
+        if record.exc_info:
+            line = f"{line}\n{self.formatException(record.exc_info)}"
+        return line
+
+
+def log_to_stderr(level: int = logging.WARNING) -> None:
+    """Show this package's log records at ``level`` and above on stderr (idempotent).
+
+    For applications only: the CLI, ``whisper-modal serve`` and the Modal container call
+    it. As a library the package logs to a ``NullHandler`` and prints nothing unless the
+    application configures ``logging`` (the convention of the standard library's logging
+    HOWTO, "Configuring Logging for a Library").
+    """
+    logger = logging.getLogger("whisper_modal")
+    if any(isinstance(h.formatter, _EventFormatter) for h in logger.handlers):
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_EventFormatter())
+    handler.setLevel(level)
+    logger.addHandler(handler)
+    if logger.level == logging.NOTSET or logger.level > level:
+        logger.setLevel(level)

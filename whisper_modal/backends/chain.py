@@ -25,10 +25,10 @@ from __future__ import annotations
 import contextvars
 import logging
 import time
-import warnings
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from whisper_modal import _warnings
 from whisper_modal.audio_header import known_seconds
 from whisper_modal.backends.base import Backend, JobBackend, JobStatus, Request, Submission
 from whisper_modal.config import Settings
@@ -182,11 +182,10 @@ class FallbackBackend:
             ) from exc
         if device == "cpu":
             seconds = _audio_seconds(request)
-            warnings.warn(
+            _warnings.warn(
                 f"Modal is unavailable ({type(exc).__name__}); transcribing on the local CPU with "
                 f"{request.options.model}: expect {_cpu_estimate(request.options.model, seconds)}",
                 RuntimeWarning,
-                stacklevel=2,
             )
         self.metrics.record_fallback(type(exc).__name__)
         log_event(log, "fallback", level=logging.WARNING, reason=type(exc).__name__, device=device)

@@ -36,6 +36,7 @@ from __future__ import annotations
 import importlib.util
 import io
 import os
+import re
 import struct
 from typing import Any, BinaryIO
 
@@ -186,12 +187,20 @@ def _check_length(seconds: float, max_seconds: float | None) -> None:
         )
 
 
+def _said(exc: BaseException) -> str:
+    """A decoder's message without PyAV's file name (``: '<none>'`` for in-memory input)."""
+    text = str(exc)
+    return re.sub(r":\s*'(<none>|[a-z_]+\(\))'$", "", text) or type(exc).__name__
+
+
 def _broken(data: Buffer, exc: BaseException) -> AudioError:
     """A decoder failure: truncated/corrupt when the container is known, else not audio."""
     kind = _container(data)
     if kind is not None:
-        return AudioError(f"the {kind} audio is truncated or corrupt: {exc}", reason="truncated")
-    return AudioError(f"the input is not decodable audio: {exc}", reason="not_audio")
+        return AudioError(
+            f"the {kind} audio is truncated or corrupt: {_said(exc)}", reason="truncated"
+        )
+    return AudioError(f"the input is not decodable audio: {_said(exc)}", reason="not_audio")
 
 
 # ----------------------------------------------------------------------------- decoding
@@ -355,7 +364,9 @@ def _decode_av(data: Buffer, max_seconds: float | None) -> np.ndarray:
         raise
     except (av.FFmpegError, OSError, ValueError, EOFError) as exc:
         if sink is not None:  # decoded a while, then the stream broke
-            raise AudioError(f"audio is truncated or corrupt: {exc}", reason="truncated") from exc
+            raise AudioError(
+                f"audio is truncated or corrupt: {_said(exc)}", reason="truncated"
+            ) from exc
         raise _broken(data, exc) from exc
     if sink is None:
         raise AudioError("the audio has no samples", reason="zero_length")

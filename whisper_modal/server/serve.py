@@ -76,6 +76,7 @@ def serve(
         raise ConfigurationError(f"whisper-modal serve needs uvicorn: {_EXTRA}") from exc
     from whisper_modal.client import Client
     from whisper_modal.config import split_list
+    from whisper_modal.metrics import log_to_stderr
 
     client = client or Client(backend=backend)
     if not _is_loopback(host) and not split_list(client.settings.api_keys):
@@ -84,4 +85,5 @@ def serve(
             "(or bind 127.0.0.1)"
         )
     app = create_app(client)
+    log_to_stderr()  # the package's own warnings beside uvicorn's log
     uvicorn.run(app, host=host, port=port, log_level=log_level)
