@@ -49,6 +49,21 @@ def test_transcribe_sample(client: wm.Client) -> None:
             assert segment.start - 0.01 <= word.start <= word.end <= segment.end + 0.01
     starts = [w.start for w in t.words]
     assert starts == sorted(starts) and len(t.words) > 40
+    assert all(0.0 <= s.start <= s.end <= t.duration for s in t.segments)
+
+
+def test_no_time_lies_past_the_audio() -> None:
+    """Whisper's 20 ms timestamp tokens can end a clip's last segment past its end (seen:
+    30.884 s on a 29.4 s clip); every segment and word time is clamped to the duration."""
+    from whisper_modal.engine.transcriber import _within
+    from whisper_modal.results import Segment, Word
+
+    words = (Word(28.9, 29.744, " fine"), Word(29.744, 30.884, " thanks"))
+    late = Segment(id=3, start=28.9, end=30.884, text="fine thanks", words=words)
+    fixed = _within(late, 29.4)
+    assert (fixed.start, fixed.end) == (28.9, 29.4)
+    assert [(w.start, w.end) for w in fixed.words] == [(28.9, 29.4), (29.4, 29.4)]
+    assert fixed.text == late.text and _within(fixed, 29.4) is fixed  # in range: unchanged
 
 
 def test_every_input_kind_gives_the_same_text(client: wm.Client) -> None:

@@ -283,6 +283,27 @@ def test_given_speaker_count_is_respected(diarizer: CampPlusDiarizer) -> None:
 
 
 @pytest.mark.slow
+def test_a_short_clip_honours_an_explicit_speaker_count(diarizer: CampPlusDiarizer) -> None:
+    """Under six analysis windows the eigengap cannot estimate a count, and clustering
+    used to return one speaker even with ``num_speakers=2`` (4 windows here)."""
+    clip, ref = speakers.build(
+        [(0, "Good morning, how are you today?", 0.4), (1, "I am fine, thank you.", 0.3)]
+    )
+    assert len(clip) / 16000 < 6.0
+    for asked in ({"num_speakers": 2}, {"min_speakers": 2}):
+        turns = diarizer.diarize(clip, **asked)
+        assert len({t.speaker for t in turns}) == 2, (asked, turns)
+        assert speakers.der(ref, [(t.start, t.end, t.speaker) for t in turns]) < 0.1, asked
+    # no count given: too few windows to estimate one, so one speaker (README says so)
+    assert {t.speaker for t in diarizer.diarize(clip)} == {0}
+    # more speakers than windows: the transcript is kept and diarization_error says why
+    t = apply_diarization(plain(), clip, diarizer=diarizer, num_speakers=9)
+    assert t.diarization_error is not None and t.diarization_error.startswith("TooLittleSpeech")
+    assert "9 speakers" in t.diarization_error and "4 analysis windows" in t.diarization_error
+    assert t.text == plain().text and t.speakers == ()
+
+
+@pytest.mark.slow
 def test_a_failure_inside_diarization_keeps_the_transcript() -> None:
     broken = CampPlusDiarizer("cpu")
     broken.embedder.model.to("meta")  # a real torch failure on the first forward pass

@@ -13,6 +13,7 @@ import platform
 import time
 from typing import Any
 
+import attrs
 import numpy as np
 
 from whisper_modal.errors import AudioError, ConfigurationError, map_engine_error
@@ -194,13 +195,15 @@ class Engine:
         language_probability: float | None = None,
     ) -> Transcript:
         """The one place a ``Transcript`` is built from openai-whisper's result dict."""
+        duration = samples.shape[0] / SAMPLE_RATE
         segments = tuple(
-            Segment.from_dict(dict(s, text=str(s["text"]).strip())) for s in result["segments"]
+            _within(Segment.from_dict(dict(s, text=str(s["text"]).strip())), duration)
+            for s in result["segments"]
         )
         return Transcript(
             text=str(result["text"]).strip(),
             language=language,
-            duration=samples.shape[0] / SAMPLE_RATE,
+            duration=duration,
             segments=segments,
             model=options.model,
             backend=self.backend,
@@ -259,3 +262,23 @@ def _device_label(device: str) -> str:
 
         return f"cuda:{torch.cuda.get_device_name(0)}"
     return device
+
+
+def _within(segment: Segment, duration: float) -> Segment:
+    """``segment`` with its and its words' times clamped to ``[0, duration]``.
+
+    Whisper's timestamps come from 20 ms tokens of a 30 s window, so the last segment of
+    a clip can end past the audio (seen: 30.884 s on a 29.4 s clip).
+    """
+
+    def at(t: float) -> float:
+        return min(max(t, 0.0), duration)
+
+    if (
+        segment.start >= 0.0
+        and segment.end <= duration
+        and all(w.start >= 0.0 and w.end <= duration for w in segment.words)
+    ):
+        return segment
+    words = tuple(attrs.evolve(w, start=at(w.start), end=at(w.end)) for w in segment.words)
+    return attrs.evolve(segment, start=at(segment.start), end=at(segment.end), words=words)

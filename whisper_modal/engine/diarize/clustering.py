@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["cluster"]
+__all__ = ["TooLittleSpeech", "cluster"]
 
 PRUNE_KEEP = 0.012  # fraction of each affinity row kept (3D-Speaker's p-value)
 MIN_KEPT = 6  # ...but at least this many neighbours
@@ -20,6 +20,10 @@ MERGE_COSINE = 0.875  # centroids more similar than this are one speaker
 MIN_CLUSTER = 4  # windows; smaller clusters are absorbed (a cough, a laugh)
 TOO_FEW = 6  # windows; fewer cannot support a spectral estimate: one speaker
 DEFAULT_MAX = 8  # speakers, when no bound is given
+
+
+class TooLittleSpeech(ValueError):
+    """More speakers were asked for than the speech can hold apart."""
 
 
 def cluster(
@@ -38,12 +42,30 @@ def cluster(
 
     Returns:
         int array of length n.
+
+    Raises:
+        TooLittleSpeech: an exact or minimum count above the number of windows (each
+            speaker needs at least one 1.5 s window of speech).
     """
     n = embeddings.shape[0]
+    asked = num_speakers if num_speakers is not None else min_speakers
+    if asked > n:
+        raise TooLittleSpeech(
+            f"{asked} speakers were asked for but the audio has speech for only {n} "
+            f"analysis window{'s' if n != 1 else ''} (1.5 s each): at most {n} speaker"
+            f"{'s' if n != 1 else ''} can be told apart"
+        )
     upper = max(1, min(max_speakers or DEFAULT_MAX, n))
     lower = max(1, min(min_speakers, upper))
     if num_speakers is not None:
-        lower = upper = max(1, min(num_speakers, n))
+        lower = upper = max(1, num_speakers)
+    if n < TOO_FEW and lower > 1:
+        # too few windows for an eigengap, but a count was given: honour it (the spectral
+        # embedding needs more rows than this; k-means on the embeddings does not)
+        from sklearn.cluster import KMeans
+
+        k_means = KMeans(n_clusters=lower, random_state=0, n_init=10)
+        return _renumber(k_means.fit_predict(embeddings).astype(np.int64))
     if n < TOO_FEW or upper == 1:
         return np.zeros(n, dtype=np.int64)
     labels = _spectral(embeddings, lower, upper)
