@@ -83,6 +83,30 @@ def test_unknown_setting_is_refused() -> None:
         Settings.resolve(env={}, colour="blue")
 
 
+def test_a_typo_is_typed_and_says_what_was_meant() -> None:
+    """Before: ``TranscribeOptions(langauge="en")`` was a bare ``TypeError`` and
+    ``transcribe(lang="en")`` said "unknown argument(s): lang" with no suggestion."""
+    import whisper_modal as wm
+    from whisper_modal.inputs import prepare
+
+    cases = [
+        (lambda: TranscribeOptions(langauge="en"), "unknown option: 'langauge' (did you mean 'language'?)"),
+        (lambda: TranscribeOptions().replace(temprature=0.0), "did you mean 'temperature'?"),
+        (lambda: Settings(modle="tiny.en"), "unknown setting: 'modle' (did you mean 'model'?)"),
+        (lambda: Settings.resolve(env={}, gpuu="T4"), "did you mean 'gpu'?"),
+        (lambda: prepare(b"RIFF", default_model="tiny.en", max_bytes=None, lang="en"), "unknown argument: 'lang' (did you mean 'language'?)"),
+        (lambda: wm.transcribe(b"RIFF", backend="local", wordtimestamps=True), "'word_timestamps'"),
+    ]  # fmt: skip
+    for make, expected in cases:
+        with pytest.raises(ConfigurationError) as info:
+            make()
+        assert expected in str(info.value), info.value
+    with pytest.raises(ConfigurationError) as info:
+        TranscribeOptions(xyzzy=1)  # nothing close: the accepted names are listed
+    assert "accepted: beam_size, " in str(info.value) and "language" in str(info.value)
+    assert TranscribeOptions(language="en").language == "en"  # known names still work
+
+
 def test_request_wire_round_trip_and_validation() -> None:
     opts = TranscribeOptions(model="tiny.en")
     req = Request(options=opts, audio=b"RIFF....", formats=["srt"], client_job_id="wm-1")

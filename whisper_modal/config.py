@@ -16,6 +16,7 @@ from typing import Any, Literal
 import attrs
 
 from whisper_modal.errors import ConfigurationError
+from whisper_modal.names import check_names, checked_keywords
 
 __all__ = [
     "ENV_PREFIX",
@@ -121,6 +122,7 @@ def _path(value: str | os.PathLike[str]) -> Path:
     return Path(value).expanduser()
 
 
+@checked_keywords("setting")
 @attrs.frozen(kw_only=True)
 class Settings:
     """Everything a client needs to know; immutable, built by ``Settings.resolve``."""
@@ -217,9 +219,7 @@ class Settings:
         """
         env = os.environ if env is None else env
         fields = attrs.fields_dict(cls)
-        unknown = sorted(set(overrides) - set(fields))
-        if unknown:
-            raise ConfigurationError(f"unknown setting(s): {', '.join(unknown)}")
+        check_names("setting", overrides, fields)
         values: dict[str, Any] = {}
         for name, field in fields.items():
             if overrides.get(name) is not None:
@@ -246,9 +246,7 @@ class Settings:
         Raises:
             ConfigurationError: an unknown setting or an invalid value.
         """
-        unknown = sorted(set(changes) - set(attrs.fields_dict(Settings)))
-        if unknown:
-            raise ConfigurationError(f"unknown setting(s): {', '.join(unknown)}")
+        check_names("setting", changes, attrs.fields_dict(Settings))
         return attrs.evolve(self, **{k: v for k, v in changes.items() if v is not None})
 
 

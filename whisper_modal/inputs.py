@@ -21,6 +21,7 @@ import numpy as np
 from whisper_modal.backends.base import Request
 from whisper_modal.errors import ConfigurationError
 from whisper_modal.formats import FORMATS
+from whisper_modal.names import check_names
 from whisper_modal.options import TranscribeOptions
 from whisper_modal.reading import read_audio_bytes
 from whisper_modal.storage import S3Object, parse_s3_prefix, parse_s3_uri
@@ -105,9 +106,7 @@ def prepare(
             address not in ``webhook_allow`` (delivery would refuse it: better now).
         AudioError: unreadable, empty or too large input; bad samples.
     """
-    unknown = sorted(set(kwargs) - _REQUEST_KEYS - _OPTION_KEYS)
-    if unknown:
-        raise ConfigurationError(f"unknown argument(s): {', '.join(unknown)}")
+    check_names("argument", kwargs, _REQUEST_KEYS | _OPTION_KEYS)
     options = build_options(
         default_model,
         kwargs.get("options"),

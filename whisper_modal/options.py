@@ -14,6 +14,7 @@ from typing import Any, Literal
 import attrs
 
 from whisper_modal.errors import ConfigurationError
+from whisper_modal.names import check_names, checked_keywords
 
 __all__ = [
     "DEFAULT_TEMPERATURES",
@@ -273,6 +274,7 @@ def _check_speaker_counts(o: TranscribeOptions) -> None:
         raise ConfigurationError("give num_speakers or min_speakers/max_speakers, not both")
 
 
+@checked_keywords("option")
 @attrs.frozen(kw_only=True)
 class TranscribeOptions:
     """How to transcribe: the model and the decoding knobs openai-whisper exposes."""
@@ -367,7 +369,5 @@ class TranscribeOptions:
         Raises:
             ConfigurationError: an unknown option or an invalid value.
         """
-        unknown = sorted(set(changes) - set(attrs.fields_dict(TranscribeOptions)))
-        if unknown:
-            raise ConfigurationError(f"unknown option(s): {', '.join(unknown)}")
+        check_names("option", changes, attrs.fields_dict(TranscribeOptions))
         return attrs.evolve(self, **changes)
