@@ -2,8 +2,11 @@
 
     python examples/batch_job.py AUDIO_DIR [--format srt] [--concurrency 16] [--backend auto]
 
-Files already transcribed (an up-to-date subtitle file exists) are skipped, so the job can
-be re-run after an interruption. Per-file failures are reported and do not stop the others;
+The same as ``whisper-modal transcribe AUDIO_DIR -f srt``, written out with the library's
+batch helpers (``whisper_modal.batch``) to show the pieces: files already transcribed (an
+up-to-date subtitle file exists) are skipped, so the job can be re-run after an
+interruption; two inputs with one stem (``a.mp3``, ``a.ogg``) get distinct outputs
+(``a.mp3.srt``, ``a.ogg.srt``); per-file failures are reported and do not stop the others;
 the exit code is 1 if any file failed. Ends with the client's statistics (calls, retries,
 fallbacks, audio hours, estimated GPU cost).
 """
@@ -11,25 +14,20 @@ fallbacks, audio hours, estimated GPU cost).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 from pathlib import Path
 
 import whisper_modal as wm
-from whisper_modal.formats import FORMATS, write
+from whisper_modal.batch import Planned, arun_batch, expand_inputs, plan_outputs
+from whisper_modal.formats import FORMATS
 
-AUDIO_SUFFIXES = {".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".mp4", ".webm"}
 
-
-def pending(folder: Path, fmt: str) -> list[Path]:
-    """Audio files whose subtitle file is missing or older than the audio."""
-    todo = []
-    for path in sorted(folder.rglob("*")):
-        if path.suffix.lower() not in AUDIO_SUFFIXES:
-            continue
-        out = path.with_suffix(f".{fmt}")
-        if not out.exists() or out.stat().st_mtime < path.stat().st_mtime:
-            todo.append(path)
-    return todo
+def report(item: Planned, result: wm.Transcript | wm.WhisperModalError) -> None:
+    if isinstance(result, wm.WhisperModalError):
+        print(f"FAILED {item.source}: {type(result).__name__}: {result}", file=sys.stderr)
+    else:
+        print(f"ok     {item.source} ({result.duration:.0f} s, {result.backend})", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,27 +41,25 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     client = wm.Client(backend=args.backend, model=args.model)
-    files = pending(args.folder, args.format)
-    print(f"{len(files)} file(s) to transcribe", file=sys.stderr)
-    results = client.transcribe_many(
-        files, concurrency=args.concurrency, return_exceptions=True, language=args.language
+    plan = plan_outputs(expand_inputs([str(args.folder)]), fmt=args.format, output_dir=None)
+    done = asyncio.run(
+        arun_batch(
+            client,
+            plan,
+            fmt=args.format,
+            concurrency=args.concurrency,
+            on_result=report,
+            language=args.language,
+        )
     )
-    failed = 0
-    for path, result in zip(files, results, strict=True):
-        if isinstance(result, wm.WhisperModalError):
-            failed += 1
-            print(f"FAILED {path}: {type(result).__name__}: {result}", file=sys.stderr)
-            continue
-        path.with_suffix(f".{args.format}").write_text(write(result, args.format), encoding="utf-8")
-        print(f"ok     {path} ({result.duration:.0f} s, {result.backend})", file=sys.stderr)
     stats = client.stats()
     print(
-        f"{stats.successes} ok, {failed} failed, {stats.retries} retries, "
-        f"{stats.fallbacks} fallbacks, {stats.audio_seconds / 3600:.2f} h of audio, "
-        f"~${stats.estimated_cost_usd:.4f} GPU",
+        f"{len(done.written)} written, {len(done.skipped)} up to date, {len(done.failed)} failed; "
+        f"{stats.retries} retries, {stats.fallbacks} fallbacks, "
+        f"{stats.audio_seconds / 3600:.2f} h of audio, ~${stats.estimated_cost_usd:.4f} GPU",
         file=sys.stderr,
     )
-    return 1 if failed else 0
+    return 1 if done.failed else 0
 
 
 if __name__ == "__main__":

@@ -44,4 +44,4 @@ def test_batch_job_transcribes_a_folder_and_resumes(
     assert len(subs) >= 3
     (tmp_path / "broken.mp3").unlink()
     second = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert second.returncode == 0 and "0 file(s) to transcribe" in second.stderr
+    assert second.returncode == 0 and "0 written, 1 up to date, 0 failed" in second.stderr

@@ -1,7 +1,8 @@
-"""``whisper-modal``: a thin command line over the public API.
+"""whisper-modal: GPU speech-to-text on Modal, from the command line.
 
     whisper-modal transcribe FILE [--model M] [--language L] [--format F] [--output PATH]
-    whisper-modal submit FILE            prints a job id
+    whisper-modal transcribe DIR|'GLOB'|@LIST ... --output-dir OUT [--concurrency N]
+    whisper-modal submit FILE            prints a job id (Modal jobs only)
     whisper-modal result JOB_ID [--format F] [--timeout S]
     whisper-modal jobs [--limit N] [--json]   the deployed app's recent jobs
     whisper-modal models list | import DIR --name NAME | prefetch NAME [--remote]
@@ -40,12 +41,25 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PENDING = 0, 1, 2, 3
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="whisper-modal", description=__doc__.split("\n")[0])
+    lines = (__doc__ or "").splitlines()
+    parser = argparse.ArgumentParser(
+        prog="whisper-modal",
+        description=lines[0],
+        epilog="\n".join(lines[2:]).replace("``", ""),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def audio_command(name: str, help_text: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text)
-        p.add_argument("file", help="audio file path, '-' for stdin, or s3://bucket/key")
+    def audio_command(name: str, help_text: str, *, many: bool = False) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if many:
+            p.add_argument(
+                "file", nargs="+",
+                help="audio file, '-' for stdin, s3://bucket/key; or, for a batch, directories, "
+                "quoted glob patterns and @list files (one path per line)",
+            )  # fmt: skip
+        else:
+            p.add_argument("file", help="audio file path, '-' for stdin, or s3://bucket/key")
         p.add_argument("--model", help="Whisper model (default: WHISPER_MODAL_MODEL or turbo)")
         p.add_argument("--language", help="ISO code; omit to detect")
         p.add_argument("--task", choices=("transcribe", "translate"))
@@ -59,13 +73,24 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--min-speakers", type=int, help="at least this many speakers")
         p.add_argument("--max-speakers", type=int, help="at most this many speakers")
         p.add_argument("--backend", choices=("auto", "modal", "local"))
+        p.add_argument(
+            "--allow-cpu-fallback", action="store_true", default=None,
+            help="with --backend auto: run on this CPU when Modal is unavailable (slow)",
+        )  # fmt: skip
         return p
 
-    p = audio_command("transcribe", "transcribe a file and print or write the result")
+    p = audio_command("transcribe", "transcribe files and print or write the results", many=True)
     p.add_argument(
         "--format", "-f", choices=FORMATS, default=None, help="default: from --output or txt"
     )
-    p.add_argument("--output", "-o", help="write here instead of stdout")
+    p.add_argument("--output", "-o", help="write here instead of stdout (one input)")
+    p.add_argument(
+        "--output-dir", "-d", help="batch: write each result here (default: beside its input)"
+    )
+    p.add_argument("--concurrency", type=int, default=4, help="batch: files in flight (4)")
+    p.add_argument(
+        "--overwrite", action="store_true", help="batch: redo files whose output is newer"
+    )
     audio_command("submit", "submit a file and print the job id")
 
     p = sub.add_parser("result", help="fetch a submitted job's result")
@@ -134,12 +159,18 @@ def _options(args: argparse.Namespace) -> TranscribeOptions:
 def _run(args: argparse.Namespace) -> int:
     import whisper_modal as wm
 
+    if getattr(args, "allow_cpu_fallback", None):
+        wm.configure(allow_cpu_fallback=True)
     if args.command == "transcribe":
         from whisper_modal.formats import format_from_path, write
 
+        if _is_batch(args):
+            return _batch(args)
+        if args.concurrency != 4 or args.overwrite:
+            raise ConfigurationError("--concurrency and --overwrite are for a batch (--output-dir)")
         fmt = args.format or (format_from_path(args.output) if args.output else None) or "txt"
         transcript = wm.transcribe(
-            _read_input(args.file), backend=args.backend, options=_options(args)
+            _read_input(args.file[0]), backend=args.backend, options=_options(args)
         )
         text = write(transcript, fmt)
         if args.output:
@@ -152,7 +183,22 @@ def _run(args: argparse.Namespace) -> int:
             sys.stdout.write(text if text.endswith("\n") or not text else text + "\n")
         return EXIT_OK
     if args.command == "submit":
+        if args.backend == "local":
+            raise ConfigurationError(
+                "a local job lives only in this process, so `result` could never find it: use "
+                "`whisper-modal transcribe --backend local` (or submit to Modal)"
+            )
         job = wm.submit(_read_input(args.file), backend=args.backend, options=_options(args))
+        if job.backend == "local":  # Modal was unavailable and the job fell back
+            from whisper_modal.formats import write
+
+            print(
+                "whisper-modal: Modal is unavailable; the job ran here instead (its id would be "
+                "useless later), so here is its result",
+                file=sys.stderr,
+            )
+            sys.stdout.write(write(job.result(), "txt"))
+            return EXIT_OK
         print(job.id)
         return EXIT_OK
     if args.command == "result":
@@ -183,6 +229,75 @@ def _run(args: argparse.Namespace) -> int:
         serve(args.host, args.port, backend=args.backend)
         return EXIT_OK
     raise ConfigurationError(f"unknown command {args.command}")  # pragma: no cover
+
+
+def _refuse_unknown(parser: argparse.ArgumentParser, command: str, extra: list[str]) -> None:
+    """argparse's "unrecognized arguments", with the command's usage and "did you mean"."""
+    import difflib
+
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    sub: argparse.ArgumentParser = commands.choices[command]
+    flags = [f for action in sub._actions for f in action.option_strings]
+    parts = []
+    for arg in extra:
+        close = difflib.get_close_matches(arg.split("=")[0], flags, 1) if arg[:1] == "-" else []
+        parts.append(f"{arg} (did you mean {close[0]}?)" if close else arg)
+    sub.error(f"unrecognized arguments: {' '.join(parts)}")
+
+
+def _is_batch(args: argparse.Namespace) -> bool:
+    files: list[str] = args.file
+    if args.output_dir is not None or len(files) > 1:
+        return True
+    only = files[0]
+    return only.startswith("@") or Path(only).is_dir() or any(c in only for c in "*?[")
+
+
+def _batch(args: argparse.Namespace) -> int:
+    """``transcribe`` of directories, globs, @lists or several files (``whisper_modal.batch``)."""
+    import asyncio
+
+    from whisper_modal import default_client
+    from whisper_modal.batch import Planned, arun_batch, expand_inputs, plan_outputs
+    from whisper_modal.results import Transcript
+
+    if args.output:
+        raise ConfigurationError("--output names one file: use --output-dir for a batch")
+    if "-" in args.file:
+        raise ConfigurationError("'-' (stdin) cannot be part of a batch")
+    fmt = args.format or "txt"
+    plan = plan_outputs(
+        expand_inputs(args.file),
+        fmt=fmt,
+        output_dir=Path(args.output_dir) if args.output_dir else None,
+    )
+
+    def report(item: Planned, result: Transcript | WhisperModalError) -> None:
+        if isinstance(result, WhisperModalError):
+            print(f"FAILED {item.source}: {_one_line(result)}", file=sys.stderr)
+        else:
+            print(f"ok     {item.source} -> {item.output} ({result.duration:.0f} s, "
+                  f"{result.backend})", file=sys.stderr)  # fmt: skip
+
+    client = default_client()
+    done = asyncio.run(
+        arun_batch(
+            client, plan, fmt=fmt, concurrency=args.concurrency, overwrite=args.overwrite,
+            on_result=report, backend=args.backend, options=_options(args),
+        )
+    )  # fmt: skip
+    print(
+        f"{len(done.written)} written, {len(done.skipped)} skipped (up to date), "
+        f"{len(done.failed)} failed",
+        file=sys.stderr,
+    )
+    return EXIT_FAILED if done.failed else EXIT_OK
+
+
+def _one_line(exc: WhisperModalError) -> str:
+    """``Type: message``, without the type twice when the message already starts with it."""
+    text, name = str(exc), type(exc).__name__
+    return text if text.startswith(f"{name}:") else f"{name}: {text}"
 
 
 def _models(args: argparse.Namespace) -> int:
@@ -301,7 +416,10 @@ def _health(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``whisper-modal`` command; returns the exit code."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        _refuse_unknown(parser, args.command, extra)  # exits 2 with the command's usage
     from whisper_modal.metrics import log_to_stderr
 
     log_to_stderr()  # an application: the library's warnings (fallback, circuit) on stderr
@@ -311,7 +429,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"whisper-modal: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except WhisperModalError as exc:
-        print(f"whisper-modal: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"whisper-modal: failed: {_one_line(exc)}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
         return 130

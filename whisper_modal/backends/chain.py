@@ -177,8 +177,9 @@ class FallbackBackend:
             raise BackendUnavailable(f"{reason}; and no local fallback: {missing}") from exc
         if device == "cpu" and not self.settings.allow_cpu_fallback:
             raise BackendUnavailable(
-                f"{reason}; local fallback needs a CUDA GPU (or allow_cpu_fallback=True / "
-                "WHISPER_MODAL_ALLOW_CPU_FALLBACK=1)"
+                f"{reason}; local fallback needs a CUDA GPU (or allow_cpu_fallback=True, "
+                "WHISPER_MODAL_ALLOW_CPU_FALLBACK=1, the CLI's --allow-cpu-fallback; "
+                "backend='local' / --backend local runs here directly)"
             ) from exc
         if device == "cpu":
             seconds = _audio_seconds(request)
