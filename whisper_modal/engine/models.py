@@ -38,13 +38,18 @@ import pickle
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from whisper_modal.engine.ct2_import import read_ct2_model, to_whisper_checkpoint
+from whisper_modal.engine.ct2_import import (
+    Source,
+    model_directories,
+    read_ct2_model,
+    to_whisper_checkpoint,
+)
 from whisper_modal.errors import ConfigurationError
 from whisper_modal.options import KNOWN_MODELS, is_known_model
 
@@ -312,8 +317,8 @@ class ModelStore:
                 f"imported checkpoint {path} does not match its recorded SHA-256; re-import it"
             )
 
-    def import_ct2(self, directory: str | os.PathLike[str], name: str) -> ModelInfo:
-        """Import a CTranslate2 Whisper directory as ``name`` (see ``ct2_import``)."""
+    def import_ct2(self, directory: Source | Sequence[Source], name: str) -> ModelInfo:
+        """Import a CTranslate2 Whisper directory (or its parts' directories) as ``name``."""
         return import_ct2_model(directory, name, self.cache_dir)
 
 
@@ -356,12 +361,14 @@ _SAFE_NAME = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123
 
 
 def import_ct2_model(
-    directory: str | os.PathLike[str], name: str, cache_dir: str | os.PathLike[str]
+    directory: Source | Sequence[Source], name: str, cache_dir: str | os.PathLike[str]
 ) -> ModelInfo:
     """Convert a CTranslate2 / faster-whisper model directory into the store.
 
     Args:
-        directory: the CTranslate2 model directory (``model.bin``, ``config.json``).
+        directory: the CTranslate2 model directory (``model.bin``, ``config.json``), or
+            several directories holding its ``model.bin.partN`` files; each may be an
+            installed package's name (``ct2_import.model_directories``).
         name: the name to load it by, e.g. "tiny.en".
         cache_dir: the store's cache directory.
 
@@ -376,7 +383,8 @@ def import_ct2_model(
 
     if not name or not set(name) <= _SAFE_NAME or name.startswith("."):
         raise ConfigurationError(f"model name {name!r} may use only letters, digits, '.', '-', '_'")
-    checkpoint = to_whisper_checkpoint(read_ct2_model(Path(directory)))
+    roots = model_directories(directory)
+    checkpoint = to_whisper_checkpoint(read_ct2_model(roots))
     checkpoint["model_state_dict"] = {
         k: torch.from_numpy(v.copy()) for k, v in checkpoint["model_state_dict"].items()
     }
@@ -388,7 +396,7 @@ def import_ct2_model(
     os.replace(partial, target)  # atomic: a reader never sees half a checkpoint
     meta = {
         "name": name,
-        "source": str(Path(directory).expanduser().resolve()),
+        "source": ", ".join(str(r.resolve()) for r in roots),
         "format": "ctranslate2",
         "sha256": _sha256(target),
         "imported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
