@@ -112,6 +112,22 @@ def test_submit_status_result_and_reattach(client: wm.Client) -> None:
     assert again.text == t.text
 
 
+def test_a_job_displays_its_status_in_a_notebook_and_its_wait_line_is_clean(
+    client: wm.Client, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before: a ``Job`` cell showed only its repr, and ``wait(progress=True)`` drew
+    ``job local-...: , running`` (tqdm's postfix comma)."""
+    job = client.submit(SAMPLE, language="en")
+    job.wait(timeout=120, poll_interval=0.2, progress=True)
+    drawn = capsys.readouterr().err
+    assert f"job {job.id}: succeeded" in drawn and ": ," not in drawn, drawn
+    shown = job._repr_html_()
+    assert job.id in shown and "local" in shown and ">succeeded</b>" in shown, shown
+    other = wm.Client(backend="local", model="tiny.en", cache_dir=tiny_en_cache(), device="cpu")
+    gone = wm.Job.from_id("local-0123", client=other)._repr_html_()  # not in this process
+    assert "status unavailable: JobNotFound" in gone, gone
+
+
 def test_local_job_is_not_found_in_another_process(client: wm.Client) -> None:
     code = (
         "import whisper_modal as wm\n"

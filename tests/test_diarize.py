@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Iterator
+from html.parser import HTMLParser
 from pathlib import Path
 
 import attrs
@@ -207,12 +208,68 @@ def test_markdown_groups_the_meeting_by_speaker() -> None:
     assert [r for r in speaker_01 if r.startswith("| 2.10")] == ["| 2.10 | 2.50 | Yeah. | 1.00 |"]
 
 
+class _Table(HTMLParser):
+    """The cells of a rendered table, with each cell's inline style."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: list[list[tuple[str, str]]] = []
+        self._style: str | None = None
+        self._text = ""
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "tr":
+            self.rows.append([])
+        elif tag in ("td", "th"):
+            self._style, self._text = dict(attrs).get("style") or "", ""
+        elif tag == "span" and self._style is not None:
+            self._text += f"[{dict(attrs).get('style')}]"
+
+    def handle_data(self, data: str) -> None:
+        if self._style is not None:
+            self._text += data
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("td", "th") and self._style is not None:
+            self.rows[-1].append((self._text.strip(), self._style))
+            self._style = None
+
+
+def _table(html: str) -> list[list[tuple[str, str]]]:
+    parser = _Table()
+    parser.feed(html)
+    return parser.rows
+
+
 def test_notebook_display() -> None:
     t = diarized()
     assert t._repr_markdown_() == t.to_markdown()
-    html = t._repr_html_()
-    assert "<th>speaker</th>" in html and html.count("<tr>") == 4 and "SPEAKER_01" in html
-    assert "<th>speaker</th>" not in plain()._repr_html_()
+    rows = _table(t._repr_html_())
+    assert [c for c, _ in rows[0]] == ["start", "end", "speaker", "text"] and len(rows) == 4
+    assert "SPEAKER_01" in rows[2][2][0]
+    assert "speaker" not in [c for c, _ in _table(plain()._repr_html_())[0]]
+
+
+def test_notebook_table_reads_left_to_right_in_tenths_and_joins_a_speakers_turns() -> None:
+    """Before: under Jupyter's CSS the text column was right-aligned, times were whole
+    seconds (``00:08 00:08``), a speaker's consecutive segments were separate rows and
+    speakers had no colour."""
+    words = _words((0.0, 0.4, " One"), (8.1, 8.5, " two."))
+    t = plain().with_changes(
+        segments=(
+            Segment(id=0, start=0.0, end=0.4, text="One", speaker="SPEAKER_00"),
+            Segment(id=1, start=8.1, end=8.5, text="two.", speaker="SPEAKER_00", words=words),
+            Segment(id=2, start=8.5, end=8.9, text="Three.", speaker="SPEAKER_01"),
+        ),
+        speakers=("SPEAKER_00", "SPEAKER_01"),
+    )
+    head, first, second = _table(t._repr_html_())
+    assert all("text-align:left" in style for cell, style in head if cell in ("speaker", "text"))
+    assert [c for c, _ in first] == ["0:00.0", "0:08.5", first[2][0], "One two."]
+    assert [c for c, _ in second][:2] == ["0:08.5", "0:08.9"]  # not "00:08 00:08"
+    assert "text-align:left" in first[3][1] and "text-align:left" in second[3][1]
+    colours = {first[2][0].split("]")[0], second[2][0].split("]")[0]}
+    assert len(colours) == 2 and all("color:#" in c for c in colours), (first, second)
     escaped = plain().with_changes(
         segments=(Segment(id=0, start=0, end=1, text="<script>x</script>"),)
     )

@@ -113,6 +113,8 @@ def test_a_failed_chunk_is_retried_once_as_a_new_input(
     assert wer(reference, t.text) <= 0.12, t.text
     done, total = job.progress() or (0, 0)
     assert done == total >= 3
+    shown = job._repr_html_()  # a notebook cell: status and the pieces' progress
+    assert ">succeeded</b>" in shown and f'<progress value="{done}" max="{total}">' in shown
     completed = chunk_runs(fake, fake.completed)
     assert f"{job.id}{CHUNK_MARK}1-a1" in completed  # the second attempt ran piece 1
     assert f"{job.id}{CHUNK_MARK}1-a0" not in completed  # the first one failed

@@ -34,12 +34,15 @@ from typing import TYPE_CHECKING
 from whisper_modal.errors import ConfigurationError
 
 if TYPE_CHECKING:  # results.py imports this module for its to_* methods
+    from whisper_modal.backends.base import JobStatus
+    from whisper_modal.jobs import Job
     from whisper_modal.results import Segment, Transcript, Word
 
 __all__ = [
     "FORMATS",
     "WRITERS",
     "format_from_path",
+    "job_html",
     "to_html",
     "to_json",
     "to_markdown",
@@ -336,8 +339,45 @@ def to_rttm(t: Transcript, *, file_id: str = "audio") -> str:
     )
 
 
+#: speaker colours in notebooks (Okabe-Ito, readable on light and dark themes)
+_SPEAKER_COLOURS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9")
+# Jupyter's stylesheet right-aligns table cells; a transcript reads left to right
+_CELL = 'style="text-align:left;vertical-align:top;padding:2px 8px"'
+_TIME = 'style="text-align:right;vertical-align:top;padding:2px 8px;white-space:nowrap"'
+_WHO = 'style="text-align:left;vertical-align:top;padding:2px 8px;white-space:nowrap"'
+
+
+def _tenths(seconds: float) -> str:
+    """``m:ss.s`` (``h:mm:ss.s`` from an hour): tenths, so short turns do not read 0:08-0:08."""
+    tenths = max(0, round(seconds * 10))
+    hours, rest = divmod(tenths, 36000)
+    minutes, rest = divmod(rest, 600)
+    secs = f"{rest // 10:02d}.{rest % 10}"
+    return f"{hours}:{minutes:02d}:{secs}" if hours else f"{minutes}:{secs}"
+
+
+def _turns(t: Transcript) -> list[tuple[float, float, str | None, str]]:
+    """Rows for display: consecutive segments of one speaker joined into one turn."""
+    rows: list[tuple[float, float, str | None, str]] = []
+    for seg in t.segments:
+        text = " ".join(seg.text.split())
+        if not text:
+            continue
+        if rows and seg.speaker is not None and rows[-1][2] == seg.speaker:
+            start, _, speaker, before = rows[-1]
+            rows[-1] = (start, seg.end, speaker, f"{before} {text}")
+        else:
+            rows.append((seg.start, seg.end, seg.speaker, text))
+    return rows
+
+
 def to_html(t: Transcript) -> str:
-    """Render an HTML table of segments (start, end, speaker, text) for notebooks.
+    """Render an HTML table of turns (start, end, speaker, text) for notebooks.
+
+    Times show tenths of a second; on a diarized transcript consecutive segments of one
+    speaker are one row and each speaker has a colour. Cells carry inline styles, so the
+    table reads the same under Jupyter's stylesheet (which right-aligns cells) and in VS
+    Code or a static HTML export.
 
     Args:
         t: the transcript; the speaker column appears when it is diarized.
@@ -346,17 +386,25 @@ def to_html(t: Transcript) -> str:
         An HTML fragment: a caption line and a ``<table>``.
     """
     diarized = any(s.speaker for s in t.segments)
-    head = "<th>start</th><th>end</th>" + ("<th>speaker</th>" if diarized else "") + "<th>text</th>"
+    colour = {
+        name: _SPEAKER_COLOURS[i % len(_SPEAKER_COLOURS)] for i, name in enumerate(t.speakers)
+    }
+    head = f"<th {_TIME}>start</th><th {_TIME}>end</th>"
+    head += (f"<th {_WHO}>speaker</th>" if diarized else "") + f"<th {_CELL}>text</th>"
     rows = []
-    for seg in t.segments:
-        if not seg.text.strip():
-            continue
-        speaker = f"<td>{html.escape(seg.speaker or '')}</td>" if diarized else ""
+    for start, end, who, text in _turns(t):
+        speaker = ""
+        if diarized:
+            dot = colour.get(who or "", "#888888")
+            speaker = (
+                f'<td {_WHO}><span style="color:{dot}">&#9679;</span> '
+                f"{html.escape(who or '')}</td>"
+            )
         rows.append(
-            f"<tr><td>{_mmss(seg.start)}</td><td>{_mmss(seg.end)}</td>{speaker}"
-            f"<td>{html.escape(' '.join(seg.text.split()))}</td></tr>"
+            f"<tr><td {_TIME}>{_tenths(start)}</td><td {_TIME}>{_tenths(end)}</td>{speaker}"
+            f"<td {_CELL}>{html.escape(text)}</td></tr>"
         )
-    caption = f"{html.escape(t.language or 'unknown')} · {_mmss(t.duration)}"
+    caption = f"{html.escape(t.language or 'unknown')} · {_tenths(t.duration)}"
     if t.model:
         caption += f" · {html.escape(t.model)}"
     if t.speakers:
@@ -367,6 +415,29 @@ def to_html(t: Transcript) -> str:
         f"<div><p><b>Transcript</b> ({caption})</p>"
         f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
     )
+
+
+_STATUS_COLOURS = {"succeeded": "#009E73", "failed": "#D55E00", "cancelled": "#888888"}
+
+
+def job_html(
+    job: Job, status: JobStatus | None, parts: tuple[int, int] | None, error: str | None
+) -> str:
+    """A job's notebook view (``Job._repr_html_``): id, backend, status, fan-out progress."""
+    bits = [f"<code>{html.escape(job.id)}</code>", html.escape(job.backend)]
+    if status is not None:
+        colour = _STATUS_COLOURS.get(status.value, "#0072B2")
+        bits.append(f'<b style="color:{colour}">{html.escape(status.value)}</b>')
+    if error is not None:
+        bits.append(f"status unavailable: {html.escape(error)}")
+    if parts is not None:
+        done, total = parts
+        bits.append(
+            f'<progress value="{done}" max="{max(total, 1)}"></progress> {done}/{total} pieces'
+        )
+    if job.fallback_reason:
+        bits.append(f"fell back: {html.escape(job.fallback_reason)}")
+    return f'<div style="text-align:left"><b>Job</b> {" · ".join(bits)}</div>'
 
 
 #: format name -> writer; read-only so one caller cannot change another's output

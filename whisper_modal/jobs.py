@@ -12,15 +12,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Coroutine
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from whisper_modal.backends.base import (
     LOCAL_JOB_PREFIX,
     JobBackend,
     JobStatus,
 )
-from whisper_modal.errors import ConfigurationError, JobTimeout
+from whisper_modal.errors import ConfigurationError, JobCancelled, JobTimeout, WhisperModalError
 from whisper_modal.results import Transcript
+
+if TYPE_CHECKING:
+    from whisper_modal.progress import Bar
 
 __all__ = ["Job", "JobStatus"]
 
@@ -78,6 +81,20 @@ class Job:
 
     def __repr__(self) -> str:
         return f"Job(id={self.id!r}, backend={self.backend!r})"
+
+    def _repr_html_(self) -> str:
+        """A notebook's view: id, where it runs, its status now and, for fan-out, progress.
+
+        One status call (and one progress call for a fan-out job) when the cell is shown;
+        a backend that cannot answer shows why instead of raising.
+        """
+        from whisper_modal.formats import job_html
+
+        try:
+            status, parts = self.status(), self.progress()
+        except WhisperModalError as exc:
+            return job_html(self, None, None, f"{type(exc).__name__}: {exc}")
+        return job_html(self, status, parts, None)
 
     @classmethod
     def from_id(cls, job_id: str, *, client: _JobSource | None = None) -> Job:
@@ -177,9 +194,10 @@ class Job:
         with status_bar(f"job {self.id}", enabled=progress) as bar:
             while True:
                 status = self.status()
-                bar.set_status(status.value)
+                parts = self.progress() if bar.enabled and not status.done else None
+                bar.set_status(status.value + (f" {parts[0]}/{parts[1]} pieces" if parts else ""))
                 if status.done:
-                    return self.result(timeout=None)
+                    return self._finish(bar, timeout=None)
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     raise JobTimeout(
@@ -187,6 +205,19 @@ class Job:
                     )
                 try:
                     step = poll_interval if remaining is None else min(poll_interval, remaining)
-                    return self.result(timeout=step)
+                    return self._finish(bar, timeout=step)
                 except JobTimeout:
                     continue
+
+    def _finish(self, bar: Bar, *, timeout: float | None) -> Transcript:
+        """The result, with the wait line's last state drawn (succeeded, or the failure)."""
+        try:
+            transcript = self.result(timeout=timeout)
+        except JobTimeout:
+            raise
+        except WhisperModalError as exc:
+            final = JobStatus.CANCELLED if isinstance(exc, JobCancelled) else JobStatus.FAILED
+            bar.set_status(f"{final.value}: {type(exc).__name__}")
+            raise
+        bar.set_status(JobStatus.SUCCEEDED.value)
+        return transcript

@@ -28,8 +28,14 @@ def interactive() -> bool:
 class Bar:
     """A thin wrapper over tqdm (or nothing when disabled)."""
 
-    def __init__(self, bar: Any | None) -> None:
+    def __init__(self, bar: Any | None, desc: str = "") -> None:
         self._bar = bar
+        self._desc = desc
+
+    @property
+    def enabled(self) -> bool:
+        """True when a bar is shown (worth computing what it would display)."""
+        return self._bar is not None
 
     def update(self, n: int = 1) -> None:
         """Advance by ``n`` items."""
@@ -37,9 +43,10 @@ class Bar:
             self._bar.update(n)
 
     def set_status(self, text: str) -> None:
-        """Show a short status next to the bar."""
+        """Show a short status after the bar's label (``job wm-1: running 3/8 pieces``)."""
         if self._bar is not None:
-            self._bar.set_postfix_str(text, refresh=True)
+            # the description, not tqdm's postfix: a postfix is drawn with a leading ", "
+            self._bar.set_description_str(f"{self._desc}: {text}", refresh=True)
 
 
 @contextmanager
@@ -65,8 +72,8 @@ def status_bar(desc: str, *, enabled: bool | None = None) -> Iterator[Bar]:
         return
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=None, desc=desc, bar_format="{desc}: {postfix} [{elapsed}]")
+    bar = tqdm(total=None, desc=desc, bar_format="{desc} [{elapsed}]")
     try:
-        yield Bar(bar)
+        yield Bar(bar, desc)
     finally:
         bar.close()
