@@ -72,6 +72,10 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--num-speakers", type=int, help="exact speaker count (with --diarize)")
         p.add_argument("--min-speakers", type=int, help="at least this many speakers")
         p.add_argument("--max-speakers", type=int, help="at most this many speakers")
+        p.add_argument(
+            "--multichannel", action="store_true", default=None,
+            help="transcribe each channel on its own (one speaker per channel), merged by time",
+        )  # fmt: skip
         p.add_argument("--backend", choices=("auto", "modal", "local"))
         p.add_argument(
             "--allow-cpu-fallback", action="store_true", default=None,
@@ -155,6 +159,7 @@ def _options(args: argparse.Namespace) -> TranscribeOptions:
         "num_speakers",
         "min_speakers",
         "max_speakers",
+        "multichannel",
     )
     model = default_client().settings.model
     return build_options(model, None, **{k: getattr(args, k, None) for k in keys})

@@ -305,8 +305,9 @@ def to_markdown(t: Transcript) -> str:
 def to_rttm(t: Transcript, *, file_id: str = "audio") -> str:
     """Render the speaker turns as RTTM, the diarization exchange format (NIST RT-09).
 
-    Each segment with a speaker is one line ``SPEAKER <file> 1 <onset> <duration> <NA>
-    <NA> <speaker> <NA> <NA>``, times in seconds with millisecond precision;
+    Each segment with a speaker is one line ``SPEAKER <file> <channel> <onset> <duration>
+    <NA> <NA> <speaker> <NA> <NA>``, times in seconds with millisecond precision, the
+    channel counted from 1 (a ``multichannel`` segment's ``channel + 1``, else 1);
     consecutive segments of one speaker that touch are joined into one turn.
 
     Args:
@@ -331,11 +332,11 @@ def to_rttm(t: Transcript, *, file_id: str = "audio") -> str:
         if turns and turns[-1][2] == seg.speaker and int(turns[-1][1]) >= start:
             turns[-1][1] = max(int(turns[-1][1]), end)
         else:
-            turns.append([start, end, seg.speaker])
+            turns.append([start, end, seg.speaker, (seg.channel or 0) + 1])
     return "".join(
-        f"SPEAKER {file_id} 1 {int(a) / 1000:.3f} {(int(b) - int(a)) / 1000:.3f} "
+        f"SPEAKER {file_id} {channel} {int(a) / 1000:.3f} {(int(b) - int(a)) / 1000:.3f} "
         f"<NA> <NA> {who} <NA> <NA>\n"
-        for a, b, who in turns
+        for a, b, who, channel in turns
     )
 
 
@@ -397,8 +398,7 @@ def to_html(t: Transcript) -> str:
         if diarized:
             dot = colour.get(who or "", "#888888")
             speaker = (
-                f'<td {_WHO}><span style="color:{dot}">&#9679;</span> '
-                f"{html.escape(who or '')}</td>"
+                f'<td {_WHO}><span style="color:{dot}">&#9679;</span> {html.escape(who or "")}</td>'
             )
         rows.append(
             f"<tr><td {_TIME}>{_tenths(start)}</td><td {_TIME}>{_tenths(end)}</td>{speaker}"

@@ -233,7 +233,7 @@ def _check_min_silence(_: Any, __: Any, value: float) -> None:
 #: options newer than the first wire schema: sent only when they differ from the default
 _ADDED_LATER: tuple[str, ...] = (
     "vad", "vad_threshold", "vad_min_silence_seconds", "cpu_int8",
-    "diarize", "num_speakers", "min_speakers", "max_speakers",
+    "diarize", "num_speakers", "min_speakers", "max_speakers", "multichannel",
 )  # fmt: skip
 
 
@@ -325,6 +325,16 @@ class TranscribeOptions:
     num_speakers: int | None = attrs.field(default=None, validator=_check_speakers)
     min_speakers: int | None = attrs.field(default=None, validator=_check_speakers)
     max_speakers: int | None = attrs.field(default=None, validator=_check_speakers)
+    # transcribe each channel of a multi-channel file on its own (call centres, interviews:
+    # one speaker per channel) and merge by time; segments and words carry ``channel``
+    multichannel: bool = attrs.field(default=False, validator=_check_bool)
+
+    @property
+    def splittable(self) -> bool:
+        """False when the recording must be transcribed whole, never cut into fan-out
+        pieces: diarization clusters speakers over all of it, and ``multichannel`` keeps
+        channels that pieces (mixed to mono) would lose."""
+        return not (self.diarize or self.multichannel)
 
     def __attrs_post_init__(self) -> None:
         _check_speaker_counts(self)

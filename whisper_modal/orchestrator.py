@@ -156,12 +156,12 @@ async def _run(
     )
     seconds = samples.shape[0] / SAMPLE_RATE
     pieces: list[Piece] = []
-    if not request.options.diarize:
+    if request.options.splittable:
         pieces = await asyncio.to_thread(
             split_for_fanout, samples, request.options, chunk_seconds=chunk_seconds
         )
     del samples
-    if not pieces:  # diarized, or no speech at all: one piece, and the engine says so
+    if not pieces:  # whole-recording options, or no speech: one piece, the engine decides
         pieces = [Piece(0, 0.0, seconds, audio)]
     total = len(pieces)
     await record(lambda b: b.update(job_id, total=total, audio_seconds=seconds))

@@ -33,6 +33,10 @@ def _opt_str(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
+def _opt_int(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
 @attrs.frozen
 class Word:
     """One word with its time span in seconds from the start of the audio."""
@@ -42,12 +46,14 @@ class Word:
     word: str = attrs.field(converter=str)  # as Whisper emits it, usually with a leading space
     probability: float = 1.0  # model confidence, 0..1
     speaker: str | None = None  # "SPEAKER_00"... when diarized
+    channel: int | None = None  # the audio channel (from 0) with ``multichannel=True``
 
     def to_dict(self) -> dict[str, Any]:
-        """Return the word as a plain dict (``speaker`` only when diarized)."""
+        """Return the word as a plain dict (``speaker``/``channel`` only when set)."""
         d = attrs.asdict(self)
-        if self.speaker is None:
-            del d["speaker"]  # undiarized output stays as it was before speakers existed
+        for optional in ("speaker", "channel"):
+            if d[optional] is None:
+                del d[optional]  # plain output stays as it was before these existed
         return d
 
     @classmethod
@@ -59,6 +65,7 @@ class Word:
             word=str(data["word"]),
             probability=float(data.get("probability", 1.0)),
             speaker=_opt_str(data.get("speaker")),
+            channel=_opt_int(data.get("channel")),
         )
 
 
@@ -76,13 +83,15 @@ class Segment:
     compression_ratio: float | None = None  # gzip ratio of the text; high means repetition
     temperature: float | None = None  # sampling temperature that produced the text
     speaker: str | None = None  # "SPEAKER_00"... when diarized (one speaker per segment)
+    channel: int | None = None  # the audio channel (from 0) with ``multichannel=True``
 
     def to_dict(self) -> dict[str, Any]:
         """Return the segment as a plain dict (words as a list of dicts)."""
         d = attrs.asdict(self, recurse=False)
         d["words"] = [w.to_dict() for w in self.words]
-        if self.speaker is None:
-            del d["speaker"]
+        for optional in ("speaker", "channel"):
+            if d[optional] is None:
+                del d[optional]
         return d
 
     @classmethod
@@ -104,6 +113,7 @@ class Segment:
             compression_ratio=opt("compression_ratio"),
             temperature=opt("temperature"),
             speaker=_opt_str(data.get("speaker")),
+            channel=_opt_int(data.get("channel")),
         )
 
 

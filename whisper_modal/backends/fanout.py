@@ -45,12 +45,13 @@ def audio_seconds_hint(request: Request, settings: Settings) -> float:
     """The audio's length from its header, for deciding whether to fan out (no decoding).
 
     Returns ``0.0`` for a request that must not be split whatever its length: S3 input
-    (its length is unknown here), or diarization (speakers are clustered over the whole
-    recording). WAV and FLAC headers are read without any decoder installed; other
-    formats need soundfile. Without a length (raw MP3, m4a, no soundfile) the size
-    decides: ``inf`` when the bytes could hold more than ``fanout_seconds``, else ``0.0``.
+    (its length is unknown here), or options that need the whole recording
+    (``TranscribeOptions.splittable``: diarization, ``multichannel``). WAV and FLAC
+    headers are read without any decoder installed; other formats need soundfile.
+    Without a length (raw MP3, m4a, no soundfile) the size decides: ``inf`` when the
+    bytes could hold more than ``fanout_seconds``, else ``0.0``.
     """
-    if request.audio is None or request.options.diarize:
+    if request.audio is None or not request.options.splittable:
         return 0.0
     seconds = known_seconds(request.audio)
     if seconds is not None:

@@ -67,22 +67,29 @@ class Engine:
         )
 
     def decode(
-        self, audio: bytes | bytearray | np.ndarray, *, sample_rate: int | None = None
+        self,
+        audio: bytes | bytearray | np.ndarray,
+        *,
+        sample_rate: int | None = None,
+        channels_apart: bool = False,
     ) -> np.ndarray:
-        """Turn encoded bytes (or an array at ``sample_rate``) into 16 kHz mono float32."""
+        """Turn encoded bytes (or an array at ``sample_rate``) into 16 kHz mono float32
+        (or (channels, n) with ``channels_apart``)."""
         from . import audio as audio_io
 
         if isinstance(audio, np.ndarray):
             if sample_rate is None:
                 raise ConfigurationError("a numpy array needs its sample_rate")
-            samples = audio_io.from_array(audio, sample_rate)
-            if self.max_audio_seconds and samples.shape[0] / SAMPLE_RATE > self.max_audio_seconds:
+            samples = audio_io.from_array(audio, sample_rate, channels_apart=channels_apart)
+            if self.max_audio_seconds and samples.shape[-1] / SAMPLE_RATE > self.max_audio_seconds:
                 raise AudioError(
                     f"audio is longer than the limit of {self.max_audio_seconds:g} s",
                     reason="too_long",
                 )
             return samples
-        return audio_io.decode_audio(audio, max_seconds=self.max_audio_seconds)
+        return audio_io.decode_audio(
+            audio, max_seconds=self.max_audio_seconds, channels_apart=channels_apart
+        )
 
     def transcribe(
         self,
@@ -101,6 +108,15 @@ class Engine:
         from .decoding import run_whisper
 
         require_local_extra()
+        if options.multichannel:  # each channel on its own, then merged by time
+            channels = self.decode(audio, sample_rate=sample_rate, channels_apart=True)
+            if channels.shape[0] > 1:
+                from .channels import merge_channels
+
+                mono = options.replace(multichannel=False)
+                parts = [self.transcribe(c, mono, sample_rate=SAMPLE_RATE) for c in channels]
+                return merge_channels(parts, diarized=options.diarize)
+            audio, sample_rate = channels[0], SAMPLE_RATE
         started = time.perf_counter()
         samples = self.decode(audio, sample_rate=sample_rate)
         decoded = time.perf_counter()
@@ -153,7 +169,7 @@ class Engine:
                 out[i] = map_engine_error(exc)
                 continue
             language_known = options.language is not None or not loaded.is_multilingual
-            if samples.shape[0] <= WINDOW_SAMPLES and language_known and not options.diarize:
+            if samples.shape[0] <= WINDOW_SAMPLES and language_known and options.splittable:
                 short.append((i, samples))
             else:
                 try:

@@ -5,7 +5,8 @@ Field for field as ``POST /v1/audio/transcriptions`` documents them: ``file``, `
 ``temperature`` and ``timestamp_granularities[]`` (word, segment). Extensions, which
 OpenAI clients never send: ``word_timestamps``, ``mode``, and the speaker fields ``diarize``,
 ``num_speakers``, ``min_speakers``, ``max_speakers`` (``verbose_json`` then carries a
-``speaker`` on segments and words, and ``speakers``). ``whisper-1`` names this
+``speaker`` on segments and words, and ``speakers``), and ``multichannel`` (each channel
+transcribed on its own; segments and words carry ``channel``). ``whisper-1`` names this
 deployment's default model, so code written for OpenAI works unchanged.
 """
 
@@ -159,6 +160,7 @@ def build_options(
         "num_speakers": _int(get("num_speakers"), "num_speakers"),
         "min_speakers": _int(get("min_speakers"), "min_speakers"),
         "max_speakers": _int(get("max_speakers"), "max_speakers"),
+        "multichannel": _bool(get("multichannel"), "multichannel"),
     }
     try:
         return TranscribeOptions(**{k: v for k, v in values.items() if v is not None})
@@ -188,6 +190,7 @@ def verbose_json(t: Transcript, *, task: str, grains: frozenset[str]) -> dict[st
                 "compression_ratio": s.compression_ratio or 0.0,
                 "no_speech_prob": s.no_speech_prob or 0.0,
                 **({"speaker": s.speaker} if s.speaker else {}),
+                **({"channel": s.channel} if s.channel is not None else {}),
             }
             for s in t.segments
         ]
@@ -195,6 +198,7 @@ def verbose_json(t: Transcript, *, task: str, grains: frozenset[str]) -> dict[st
         body["words"] = [
             {"word": w.word.strip(), "start": w.start, "end": w.end}
             | ({"speaker": w.speaker} if w.speaker else {})
+            | ({"channel": w.channel} if w.channel is not None else {})
             for w in t.words
         ]
     if t.speakers:
