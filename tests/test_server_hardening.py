@@ -6,9 +6,14 @@ guard against telemetry, a slow webhook receiver, a stalled upload, OpenAI's for
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from urllib.request import Request, urlopen
 
@@ -16,11 +21,21 @@ import openai
 import pytest
 
 import whisper_modal as wm
-from tests.api_server import ApiServer
+from tests import speech
+from tests.api_server import ApiServer, ServeProcess
 from tests.models_cache import tiny_en_cache
+from tests.wer import wer
 from whisper_modal.server import create_app
 
 KEY = "sk-hardening-0123456789"
+ROOT = Path(__file__).parents[1]
+SENTENCE = speech.SENTENCES[2]  # 12 words, about 4 s
+
+
+@functools.cache
+def _clip() -> bytes:
+    samples, _ = speech.make_clip([SENTENCE], gap_seconds=0.2)
+    return speech.wav_bytes(samples)
 
 
 @pytest.fixture(scope="module")
@@ -144,3 +159,82 @@ def test_a_bad_option_names_its_field_through_the_openai_sdk(
         )
     body = caught.value.body
     assert isinstance(body, dict) and body["param"] == field and body["code"] == "invalid_value"
+
+
+# ---------------------------------------------------------------------------- no phoning home
+
+# Installed into the served process as ``sitecustomize``: every connect and name lookup to
+# anything but loopback (or a Unix socket) is written to $NET_GUARD_LOG and refused.
+_GUARD = """
+import os, socket
+
+_log = os.environ["NET_GUARD_LOG"]
+
+def _loopback(host):
+    return str(host) in ("localhost", "::1") or str(host).startswith("127.")
+
+def _refuse(what):
+    with open(_log, "a") as f:
+        f.write(what + "\\n")
+    raise OSError("network guard: " + what)
+
+_connect, _connect_ex, _getaddrinfo = socket.socket.connect, socket.socket.connect_ex, socket.getaddrinfo
+
+def connect(self, address):
+    if self.family in (socket.AF_INET, socket.AF_INET6) and not _loopback(address[0]):
+        _refuse(f"connect {address!r}")
+    return _connect(self, address)
+
+def connect_ex(self, address):
+    if self.family in (socket.AF_INET, socket.AF_INET6) and not _loopback(address[0]):
+        _refuse(f"connect_ex {address!r}")
+    return _connect_ex(self, address)
+
+def getaddrinfo(host, *args, **kwargs):
+    if host is not None and not _loopback(host):
+        _refuse(f"getaddrinfo {host!r}")
+    return _getaddrinfo(host, *args, **kwargs)
+
+socket.socket.connect, socket.socket.connect_ex, socket.getaddrinfo = connect, connect_ex, getaddrinfo
+"""
+
+
+def test_serving_a_transcription_opens_no_outside_socket_and_leaves_no_telemetry(
+    tmp_path: Path,
+) -> None:
+    """onnxruntime (the VAD) ships Microsoft's telemetry on: a device id and an event
+    database under ~/.cache/Microsoft, ``$TMPDIR/.ses``, posts to events.data.microsoft.com.
+    The served process runs with its own HOME and TMPDIR and a socket guard."""
+    guard, home, tmp = tmp_path / "guard", tmp_path / "home", tmp_path / "tmp"
+    for folder in (guard, home, tmp):
+        folder.mkdir()
+    (guard / "sitecustomize.py").write_text(_GUARD)
+    log = tmp_path / "net.log"
+    env = {
+        "PYTHONPATH": f"{guard}{os.pathsep}{ROOT}",
+        "NET_GUARD_LOG": str(log),
+        "HOME": str(home),
+        "TMPDIR": str(tmp),
+        "WHISPER_MODAL_MODEL": "tiny.en",
+        "WHISPER_MODAL_CACHE_DIR": str(tiny_en_cache()),
+        "WHISPER_MODAL_DEVICE": "cpu",
+        "WHISPER_MODAL_API_KEYS": KEY,
+        "WHISPER_MODAL_JOBS_DB": str(tmp_path / "jobs.sqlite3"),
+    }
+    env = {k: v for k, v in {**os.environ, **env}.items() if not k.startswith("ORT_")}
+    probe = "import socket\ntry: socket.getaddrinfo('example.com', 443)\nexcept OSError: pass"
+    subprocess.run([sys.executable, "-c", probe], env=env, timeout=60, check=True)
+    assert "example.com" in log.read_text()  # the guard is live in a child process
+    log.unlink()
+    served = ServeProcess(env).start()
+    try:
+        sdk = openai.OpenAI(base_url=f"{served.url}/v1", api_key=KEY, max_retries=0, timeout=300)
+        text = sdk.audio.transcriptions.create(
+            file=("clip.wav", _clip()), model="whisper-1", response_format="text"
+        )
+    finally:
+        served.stop()
+    assert wer(SENTENCE, text) <= 0.25, text  # the VAD ran: it is on by default
+    assert not log.exists(), log.read_text()
+    assert not (home / ".cache" / "Microsoft").exists(), sorted(home.rglob("*"))
+    assert not (tmp / ".ses").exists()
