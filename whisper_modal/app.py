@@ -147,6 +147,7 @@ IMAGE_PACKAGES = (
 IMAGE_ENV: dict[str, str] = {
     "WHISPER_MODAL_CACHE_DIR": WEIGHTS_DIR,
     "WHISPER_MODAL_DEVICE": "cuda",
+    "ORT_DISABLE_TELEMETRY": "1",  # onnxruntime (the VAD) phones home otherwise; see vad.py
     BAKED_SETTINGS_VAR: json.dumps(
         {name: getattr(settings, name) for name in DEPLOY_SETTINGS}, sort_keys=True
     ),

@@ -172,6 +172,8 @@ def _check_model(_: Any, __: Any, value: str) -> None:
 
 
 def _check_language(_: Any, __: Any, value: str | None) -> None:
+    if value is not None and not isinstance(value, str):
+        raise ConfigurationError(f"language must be a string, not {type(value).__name__}")
     if value is not None and value not in LANGUAGES:
         raise ConfigurationError(
             f"unknown language {value!r}; use an ISO 639-1 code Whisper knows (e.g. 'en')"

@@ -29,6 +29,7 @@ from __future__ import annotations
 import bisect
 import functools
 import importlib.util
+import os
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -96,15 +97,31 @@ def model_path() -> Path:
     )
 
 
+def disable_telemetry() -> None:
+    """Keep onnxruntime from phoning home; call before its first import.
+
+    onnxruntime's Linux wheels (1.32) carry Microsoft's 1DS telemetry, on by default: at
+    import it makes ``~/.cache/Microsoft/DeveloperTools/.onnxruntime/`` (a device id and an
+    event database), a session adds ``$TMPDIR/.ses``, and events are posted to
+    ``mobile.events.data.microsoft.com``. ``ORT_DISABLE_TELEMETRY=1``, read once at import,
+    turns all of it off; ``disable_telemetry_events()`` after the import stops the events
+    only. A value the user set is kept.
+    """
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+
+
 @functools.cache
 def _session() -> tuple[Any, threading.Lock]:
     """The ONNX session, created once per process (about 10 ms), with its own lock."""
+    disable_telemetry()
     try:
         import onnxruntime
     except ImportError as exc:
         raise ConfigurationError(
             "voice-activity detection needs onnxruntime: pip install 'whisper-modal[local]'"
         ) from exc
+    # imported before us (the variable came too late): stop what can still be stopped
+    onnxruntime.disable_telemetry_events()
     options = onnxruntime.SessionOptions()
     # One thread: the model is tiny (~2 ms per 16 s block) and the decoder wants the cores.
     options.inter_op_num_threads = 1

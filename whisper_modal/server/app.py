@@ -50,6 +50,8 @@ Send = Callable[[Message], Awaitable[None]]
 
 #: ``?format=`` values of GET /v1/jobs/{id}
 JOB_FORMATS = ("json", "verbose_json", "srt", "vtt", "txt")
+#: bytes of a JSON job body: it names an S3 key and options, never the audio
+MAX_JSON_BYTES = 1024 * 1024
 
 
 class _RequestId:
@@ -253,7 +255,7 @@ def create_app(
         authorize(request)
         content_type = request.headers.get("content-type", "")
         if content_type.startswith("application/json"):
-            data = await read_json(request, limit)
+            data = await read_json(request, min(limit, MAX_JSON_BYTES))
             fields = oa.json_fields(data)
             audio, s3_uri = None, fields[0]("s3_uri")
             if not isinstance(s3_uri, str) or not s3_uri.startswith("s3://"):
@@ -263,13 +265,14 @@ def create_app(
             fields, audio, s3_uri = _form_fields(form), form.file, form.get("s3_uri")
             if not audio and not s3_uri:
                 raise ApiError(400, "send a 'file' or an 's3_uri'", param="file")
-        options = oa.build_options(fields, settings, task=str(fields[0]("task") or "transcribe"))
-        webhook = fields[0]("webhook_url")
+        task = oa.text(fields[0]("task"), "task") or "transcribe"
+        options = oa.build_options(fields, settings, task=task)
+        webhook = oa.text(fields[0]("webhook_url"), "webhook_url")
         if webhook is not None:
             from whisper_modal.webhooks import check_destination
 
             try:  # resolving the host may block: off the event loop
-                await asyncio.to_thread(check_destination, str(webhook), allow=allow_hosts)
+                await asyncio.to_thread(check_destination, webhook, allow=allow_hosts)
             except ConfigurationError as exc:
                 raise ApiError(400, str(exc), param="webhook_url", code="webhook_refused") from exc
         try:
@@ -277,7 +280,7 @@ def create_app(
                 options=options,
                 audio=audio or None,
                 s3_uri=None if audio else s3_uri,
-                webhook_url=None if webhook is None else str(webhook),
+                webhook_url=webhook,
             )
         except ConfigurationError as exc:
             raise ApiError(400, str(exc)) from exc

@@ -33,6 +33,7 @@ __all__ = [
     "render",
     "response_format",
     "served_models",
+    "text",
     "verbose_json",
 ]
 
@@ -48,6 +49,22 @@ Fields = tuple[Callable[[str], Any], Callable[[str], list[str]]]
 def served_models(settings: Settings) -> tuple[str, ...]:
     """The models this deployment serves: ``server_models``, or just ``model``."""
     return split_list(settings.server_models) or (settings.model,)
+
+
+def text(value: Any, name: str) -> str | None:
+    """A text field's value (None when absent); 400 naming ``name`` when it is not text.
+
+    Form fields are always text; a JSON body can carry anything (``{"language": {...}}``).
+    The message does not echo the value, which may be huge or nested.
+    """
+    if value is None or isinstance(value, str):
+        return value
+    raise ApiError(
+        400,
+        f"{name} must be a string, not {type(value).__name__}",
+        param=name,
+        code="invalid_value",
+    )
 
 
 def _model(name: str | None, settings: Settings) -> str:
@@ -139,11 +156,11 @@ def build_options(
         ApiError: 404 for a model this deployment does not serve, 400 for a bad value.
     """
     get, get_all = fields
-    model = _model(get("model"), settings)
+    model = _model(text(get("model"), "model"), settings)
     words = "word" in granularities(get_all("timestamp_granularities[]")) or bool(
         _bool(get("word_timestamps"), "word_timestamps")
     )
-    language = get("language")
+    language = text(get("language"), "language")
     if task == "translate" and model.endswith(".en"):
         # An English-only model hears only English, and English translated to English is
         # its transcript: answer that instead of refusing what OpenAI would accept.
@@ -152,20 +169,41 @@ def build_options(
         "model": model,
         "language": language,
         "task": task,
-        "initial_prompt": get("prompt"),
+        "initial_prompt": text(get("prompt"), "prompt"),
         "word_timestamps": words,
         "temperature": _temperature(get("temperature")),
-        "mode": get("mode"),
+        "mode": text(get("mode"), "mode"),
         "diarize": _bool(get("diarize"), "diarize"),
         "num_speakers": _int(get("num_speakers"), "num_speakers"),
         "min_speakers": _int(get("min_speakers"), "min_speakers"),
         "max_speakers": _int(get("max_speakers"), "max_speakers"),
         "multichannel": _bool(get("multichannel"), "multichannel"),
     }
+    given = {k: v for k, v in values.items() if v is not None}
     try:
-        return TranscribeOptions(**{k: v for k, v in values.items() if v is not None})
+        return TranscribeOptions(**given)
     except ConfigurationError as exc:
-        raise ApiError(400, str(exc), code="invalid_value") from exc
+        raise ApiError(400, str(exc), param=_bad_field(given), code="invalid_value") from exc
+
+
+#: option name -> the form field it comes from, where they differ
+_FIELD_NAMES = {"initial_prompt": "prompt"}
+
+
+def _bad_field(given: Mapping[str, Any]) -> str | None:
+    """The form field whose own validator refuses its value (None: a combination is wrong)."""
+    import attrs
+
+    fields = attrs.fields_dict(TranscribeOptions)
+    for name, value in given.items():
+        field = fields[name]
+        try:
+            converted = field.converter(value) if callable(field.converter) else value
+            if field.validator is not None:
+                field.validator(None, field, converted)
+        except (ConfigurationError, TypeError, ValueError):
+            return _FIELD_NAMES.get(name, name)
+    return None
 
 
 def verbose_json(t: Transcript, *, task: str, grains: frozenset[str]) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from starlette.requests import ClientDisconnect, Request
 
 from whisper_modal.server.errors import ApiError
 
-__all__ = ["Form", "read_form", "read_json"]
+__all__ = ["MAX_JSON_DEPTH", "Form", "read_form", "read_json"]
 
 _MAX_FIELDS = 64  # form fields per request (the OpenAI form has about ten)
 _MAX_FIELD_BYTES = 64 * 1024  # one text field (prompts are at most 4000 characters)
@@ -86,10 +86,38 @@ async def read_json(request: Request, limit: int) -> dict[str, Any]:
     try:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError):
-        raise ApiError(400, "the request body is not valid JSON") from None
+        raise ApiError(400, "the request body is not valid JSON", code="invalid_json") from None
+    except RecursionError:  # json's parser recurses once per level
+        raise _too_deep() from None
     if not isinstance(data, dict):
-        raise ApiError(400, "the request body must be a JSON object")
+        raise ApiError(400, "the request body must be a JSON object", code="invalid_json")
+    if _depth(data) > MAX_JSON_DEPTH:  # later code (repr, copies) would recurse as deep
+        raise _too_deep()
     return data
+
+
+#: nesting levels of a JSON body (a job needs three: body, "options", a list)
+MAX_JSON_DEPTH = 16
+
+
+def _too_deep() -> ApiError:
+    return ApiError(
+        400, f"the JSON body is nested more than {MAX_JSON_DEPTH} levels", code="invalid_json"
+    )
+
+
+def _depth(value: Any) -> int:
+    """How deeply ``value`` nests lists and objects, counted without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, level)
+            if level > MAX_JSON_DEPTH:
+                break
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, level + 1) for child in children)
+    return deepest
 
 
 async def read_form(request: Request, limit: int) -> Form:
