@@ -107,6 +107,20 @@ def test_a_typo_is_typed_and_says_what_was_meant() -> None:
     assert TranscribeOptions(language="en").language == "en"  # known names still work
 
 
+@pytest.mark.slow
+def test_a_missing_checkpoint_path_says_so_on_the_local_backend(tmp_path: Path) -> None:
+    """Before: "unknown model '/x/model.pt'; known: ..." with no word about the path (and
+    earlier an IndexError from inside the engine)."""
+    import whisper_modal as wm
+
+    sample = Path(__file__).parents[1] / "examples" / "sample.flac"
+    with wm.Client(backend="local", device="cpu") as client:
+        for model, why in ((str(tmp_path / "model.pt"), "does not exist"), (str(tmp_path), "is a directory")):
+            with pytest.raises(ConfigurationError) as info:
+                client.transcribe(sample, model=model)
+            assert "looks like a checkpoint path" in str(info.value) and why in str(info.value)
+
+
 def test_request_wire_round_trip_and_validation() -> None:
     opts = TranscribeOptions(model="tiny.en")
     req = Request(options=opts, audio=b"RIFF....", formats=["srt"], client_job_id="wm-1")

@@ -507,7 +507,15 @@ def _checkpoint_path(
     candidate = Path(name).expanduser()
     if allow_paths and candidate.is_file():
         return candidate
-    if not allow_paths and (os.sep in name or name.endswith(".pt")):
+    looks_like_path = os.sep in name or name.endswith(".pt")
+    if allow_paths and looks_like_path:
+        why = "is a directory" if candidate.is_dir() else "does not exist"
+        raise ConfigurationError(
+            f"model {name!r} looks like a checkpoint path, but {candidate} {why}: give a "
+            f"checkpoint file (.pt), a known name ({', '.join(KNOWN_MODELS)}) or an "
+            "imported one (whisper-modal models list)"
+        )
+    if not allow_paths and looks_like_path:
         raise ConfigurationError(
             f"checkpoint paths are not accepted here; use one of {KNOWN_MODELS}"
         )
