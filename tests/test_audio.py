@@ -326,3 +326,25 @@ def test_non_finite_samples_in_a_float_wav(speech_clip: SpeechClip) -> None:
     buffer = io.BytesIO()
     sf.write(buffer, samples, SAMPLE_RATE, format="WAV", subtype="FLOAT")
     assert reason_of(lambda: decode_audio(buffer.getvalue())) == "non_finite"
+
+
+def test_a_glitched_mp3_decodes_quietly(
+    speech_formats: dict[str, bytes], capfd: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """MP3s joined without re-encoding (a common podcast edit) break the bit reservoir at
+    each seam. libsndfile's libmpg123 printed ``part2_3_length ... too large for available
+    bit count`` to the process's stderr for each; the PyAV path skips the same frames
+    quietly, as the ``ffmpeg`` tool does, and the audio comes out whole."""
+    single = tmp_path / "one.mp3"
+    single.write_bytes(speech_formats["mp3"])
+    joined = subprocess.run(
+        ["ffmpeg", "-v", "error", "-stream_loop", "3", "-i", str(single), "-c", "copy",
+         "-f", "mp3", "-"],
+        capture_output=True, check=True,
+    ).stdout  # fmt: skip
+    one = decode_audio(speech_formats["mp3"])
+    capfd.readouterr()
+    four = decode_audio(joined)
+    out, err = capfd.readouterr()
+    assert err == "" and out == "", err[:300]
+    assert abs(four.shape[0] - 4 * one.shape[0]) <= 0.2 * SAMPLE_RATE, (four.shape, one.shape)

@@ -8,8 +8,12 @@ Why this path: openai-whisper's ``load_audio`` starts an ffmpeg subprocess per f
 needs the ``ffmpeg`` binary and a path on disk. Inside a container the audio arrives as
 bytes, so we decode from ``io.BytesIO`` instead, never through a temp file:
 
-* libsndfile (through ``soundfile``) reads WAV, FLAC, OGG/Vorbis, Opus and MP3 directly.
-  Channels are averaged to mono and ``soxr`` resamples ("HQ") when the rate differs.
+* libsndfile (through ``soundfile``) reads WAV, FLAC, OGG/Vorbis and Opus directly (and
+  MP3 when PyAV is missing). Channels are averaged to mono and ``soxr`` resamples ("HQ")
+  when the rate differs.
+* MP3 goes to PyAV when it is installed: libsndfile's libmpg123 prints its glitch notes
+  (``part2_3_length ... too large``) to the process's stderr, FFmpeg's decoder skips the
+  same frames quietly (see ``_decode_av(mp3=True)``).
 * Containers libsndfile cannot read (m4a/mp4/aac, webm/mka, ...) go to PyAV, FFmpeg's
   libraries in-process. PyAV reads the ``BytesIO`` with seeking, so an mp4 whose index
   (``moov``) sits at the end of the file decodes too, which a pipe into ffmpeg cannot do.
@@ -38,6 +42,7 @@ import io
 import os
 import re
 import struct
+from collections.abc import Iterator
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -233,6 +238,8 @@ def decode_audio(
         raise AudioError(
             f"the WAV audio is truncated: {shortfall} bytes missing", reason="truncated"
         )
+    if _container(data) == "mp3" and importlib.util.find_spec("av") is not None:
+        return _decode_av(data, max_seconds, channels_apart, mp3=True)  # quiet, see there
     decoded = _decode_soundfile(data, max_seconds, channels_apart)
     return _decode_av(data, max_seconds, channels_apart) if decoded is None else decoded
 
@@ -357,8 +364,41 @@ def _decode_av_or_raise(
         raise _broken(data, cause) from cause
 
 
-def _decode_av(data: Buffer, max_seconds: float | None, apart: bool = False) -> np.ndarray:
-    """Decode with PyAV from memory; returns 16 kHz mono float32 (see the module doc)."""
+#: an MP3 with more undecodable frames than this is corrupt, not glitched
+MAX_BAD_MP3_FRAMES = 8
+
+
+def _frames(container: Any, stream: Any, *, tolerant: bool) -> Iterator[Any]:
+    """The stream's decoded frames; ``tolerant`` skips up to ``MAX_BAD_MP3_FRAMES``
+    packets that do not decode (as the ``ffmpeg`` tool does) instead of failing."""
+    import av
+
+    if not tolerant:
+        yield from container.decode(stream)
+        return
+    bad = 0
+    for packet in container.demux(stream):
+        try:
+            frames = packet.decode()
+        except av.InvalidDataError:
+            bad += 1
+            if bad > MAX_BAD_MP3_FRAMES:
+                raise
+            continue
+        yield from frames
+
+
+def _decode_av(
+    data: Buffer, max_seconds: float | None, apart: bool = False, *, mp3: bool = False
+) -> np.ndarray:
+    """Decode with PyAV from memory; returns 16 kHz mono float32 (see the module doc).
+
+    ``mp3=True`` is the MP3 path: libsndfile would decode MP3 with libmpg123, which prints
+    ``part2_3_length ... too large`` and ``Trying to resync...`` to the process's stderr
+    for glitches it then skips; FFmpeg skips them too (``_frames(tolerant=True)``) and
+    PyAV keeps its log quiet. A file whose Xing/Info/VBRI tag states a frame count must
+    deliver it (else "truncated"), as on the libsndfile path.
+    """
     try:
         import av
     except ImportError as exc:
@@ -372,12 +412,16 @@ def _decode_av(data: Buffer, max_seconds: float | None, apart: bool = False) -> 
                 raise AudioError("the input has no audio stream", reason="not_audio")
             stream = container.streams.audio[0]
             declared = _declared_samples(stream)
+            if mp3:  # without a frame-count tag FFmpeg's duration is a bitrate guess
+                declared = declared if _mp3_has_frame_count(data) else None
+                if declared is not None:
+                    _check_length(declared / SAMPLE_RATE, max_seconds)  # before decoding
             # float planar at the native layout and rate: we mix and resample ourselves,
             # exactly as on the libsndfile path
             planar = av.AudioResampler(format="fltp")
             pending: list[np.ndarray] = []  # codec frames are small (1024 samples for AAC):
             queued = 0  # hand the sink blocks of BLOCK_FRAMES, not thousands of calls
-            for frame in container.decode(stream):
+            for frame in _frames(container, stream, tolerant=mp3):
                 for out in planar.resample(frame):
                     if sink is None:
                         sink = _Sink(int(out.sample_rate), max_seconds, apart)
@@ -397,10 +441,18 @@ def _decode_av(data: Buffer, max_seconds: float | None, apart: bool = False) -> 
             ) from exc
         raise _broken(data, exc) from exc
     if sink is None:
+        if mp3:
+            raise _broken(data, ValueError("no MPEG audio frame decoded"))
         raise AudioError("the audio has no samples", reason="zero_length")
+    samples = sink.finish()
+    if mp3 and declared is not None and samples.shape[-1] + SAMPLE_RATE // 10 < declared:
+        raise AudioError(
+            f"the MP3 audio is truncated: its header promises {declared / SAMPLE_RATE:.2f} s, "
+            f"found {samples.shape[-1] / SAMPLE_RATE:.2f} s",
+            reason="truncated",
+        )
     # AAC decoders emit the last frame's padding (up to 64 ms at 16 kHz); the container's
     # duration (its edit list) says where the audio really ends.
-    samples = sink.finish()
     if declared is not None and 0 < samples.shape[-1] - declared <= SAMPLE_RATE // 2:
         samples = np.ascontiguousarray(samples[..., :declared])
     return samples
