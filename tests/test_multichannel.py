@@ -34,7 +34,7 @@ pytestmark = pytest.mark.slow
 
 AGENT = "Thank you for calling the support line, my name is Anna and I will help you today."
 CALLER = "Hello, my internet connection stopped working yesterday evening after the storm."
-MAX_WER = 0.25  # per channel; measured 0.06 and 0.08 (a name and one verb form)
+MAX_WER = 0.25  # per channel; measured 0.06 and 0.09 (a name and one verb form)
 
 
 @pytest.fixture(scope="module")
