@@ -28,9 +28,12 @@ import threading
 import warnings
 from collections.abc import Coroutine
 from types import FrameType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-__all__ = ["Forwarded", "drain", "forwarding", "warn"]
+if TYPE_CHECKING:
+    from whisper_modal.results import Transcript
+
+__all__ = ["Forwarded", "drain", "forwarding", "warn", "warn_uncovered"]
 
 T = TypeVar("T")
 
@@ -77,3 +80,19 @@ def drain(sink: queue.SimpleQueue[Forwarded | None]) -> None:
     """Issue forwarded warnings on this (the caller's) thread until ``None`` arrives."""
     while (item := sink.get()) is not None:
         warn(*item)
+
+
+def warn_uncovered(transcript: Transcript) -> None:
+    """Warn when the VAD heard speech that got no text (``Transcript.uncovered_speech``)."""
+    spans = transcript.uncovered_speech
+    if not spans:
+        return
+    seconds = sum(b - a for a, b in spans)
+    listed = ", ".join(f"{a:.1f}-{b:.1f} s" for a, b in spans[:3]) + (
+        ", ..." if len(spans) > 3 else ""
+    )
+    warn(
+        f"{seconds:.1f} s of speech got no text ({listed}), even decoded again; "
+        "see Transcript.uncovered_speech",
+        UserWarning,
+    )

@@ -18,6 +18,7 @@ from typing import Any, Unpack
 
 import attrs
 
+from whisper_modal import _warnings
 from whisper_modal._loop import LoopThread
 from whisper_modal.backends.base import (
     Backend,
@@ -241,7 +242,9 @@ class Client:
         self._check_open()
         chain = self._chain(backend, packed=packed)
         request = await asyncio.to_thread(self._prepare, audio, kwargs)
-        return await chain.atranscribe(request, timeout=timeout or self.settings.call_timeout)
+        transcript = await chain.atranscribe(request, timeout=timeout or self.settings.call_timeout)
+        _warnings.warn_uncovered(transcript)
+        return transcript
 
     async def asubmit(
         self, audio: AudioLike, *, backend: str | None = None, **kwargs: Unpack[CallOptions]

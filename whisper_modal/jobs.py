@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+from whisper_modal import _warnings
 from whisper_modal.backends.base import (
     LOCAL_JOB_PREFIX,
     JobBackend,
@@ -135,6 +136,7 @@ class Job:
             transcript = await self._owner.aresult(self.id, timeout=timeout)
             if self.fallback_reason is not None and transcript.fallback_reason is None:
                 transcript = transcript.with_changes(fallback_reason=self.fallback_reason)
+            _warnings.warn_uncovered(transcript)
             self._transcript = transcript
         return self._transcript
 

@@ -22,6 +22,7 @@ __all__ = ["SCHEMA_VERSION", "Segment", "Timings", "Transcript", "Word"]
 #: Speaker fields (``speaker`` on words and segments, ``speakers``, ``diarization_error``)
 #: were added within version 1: they are optional, so a reader that ignores them (every
 #: older client, since unknown keys are ignored) still reads the transcript correctly.
+#: So were ``language`` on segments and ``uncovered_speech``, on the same terms.
 SCHEMA_VERSION = 1
 
 
@@ -84,14 +85,17 @@ class Segment:
     temperature: float | None = None  # sampling temperature that produced the text
     speaker: str | None = None  # "SPEAKER_00"... when diarized (one speaker per segment)
     channel: int | None = None  # the audio channel (from 0) with ``multichannel=True``
+    # ISO code of this segment's language, when the transcript holds more than one
+    # (speech in another language than the file's, decoded again; see engine/coverage.py)
+    language: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Return the segment as a plain dict (words as a list of dicts)."""
         d = attrs.asdict(self, recurse=False)
         d["words"] = [w.to_dict() for w in self.words]
-        for optional in ("speaker", "channel"):
-            if d[optional] is None:
-                del d[optional]
+        for key in ("speaker", "channel", "language"):  # optional: absent keeps older output
+            if d[key] is None:
+                del d[key]
         return d
 
     @classmethod
@@ -114,7 +118,12 @@ class Segment:
             temperature=opt("temperature"),
             speaker=_opt_str(data.get("speaker")),
             channel=_opt_int(data.get("channel")),
+            language=_opt_str(data.get("language")),
         )
+
+
+def _spans(items: Iterable[Any]) -> tuple[tuple[float, float], ...]:
+    return tuple((float(a), float(b)) for a, b in items)
 
 
 @attrs.frozen
@@ -163,6 +172,9 @@ class Transcript:
             unless diarized.
         diarization_error: why diarization was asked for but failed (the transcript is
             then returned without speakers), None otherwise.
+        uncovered_speech: (start, end) seconds of speech the VAD found but no segment
+            covers, even after decoding it again (empty when everything has text, and
+            without the VAD).
     """
 
     text: str
@@ -181,6 +193,7 @@ class Transcript:
     output_location: str | None = None
     speakers: tuple[str, ...] = attrs.field(default=(), converter=_tuple)
     diarization_error: str | None = None
+    uncovered_speech: tuple[tuple[float, float], ...] = attrs.field(default=(), converter=_spans)
 
     @property
     def words(self) -> tuple[Word, ...]:
@@ -207,6 +220,7 @@ class Transcript:
             "output_location": self.output_location,
             "speakers": list(self.speakers),
             "diarization_error": self.diarization_error,
+            "uncovered_speech": [list(span) for span in self.uncovered_speech],
         }
 
     @classmethod
@@ -242,6 +256,7 @@ class Transcript:
                 output_location=data.get("output_location"),
                 speakers=tuple(str(s) for s in data.get("speakers") or ()),
                 diarization_error=_opt_str(data.get("diarization_error")),
+                uncovered_speech=_spans(data.get("uncovered_speech") or ()),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigurationError(f"not a transcript dict: {exc!r}") from exc

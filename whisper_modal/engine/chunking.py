@@ -340,4 +340,7 @@ def merge_transcripts(parts: Sequence[tuple[float, Transcript]]) -> Transcript:
         backend="+".join(sorted({p.backend for p in pieces})),
         mode="+".join(sorted({p.mode for p in pieces if p.mode})),
         fallback_reason=reasons[0] if reasons else None,
+        uncovered_speech=tuple(
+            (a + offset, b + offset) for offset, p in parts for a, b in p.uncovered_speech
+        ),
     )

@@ -20,6 +20,7 @@ __all__ = [
     "choose_mode",
     "cut_loops",
     "detect_language",
+    "drop_repeated_segments",
     "resolve_language",
     "run_whisper",
     "whisper_kwargs",
@@ -120,12 +121,13 @@ def run_whisper(
         loaded = int8_model(loaded)
     if not options.vad:
         return _run(loaded, samples, options, mode)
-    from .vad import VadParameters, gate
+    from .coverage import recover
+    from .vad import VadParameters, detect, gate
 
+    params = VadParameters.from_options(options)
+    speech = detect(samples, params)
     result = gate(
-        samples,
-        lambda speech, mask: _run(loaded, speech, options, mode, mask),
-        VadParameters.from_options(options),
+        samples, lambda clip, mask: _run(loaded, clip, options, mode, mask), params, speech=speech
     )
     if result is None:  # no speech: nothing to decode, so nothing to hallucinate
         return {
@@ -135,6 +137,19 @@ def run_whisper(
             "language_probability": None,
             "mode": mode,
         }
+    # speech the decode left without text (a language switch, a loop): decoded again
+    recover(
+        result,
+        samples,
+        speech,
+        threshold=params.threshold,
+        decode=lambda clip, language: _run(
+            loaded, clip, options.replace(language=language), choose_mode(options, clip)
+        ),
+        detect=None
+        if options.language is not None or not loaded.is_multilingual
+        else lambda clip: detect_language(loaded, clip)[0],
+    )
     return result
 
 
@@ -162,6 +177,8 @@ def _run(
         result = whisper.transcribe(model, samples, language=language, **kwargs)
         if options.vad:  # the batched loop cuts loops itself, token by token
             cut_loops(result, loaded, options, language)
+    if options.vad and mode == "batched":
+        drop_repeated_segments(result)
     result["language"] = language
     result["language_probability"] = probability
     result["mode"] = mode
@@ -189,8 +206,21 @@ def cut_loops(
             segment["tokens"] = trimmed
             if segment.get("words"):  # keep the words the trimmed text still holds
                 segment["words"] = segment["words"][: len(segment["text"].split())]
+    result["segments"] = segments
+    drop_repeated_segments(result)
+
+
+def drop_repeated_segments(result: dict[str, Any]) -> None:
+    """Keep once the same segment text repeated ``LOOP_SEGMENTS`` or more times in a row.
+
+    A loop across windows: each window repeats the last one's text (batched streams cut
+    loops within a window token by token, but not this). The speech under the dropped
+    copies is then uncovered, and ``coverage.recover`` decodes it again.
+    """
     kept: list[dict[str, Any]] = []
-    for _, group in itertools.groupby(segments, key=lambda s: str(s["text"]).strip()):
+    for _, group in itertools.groupby(
+        result.get("segments") or (), key=lambda s: str(s["text"]).strip()
+    ):
         run = list(group)
         kept.extend(run[:1] if len(run) >= LOOP_SEGMENTS else run)
     for i, segment in enumerate(kept):

@@ -228,6 +228,7 @@ class Engine:
             timings=timings,
             language_probability=language_probability,
             cold_start=loaded.load_seconds > 0.0,
+            uncovered_speech=tuple(result.get("uncovered_speech") or ()),
         )
 
     def health(self, model: str | None = None) -> dict[str, Any]:

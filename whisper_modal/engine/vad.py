@@ -349,6 +349,8 @@ def gate(
     samples: np.ndarray,
     run: Callable[[np.ndarray, np.ndarray], dict[str, Any]],
     params: VadParameters | None = None,
+    *,
+    speech: SpeechMap | None = None,
 ) -> dict[str, Any] | None:
     """Run ``run`` on the speech in ``samples`` only, with times mapped back.
 
@@ -357,13 +359,14 @@ def gate(
         run: transcribes a clip given the clip and its 10 ms speech mask
             (``SpeechMap.joined_mask``), and returns openai-whisper's result shape.
         params: VAD thresholds.
+        speech: ``detect(samples, params)``, when the caller has it already.
 
     Returns:
         ``run``'s result with original times, plus ``speech_seconds``; None when the
         audio holds no speech (the caller returns an empty transcript: nothing is decoded).
     """
     params = params or VadParameters()
-    speech = detect(samples, params)
+    speech = detect(samples, params) if speech is None else speech
     if not speech.regions:
         return None
     result = speech.restore(run(speech.join(samples), speech.joined_mask(params.threshold)))
