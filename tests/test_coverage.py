@@ -92,8 +92,8 @@ def test_recover_decodes_a_language_switch_in_its_language() -> None:
     }
     decoded: list[tuple[float, float, str]] = []
 
-    def detect(clip: np.ndarray) -> str:
-        return "de" if clip.mean() > 0.5 else "en"
+    def detect(clip: np.ndarray) -> tuple[str, float]:
+        return ("de" if clip.mean() > 0.5 else "en"), 0.9
 
     def decode(clip: np.ndarray, language: str) -> dict[str, Any]:
         decoded.append((0.0, clip.shape[0] / SR, language))
@@ -110,6 +110,36 @@ def test_recover_decodes_a_language_switch_in_its_language() -> None:
     assert [s["id"] for s in result["segments"]] == [0, 1, 2, 3]
     assert result["text"] == " One. Two. Guten. Tag."
     assert result["uncovered_speech"] == []
+
+
+def test_an_unsure_language_falls_back_to_the_files() -> None:
+    """Music or noise the VAD took for speech: "nn" at 0.2 is not a language switch."""
+    speech_map, total = _map(10.0)
+    result = {"language": "en", "text": " One.", "segments": [_segment(0, 4, "One.")]}
+    asked: list[str] = []
+
+    def decode(clip: np.ndarray, language: str) -> dict[str, Any]:
+        asked.append(language)
+        return {"segments": [_segment(0.5, 5.0, "Two.")]}
+
+    coverage.recover(
+        result,
+        np.zeros(total, dtype=np.float32),
+        speech_map,
+        threshold=0.5,
+        decode=decode,
+        detect=lambda clip: ("nn", 0.2),
+    )
+    assert asked == ["en"] and result["uncovered_speech"] == []
+    assert all("language" not in s for s in result["segments"])
+
+
+def test_fanned_out_pieces_keep_their_uncovered_speech_in_file_time() -> None:
+    from whisper_modal.engine.chunking import merge_transcripts
+
+    piece = Transcript(text="x", language="en", duration=300.0, uncovered_speech=((10.0, 12.0),))
+    merged = merge_transcripts([(0.0, piece), (300.0, piece)])
+    assert merged.uncovered_speech == ((10.0, 12.0), (310.0, 312.0))
 
 
 def test_what_stays_without_text_is_reported() -> None:

@@ -31,16 +31,25 @@ import numpy as np
 
 from .vad import MASK_HOP, SAMPLE_RATE, SpeechMap, _mask_at
 
-__all__ = ["COVER_TOLERANCE", "MIN_UNCOVERED_SECONDS", "recover", "uncovered"]
+__all__ = [
+    "COVER_TOLERANCE",
+    "MIN_LANGUAGE_PROBABILITY",
+    "MIN_UNCOVERED_SECONDS",
+    "recover",
+    "uncovered",
+]
 
 COVER_TOLERANCE = 0.5  # s: speech this close to a segment counts as covered by it
 MIN_UNCOVERED_SECONDS = 1.0  # s of speech frames: shorter stretches without text are ignored
+# a stretch's detected language below this probability (music, noise the VAD took for
+# speech) is not trusted: the stretch is decoded in the file's language
+MIN_LANGUAGE_PROBABILITY = 0.5
 FRAMES_PER_SECOND = SAMPLE_RATE // MASK_HOP  # 100 mask frames per second
 
 #: decodes a clip in a language -> openai-whisper's result shape
 Decode = Callable[[np.ndarray, str], dict[str, Any]]
-#: the spoken language of a clip
-Detect = Callable[[np.ndarray], str]
+#: the spoken language of a clip and its probability
+Detect = Callable[[np.ndarray], tuple[str, float]]
 
 
 def uncovered(
@@ -113,11 +122,19 @@ def _widen(
         for i in order:
             s = segments[i]
             lo, hi = int(float(s["start"]) * SAMPLE_RATE), int(float(s["end"]) * SAMPLE_RATE)
-            if hi <= lo or detect(samples[lo:hi]) != language:
+            if hi <= lo or _language(detect, samples[lo:hi], "") != language:
                 break
             taken.add(i)
             a, b = min(a, lo), max(b, hi)
     return a, b, taken
+
+
+def _language(detect: Detect | None, clip: np.ndarray, otherwise: str) -> str:
+    """The clip's detected language when the detector is sure enough, else ``otherwise``."""
+    if detect is None:
+        return otherwise
+    language, probability = detect(clip)
+    return language if probability >= MIN_LANGUAGE_PROBABILITY else otherwise
 
 
 def recover(
@@ -140,8 +157,9 @@ def recover(
         speech: its VAD regions and probabilities (``vad.detect``).
         threshold: the VAD threshold.
         decode: decodes a clip in a language.
-        detect: detects a clip's language; None when the language was given (or the
-            model is English-only): stretches are then decoded in the file's language.
+        detect: detects a clip's language (trusted from ``MIN_LANGUAGE_PROBABILITY`` on);
+            None when the language was given (or the model is English-only): stretches
+            are then decoded in the file's language.
     """
     total = int(samples.shape[0])
     segments: list[dict[str, Any]] = list(result.get("segments") or ())
@@ -151,7 +169,7 @@ def recover(
         planned: list[tuple[int, int, str]] = []
         dropped: set[int] = set()
         for a, b in gaps:
-            language = file_language if detect is None else detect(samples[a:b])
+            language = _language(detect, samples[a:b], file_language)
             if detect is not None and language != file_language:
                 a, b, taken = _widen(samples, segments, (a, b), language, detect)
                 dropped |= taken

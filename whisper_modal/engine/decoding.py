@@ -148,7 +148,7 @@ def run_whisper(
         ),
         detect=None
         if options.language is not None or not loaded.is_multilingual
-        else lambda clip: detect_language(loaded, clip)[0],
+        else lambda clip: detect_language(loaded, clip),
     )
     return result
 
