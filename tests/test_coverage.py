@@ -264,3 +264,19 @@ def test_speech_left_uncovered_warns_the_caller(monkeypatch: pytest.MonkeyPatch)
     assert t.uncovered_speech == ((1.0, 3.0),)
     ours = [w for w in caught if "got no text" in str(w.message)]
     assert len(ours) == 1 and ours[0].filename == __file__, [str(w.message) for w in caught]
+
+
+@pytest.mark.slow
+def test_packed_inputs_report_uncovered_speech(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``transcribe_packed`` (many short inputs in shared passes) runs the same recovery."""
+    from tests.fakes import tiny_model_cache
+    from whisper_modal.engine.transcriber import Engine
+
+    monkeypatch.setattr(coverage, "uncovered", lambda *args: [(SR, 3 * SR)])
+    clips = [speech.make_clip(speech.SENTENCES[i : i + 2])[0] for i in (0, 2)]
+    engine = Engine(cache_dir=tiny_model_cache(), device="cpu")
+    out = engine.transcribe_packed(
+        [speech.wav_bytes(c) for c in clips], wm.TranscribeOptions(model="tiny.en")
+    )
+    assert [getattr(t, "uncovered_speech", None) for t in out] == [((1.0, 3.0),)] * 2
+    assert all(isinstance(t, Transcript) and t.text for t in out)

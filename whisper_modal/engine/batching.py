@@ -442,7 +442,33 @@ def transcribe_windows(
     size = batch_size or _batch_size(loaded, options)
     _run(loaded, [s for s in streams if s is not None], options, language, size)
     results = []
-    for stream, speech in zip(streams, maps, strict=True):
+    for stream, speech, original in zip(streams, maps, inputs, strict=True):
         result = _result(stream.segments if stream else [], language)
-        results.append(speech.restore(result) if speech and speech.regions else result)
+        if speech and speech.regions:
+            result = speech.restore(result)
+            _recover(loaded, result, np.asarray(original, dtype=np.float32), speech, options)
+        results.append(result)
     return results
+
+
+def _recover(
+    loaded: LoadedModel,
+    result: dict[str, Any],
+    samples: np.ndarray,
+    speech: Any,
+    options: TranscribeOptions,
+) -> None:
+    """``coverage.recover`` for one packed input (its language is known: no detection)."""
+    from . import coverage
+    from .decoding import _run as decode
+
+    coverage.recover(
+        result,
+        samples,
+        speech,
+        threshold=options.vad_threshold,
+        decode=lambda clip, language: decode(
+            loaded, clip, options.replace(language=language), "sequential"
+        ),
+        detect=None,
+    )
