@@ -142,6 +142,15 @@ def test_fanned_out_pieces_keep_their_uncovered_speech_in_file_time() -> None:
     assert merged.uncovered_speech == ((10.0, 12.0), (310.0, 312.0))
 
 
+def test_every_channel_keeps_its_uncovered_speech() -> None:
+    from whisper_modal.engine.channels import merge_channels
+
+    left = Transcript(text="", language="en", duration=9.0, uncovered_speech=((5.0, 6.0),))
+    right = left.with_changes(uncovered_speech=((1.0, 2.0),))
+    merged = merge_channels([left, right], diarized=False)
+    assert merged.uncovered_speech == ((1.0, 2.0), (5.0, 6.0))
+
+
 def test_what_stays_without_text_is_reported() -> None:
     speech_map, total = _map(10.0)
     result = {"language": "en", "text": " One.", "segments": [_segment(0, 4, "One.")]}

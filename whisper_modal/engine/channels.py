@@ -74,4 +74,6 @@ def merge_channels(parts: list[Transcript], *, diarized: bool) -> Transcript:
         timings=timings,
         diarization_error="; ".join(errors) or None,
         cold_start=any(p.cold_start for p in parts),
+        # speech without text on any channel, in time order
+        uncovered_speech=tuple(sorted(span for p in parts for span in p.uncovered_speech)),
     )
