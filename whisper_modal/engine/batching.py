@@ -28,7 +28,7 @@ The decoder call itself (a prompt and a stop per row) is ``decode_batch``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
@@ -392,6 +392,7 @@ def transcribe_windows(
     *,
     language: str,
     batch_size: int | None = None,
+    recover: Callable[[dict[str, Any], np.ndarray, Any], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Transcribe many inputs together: one stream each, ``batch_size`` per forward pass.
 
@@ -406,6 +407,8 @@ def transcribe_windows(
         language: the spoken language of all inputs.
         batch_size: windows per forward pass; default ``default_batch_size`` for the device,
             model and beam size.
+        recover: with the VAD, called as ``recover(result, input, speech_map)`` for each
+            input with speech (``decoding.recover_speech``: uncovered speech decoded again).
 
     Returns:
         One openai-whisper-shaped dict per input, in order.
@@ -446,29 +449,7 @@ def transcribe_windows(
         result = _result(stream.segments if stream else [], language)
         if speech and speech.regions:
             result = speech.restore(result)
-            _recover(loaded, result, np.asarray(original, dtype=np.float32), speech, options)
+            if recover is not None:
+                recover(result, np.asarray(original, dtype=np.float32), speech)
         results.append(result)
     return results
-
-
-def _recover(
-    loaded: LoadedModel,
-    result: dict[str, Any],
-    samples: np.ndarray,
-    speech: Any,
-    options: TranscribeOptions,
-) -> None:
-    """``coverage.recover`` for one packed input (its language is known: no detection)."""
-    from . import coverage
-    from .decoding import _run as decode
-
-    coverage.recover(
-        result,
-        samples,
-        speech,
-        threshold=options.vad_threshold,
-        decode=lambda clip, language: decode(
-            loaded, clip, options.replace(language=language), "sequential"
-        ),
-        detect=None,
-    )

@@ -7,7 +7,7 @@ carry the detected language's probability, which openai-whisper computes and dis
 from __future__ import annotations
 
 import itertools
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -16,11 +16,15 @@ from whisper_modal.options import TranscribeOptions
 from .constants import SAMPLE_RATE
 from .models import LoadedModel
 
+if TYPE_CHECKING:
+    from .vad import SpeechMap
+
 __all__ = [
     "choose_mode",
     "cut_loops",
     "detect_language",
     "drop_repeated_segments",
+    "recover_speech",
     "resolve_language",
     "run_whisper",
     "whisper_kwargs",
@@ -121,7 +125,6 @@ def run_whisper(
         loaded = int8_model(loaded)
     if not options.vad:
         return _run(loaded, samples, options, mode)
-    from .coverage import recover
     from .vad import VadParameters, detect, gate
 
     params = VadParameters.from_options(options)
@@ -138,11 +141,27 @@ def run_whisper(
             "mode": mode,
         }
     # speech the decode left without text (a language switch, a loop): decoded again
+    recover_speech(loaded, options, result, samples, speech)
+    return result
+
+
+def recover_speech(
+    loaded: LoadedModel,
+    options: TranscribeOptions,
+    result: dict[str, Any],
+    samples: np.ndarray,
+    speech: SpeechMap,
+) -> None:
+    """``coverage.recover`` with this model (the int8 twin with ``cpu_int8``): stretches
+    decoded alone in ``_run``, their language detected when ``options.language`` is None
+    (multilingual models)."""
+    from .coverage import recover
+
     recover(
         result,
         samples,
         speech,
-        threshold=params.threshold,
+        threshold=options.vad_threshold,
         decode=lambda clip, language: _run(
             loaded, clip, options.replace(language=language), choose_mode(options, clip)
         ),
@@ -150,7 +169,6 @@ def run_whisper(
         if options.language is not None or not loaded.is_multilingual
         else lambda clip: detect_language(loaded, clip),
     )
-    return result
 
 
 def _run(

@@ -8,6 +8,7 @@ decoding modes. Only the container turns the transcript into the wire dict.
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import time
@@ -157,6 +158,7 @@ class Engine:
         multilingual model) go through ``transcribe`` one by one.
         """
         from .batching import transcribe_windows
+        from .decoding import recover_speech
 
         started = time.perf_counter()
         out: list[Transcript | BaseException | None] = [None] * len(inputs)
@@ -182,7 +184,13 @@ class Engine:
             try:
                 with loaded.lock:
                     raw = transcribe_windows(
-                        loaded, [s for _, s in short], options, language=language
+                        loaded,
+                        [s for _, s in short],
+                        options,
+                        language=language,
+                        recover=functools.partial(
+                            recover_speech, _decoder(loaded, options), options
+                        ),
                     )
             except Exception as exc:
                 error = map_engine_error(exc)
@@ -251,6 +259,15 @@ class Engine:
             info["model_loaded"] = True
             info["device"] = loaded.device
         return info
+
+
+def _decoder(loaded: LoadedModel, options: TranscribeOptions) -> LoadedModel:
+    """The model that decodes: its int8 twin with ``cpu_int8`` (made once per process)."""
+    if not options.cpu_int8:
+        return loaded
+    from .quantize import int8_model
+
+    return int8_model(loaded)
 
 
 def _with_words(options: TranscribeOptions) -> TranscribeOptions:
