@@ -12,6 +12,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,8 @@ from tests.wer import wer
 from whisper_modal.server import create_app
 
 KEY = "sk-hardening-0123456789"
+OTHER = "sk-hardening-other-key"  # a second bare key: its own owner
+ALICE_OLD, ALICE_NEW, BOB = "sk-alice-old-01234", "sk-alice-new-56789", "sk-bob-0123456789"
 ROOT = Path(__file__).parents[1]
 SENTENCE = speech.SENTENCES[2]  # 12 words, about 4 s
 
@@ -45,7 +48,7 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> wm.Client:
         model="tiny.en",
         cache_dir=tiny_en_cache(),
         device="cpu",
-        api_keys=KEY,
+        api_keys=f"{KEY},{OTHER},alice:{ALICE_OLD},alice:{ALICE_NEW},bob:{BOB}",
         jobs_db=tmp_path_factory.mktemp("jobs") / "jobs.sqlite3",
     )
 
@@ -238,3 +241,66 @@ def test_serving_a_transcription_opens_no_outside_socket_and_leaves_no_telemetry
     assert not log.exists(), log.read_text()
     assert not (home / ".cache" / "Microsoft").exists(), sorted(home.rglob("*"))
     assert not (tmp / ".ses").exists()
+
+
+# ---------------------------------------------------------------------------- owners
+
+
+def _submit_form(url: str, key: str, audio: bytes) -> str:
+    boundary = "wm-hardening"
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="model"\r\n\r\nwhisper-1\r\n'
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n'
+            "Content-Type: audio/wav\r\n\r\n"
+        ).encode()
+        + audio
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    request = Request(f"{url}/v1/jobs", data=body, method="POST", headers={
+        "Authorization": f"Bearer {key}",
+        "Content-Type": f"multipart/form-data; boundary={boundary}"})  # fmt: skip
+    with urlopen(request, timeout=60) as response:
+        assert response.status == 202
+        job_id: str = json.loads(response.read())["id"]
+    return job_id
+
+
+def test_a_job_belongs_to_the_owner_of_its_key(server: ApiServer, client: wm.Client) -> None:
+    """Bob can neither read nor cancel Alice's job (404, as for no job); Alice's rotated
+    key reads it; the job store records a hash of the owner, never a key."""
+    job_id = _submit_form(server.url, ALICE_OLD, _clip())
+    for method in ("GET", "DELETE"):
+        status, body = _call(server, method, f"/v1/jobs/{job_id}", key=BOB)
+        assert status == 404, body
+        assert _error(body)["code"] == "job_not_found"
+        status, body = _call(server, method, f"/v1/jobs/{job_id}", key=KEY)  # a bare key
+        assert status == 404, body
+    view = _wait(server, job_id, ALICE_NEW)  # the owner's other key: rotation works
+    assert view["status"] == "succeeded" and wer(SENTENCE, view["result"]["text"]) <= 0.25
+    # the SDK's generic GET with Bob's key raises NotFoundError, not the transcript
+    bob = openai.OpenAI(base_url=f"{server.url}/v1", api_key=BOB, max_retries=0)
+    with pytest.raises(openai.NotFoundError):
+        bob.get(f"/jobs/{job_id}", cast_to=object)
+    # nothing in the job store names a key
+    folder = Path(client.settings.jobs_db).parent  # the database and its WAL
+    raw = b"".join(p.read_bytes() for p in folder.iterdir() if p.is_file())
+    for key in (KEY, ALICE_OLD, ALICE_NEW, BOB):
+        assert key.encode() not in raw
+
+
+def test_a_bare_key_is_the_owner_of_its_own_jobs(server: ApiServer) -> None:
+    job_id = _submit_form(server.url, KEY, b"not audio " * 100)  # fails fast; still KEY's
+    assert _call(server, "GET", f"/v1/jobs/{job_id}", key=OTHER)[0] == 404
+    assert _call(server, "DELETE", f"/v1/jobs/{job_id}", key=OTHER)[0] == 404
+    assert _wait(server, job_id, KEY)["status"] == "failed"  # and it was not cancelled
+
+
+def _wait(server: ApiServer, job_id: str, key: str, timeout: float = 300) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        status, view = _call(server, "GET", f"/v1/jobs/{job_id}", key=key)
+        assert status == 200, view
+        if view["status"] in ("succeeded", "failed", "cancelled") or time.monotonic() > deadline:
+            return dict(view)
+        time.sleep(0.2)

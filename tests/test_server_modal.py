@@ -28,6 +28,7 @@ from whisper_modal.server import create_app
 pytestmark = pytest.mark.slow
 
 KEY = "sk-modal-gateway"
+OTHER = "sk-modal-other-owner"
 SENTENCE = speech.SENTENCES[3]
 MAX_WER = 0.25
 
@@ -42,7 +43,7 @@ def fake() -> Iterator[FakeModal]:
 @pytest.fixture(scope="module")
 def server(fake: FakeModal) -> Iterator[ApiServer]:
     with pytest.MonkeyPatch.context() as monkeypatch:
-        client = fake_client(fake, monkeypatch, api_keys=KEY, backend="modal")
+        client = fake_client(fake, monkeypatch, api_keys=f"{KEY},other:{OTHER}", backend="modal")
         with ApiServer(create_app(client, jobs="direct")) as running:
             yield running
 
@@ -91,6 +92,12 @@ def test_jobs_are_modal_function_calls(server: ApiServer, sdk: openai.OpenAI,
         body={"model": "whisper-1"},
     )
     assert job["id"].startswith("fc-")  # stateless: any web container can answer for it
+    # another owner's key: the job book's record names the submitter's owner, not theirs
+    other = openai.OpenAI(base_url=f"{sdk.base_url}", api_key=OTHER, max_retries=0)
+    with pytest.raises(openai.NotFoundError):
+        other.get(f"/jobs/{job['id']}", cast_to=object)
+    with pytest.raises(openai.NotFoundError):
+        other.delete(f"/jobs/{job['id']}", cast_to=object)
     deadline = time.monotonic() + 300
     while True:
         view: Any = sdk.get(f"/jobs/{job['id']}", cast_to=object)

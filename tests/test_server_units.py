@@ -107,7 +107,13 @@ def test_api_keys() -> None:
         assert caught.value.status == 401 and caught.value.code == "invalid_api_key"
         assert "k1" not in str(caught.value) and "k2" not in str(caught.value)
     assert "k1" not in repr(keys)
-    ApiKeys([]).check(None)  # no keys configured: open (a loopback dev server)
+    assert keys.check("Bearer k1") != keys.check("Bearer k2")  # bare keys: one owner each
+    owned = ApiKeys(["alice:a-old", "alice:a-new", "bob:b1", "k:with:colons"])
+    assert owned.check("Bearer a-old") == owned.check("Bearer a-new") != owned.check("Bearer b1")
+    assert owned.check("Bearer with:colons")  # owner "k"; the key is after the first colon
+    for owner in (owned.check("Bearer a-old"), owned.check("Bearer b1")):
+        assert owner is not None and len(owner) == 32 and "a-old" not in owner
+    assert ApiKeys([]).check(None) is None  # no keys configured: open (a loopback dev server)
     with pytest.raises(ApiError, match="no API keys configured"):
         ApiKeys([], required=True).check("Bearer anything")
 

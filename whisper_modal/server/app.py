@@ -188,8 +188,9 @@ def create_app(
     async def invalid(request: HttpRequest, exc: RequestValidationError) -> JSONResponse:
         return _error_response(request, ApiError(400, "invalid request parameters"))
 
-    def authorize(request: HttpRequest) -> None:
-        keys.check(request.headers.get("authorization"))
+    def authorize(request: HttpRequest) -> str | None:
+        """Check the key; return its owner's hash (None without auth)."""
+        return keys.check(request.headers.get("authorization"))
 
     if not public_docs:
 
@@ -252,7 +253,7 @@ def create_app(
     @app.post("/v1/jobs", status_code=202)
     async def submit_job(request: HttpRequest) -> JSONResponse:
         """Accept a job: multipart upload, or JSON naming an ``s3://`` key."""
-        authorize(request)
+        owner = authorize(request)
         content_type = request.headers.get("content-type", "")
         if content_type.startswith("application/json"):
             data = await read_json(request, min(limit, MAX_JSON_BYTES))
@@ -284,7 +285,7 @@ def create_app(
             )
         except ConfigurationError as exc:
             raise ApiError(400, str(exc)) from exc
-        view = await store.submit(req)
+        view = await store.submit(req, owner=owner)
         return JSONResponse({"id": view.id, "status": view.status.value}, status_code=202)
 
     def job_body(view: JobView, fmt: str | None) -> Response:
@@ -312,14 +313,14 @@ def create_app(
     @app.get("/v1/jobs/{job_id}")
     async def get_job(request: HttpRequest, job_id: str) -> Response:
         """A job's status, progress, error and (once done) result."""
-        authorize(request)
-        return job_body(await store.get(job_id), request.query_params.get("format"))
+        owner = authorize(request)
+        return job_body(await store.get(job_id, owner=owner), request.query_params.get("format"))
 
     @app.delete("/v1/jobs/{job_id}")
     async def cancel_job(request: HttpRequest, job_id: str) -> Response:
         """Cancel a job (a finished one is left alone)."""
-        authorize(request)
-        return JSONResponse((await store.cancel(job_id)).to_dict())
+        owner = authorize(request)
+        return JSONResponse((await store.cancel(job_id, owner=owner)).to_dict())
 
     started = time.time()
 

@@ -53,7 +53,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     attempts INTEGER NOT NULL DEFAULT 0,
     result TEXT,                 -- Transcript.to_dict() as JSON
     error_type TEXT,
-    error TEXT
+    error TEXT,
+    owner TEXT                   -- auth.owner_hash of the submitting key's owner (NULL: no auth)
 )
 """
 
@@ -90,7 +91,12 @@ class JobView:
 
 
 class Jobs(Protocol):
-    """What the routes need from a job store."""
+    """What the routes need from a job store.
+
+    ``owner`` is the caller's ``auth.owner_hash`` (None when authentication is off). A job
+    belongs to the owner that submitted it; to any other owner it does not exist
+    (``JobNotFound``), so ids cannot be probed.
+    """
 
     async def start(self) -> None:
         """Recover or prepare (called once when the server starts)."""
@@ -98,15 +104,15 @@ class Jobs(Protocol):
     async def stop(self) -> None:
         """Stop watching (called once when the server stops)."""
 
-    async def submit(self, request: Request) -> JobView:
+    async def submit(self, request: Request, *, owner: str | None = None) -> JobView:
         """Accept a job (durably, where the store is persistent) and start it."""
         ...
 
-    async def get(self, job_id: str) -> JobView:
-        """The job's current view. Raises JobNotFound."""
+    async def get(self, job_id: str, *, owner: str | None = None) -> JobView:
+        """The job's current view. Raises JobNotFound (also for another owner's job)."""
         ...
 
-    async def cancel(self, job_id: str) -> JobView:
+    async def cancel(self, job_id: str, *, owner: str | None = None) -> JobView:
         """Cancel the job (a finished job is left alone). Raises JobNotFound."""
         ...
 
@@ -127,10 +133,15 @@ def _error_fields(exc: BaseException) -> tuple[str, str]:
 
 
 class DirectJobs:
-    """Stateless jobs: the id is the ``Client``'s job id (a Modal FunctionCall id)."""
+    """Stateless jobs: the id is the ``Client``'s job id (a Modal FunctionCall id).
+
+    The owner travels in the job's ``client_job_id`` (``<owner hash>-<hex>``), which the
+    app's job book records at submit, so any web container can tell whose job it is.
+    """
 
     def __init__(self, client: Client) -> None:
         self.client = client
+        self._local_owners: dict[str, str | None] = {}  # in-process jobs (a local fallback)
 
     async def start(self) -> None:
         """Nothing to recover: Modal keeps the jobs."""
@@ -138,28 +149,35 @@ class DirectJobs:
     async def stop(self) -> None:
         """Nothing to stop."""
 
-    async def submit(self, request: Request) -> JobView:
+    async def submit(self, request: Request, *, owner: str | None = None) -> JobView:
         """Submit through the client; answer with the backend's id."""
-        audio = request.audio if request.audio is not None else request.s3_uri
-        if request.webhook_url is None:
-            job = await self.client.asubmit(audio, options=request.options)
-        else:
-            job = await self.client.asubmit(
-                audio, options=request.options, webhook_url=request.webhook_url
-            )
+        client_job_id = f"{owner or 'anon'}-{uuid.uuid4().hex}"
+        job = await _submit_request(self.client, attrs.evolve(request, client_job_id=client_job_id))
+        if is_in_process_job(job.id):
+            self._local_owners[job.id] = owner
         return JobView(job.id, JobStatus.PENDING, created_at=time.time())
 
-    async def _check_known(self, job_id: str) -> None:
-        """Serve only this app's jobs: a Modal id needs a record in the app's job book.
+    async def _check_known(self, job_id: str, owner: str | None) -> None:
+        """Serve only this app's jobs, each to its owner.
 
-        Any FunctionCall id of the workspace would otherwise do, other apps' included.
+        A Modal id needs a record in the app's job book (any FunctionCall id of the
+        workspace would otherwise do, other apps' included) whose ``client_job_id`` names
+        the caller's owner.
         """
-        if not is_in_process_job(job_id) and await self.client.ajob_record(job_id) is None:
-            raise JobNotFound(f"no job {job_id!r} in this app", job_id=job_id)
+        missing = JobNotFound(f"no job {job_id!r} in this app", job_id=job_id)
+        if is_in_process_job(job_id):
+            if job_id in self._local_owners and self._local_owners[job_id] != owner:
+                raise missing
+            return
+        record = await self.client.ajob_record(job_id)
+        if record is None:
+            raise missing
+        if owner is not None and not (record.client_job_id or "").startswith(owner + "-"):
+            raise missing
 
-    async def get(self, job_id: str) -> JobView:
+    async def get(self, job_id: str, *, owner: str | None = None) -> JobView:
         """Ask the backend (one status call, one non-blocking result call when done)."""
-        await self._check_known(job_id)
+        await self._check_known(job_id, owner)
         job = Job.from_id(job_id, client=self.client)
         status = await job.astatus()
         if not status.done:
@@ -175,11 +193,11 @@ class DirectJobs:
             return JobView(job_id, JobStatus.FAILED, error_type=kind, error=message)
         return JobView(job_id, JobStatus.SUCCEEDED, transcript=transcript)
 
-    async def cancel(self, job_id: str) -> JobView:
+    async def cancel(self, job_id: str, *, owner: str | None = None) -> JobView:
         """Cancel through the client."""
-        await self._check_known(job_id)
+        await self._check_known(job_id, owner)
         await Job.from_id(job_id, client=self.client).acancel()
-        return await self.get(job_id)
+        return await self.get(job_id, owner=owner)
 
 
 class PersistentJobs:
@@ -218,6 +236,9 @@ class PersistentJobs:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         await self._sql("PRAGMA journal_mode=WAL")
         await self._sql(_SCHEMA)
+        columns = {row[1] for row in await self._sql("PRAGMA table_info(jobs)")}
+        if "owner" not in columns:  # a database from before owners: its jobs have none
+            await self._sql("ALTER TABLE jobs ADD COLUMN owner TEXT")
         rows = await self._sql(
             "SELECT id, wire, audio, backend_id FROM jobs WHERE status IN (?, ?)",
             JobStatus.PENDING.value,
@@ -257,7 +278,7 @@ class PersistentJobs:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def submit(self, request: Request) -> JobView:
+    async def submit(self, request: Request, *, owner: str | None = None) -> JobView:
         """Store the job (committed before this returns), then start it."""
         job_id = JOB_PREFIX + uuid.uuid4().hex
         # the server's id travels as client_job_id, so webhooks and S3 keys carry it
@@ -266,13 +287,15 @@ class PersistentJobs:
         audio = wire.pop("audio")
         now = time.time()
         await self._sql(
-            "INSERT INTO jobs (id, status, created, updated, wire, audio) VALUES (?,?,?,?,?,?)",
+            "INSERT INTO jobs (id, status, created, updated, wire, audio, owner) "
+            "VALUES (?,?,?,?,?,?,?)",
             job_id,
             JobStatus.PENDING.value,
             now,
             now,
             json.dumps(wire),
             audio,
+            owner,
         )
         try:
             await self._launch(job_id, request)
@@ -330,23 +353,24 @@ class PersistentJobs:
             JobStatus.RUNNING.value,
         )
 
-    async def _row(self, job_id: str) -> tuple[Any, ...]:
+    async def _row(self, job_id: str, owner: str | None) -> tuple[Any, ...]:
         rows = await self._sql(
-            "SELECT status, created, backend_id, attempts, result, error_type, error "
+            "SELECT status, created, backend_id, attempts, result, error_type, error, owner "
             "FROM jobs WHERE id = ?",
             job_id,
         )
-        if not rows:
+        # another owner's job answers exactly as a missing one
+        if not rows or rows[0][7] != owner:
             raise JobNotFound(f"no job {job_id}", job_id=job_id)
-        return tuple(rows[0])
+        return tuple(rows[0][:7])
 
-    async def get(self, job_id: str) -> JobView:
+    async def get(self, job_id: str, *, owner: str | None = None) -> JobView:
         """Read the job's row (``running`` while its backend says so).
 
         Raises:
             JobNotFound: no such job.
         """
-        row = await self._row(job_id)
+        row = await self._row(job_id, owner)
         state, backend_id, progress = JobStatus(row[0]), row[2], None
         if not state.done and backend_id:
             handle = Job.from_id(backend_id, client=self.client)
@@ -354,7 +378,7 @@ class PersistentJobs:
                 live = await handle.astatus()
                 if live.done:  # ended, and its watcher has not written it yet: settle now
                     await self._settle(job_id, handle)
-                    row = await self._row(job_id)
+                    row = await self._row(job_id, owner)
                     state = JobStatus(row[0])
                 else:
                     state = JobStatus.RUNNING if live is JobStatus.RUNNING else state
@@ -371,17 +395,17 @@ class PersistentJobs:
             resumed=attempts > 1,
         )
 
-    async def cancel(self, job_id: str) -> JobView:
+    async def cancel(self, job_id: str, *, owner: str | None = None) -> JobView:
         """Mark the job cancelled and ask its backend to stop it.
 
         Raises:
-            JobNotFound: no such job.
+            JobNotFound: no such job (or another owner's).
         """
-        row = await self._row(job_id)
+        row = await self._row(job_id, owner)
         if JobStatus(row[0]).done:
-            return await self.get(job_id)
+            return await self.get(job_id, owner=owner)
         await self._end(job_id, JobStatus.CANCELLED)
         if row[2]:
             with contextlib.suppress(WhisperModalError):
                 await Job.from_id(row[2], client=self.client).acancel()
-        return await self.get(job_id)
+        return await self.get(job_id, owner=owner)
