@@ -12,6 +12,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -48,6 +49,8 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> wm.Client:
         model="tiny.en",
         cache_dir=tiny_en_cache(),
         device="cpu",
+        webhook_secret="whsec-hardening",
+        webhook_allow_hosts="127.0.0.1",
         api_keys=f"{KEY},{OTHER},alice:{ALICE_OLD},alice:{ALICE_NEW},bob:{BOB}",
         jobs_db=tmp_path_factory.mktemp("jobs") / "jobs.sqlite3",
     )
@@ -304,3 +307,116 @@ def _wait(server: ApiServer, job_id: str, key: str, timeout: float = 300) -> dic
         if view["status"] in ("succeeded", "failed", "cancelled") or time.monotonic() > deadline:
             return dict(view)
         time.sleep(0.2)
+
+
+# ---------------------------------------------------------------------------- slow webhooks
+
+
+class HangingReceiver:
+    """Accepts webhook connections on 127.0.0.1 and never answers (holds them open)."""
+
+    def __init__(self) -> None:
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(16)
+        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}/hook"
+        self.first = threading.Event()
+        self.first_at = 0.0
+        self._held: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return  # closed
+            self._held.append(conn)
+            if not self.first.is_set():
+                self.first_at = time.monotonic()
+                self.first.set()
+
+    def close(self) -> None:
+        self._sock.close()
+        for conn in self._held:
+            conn.close()
+
+
+def _submit_json_form(url: str, fields: dict[str, str]) -> str:
+    boundary = "wm-hook"
+    body = b"".join(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
+        for k, v in fields.items()
+    )
+    body += (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\n'
+        ).encode()
+        + _clip()
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    request = Request(f"{url}/v1/jobs", data=body, method="POST", headers={
+        "Authorization": f"Bearer {KEY}",
+        "Content-Type": f"multipart/form-data; boundary={boundary}"})  # fmt: skip
+    with urlopen(request, timeout=60) as response:
+        job_id: str = json.loads(response.read())["id"]
+    return job_id
+
+
+def test_a_hanging_webhook_receiver_delays_no_other_job(server: ApiServer) -> None:
+    """Job A's receiver accepts and never answers (5 attempts x 10 s + backoff, about a
+    minute of retries). Job B, submitted behind A, must not wait for them, and A must read
+    final while its webhook is still being tried."""
+    receiver = HangingReceiver()
+    try:
+        a = _submit_json_form(server.url, {"model": "whisper-1", "webhook_url": receiver.url})
+        b = _submit_json_form(server.url, {"model": "whisper-1"})
+        assert receiver.first.wait(120), "job A's webhook never came"
+        view_a = _wait(server, a, KEY)
+        view_b = _wait(server, b, KEY)
+        b_done = time.monotonic()
+    finally:
+        receiver.close()
+    assert view_a["status"] == "succeeded"  # final before (and while) its webhook is tried
+    assert view_b["status"] == "succeeded"
+    delay = b_done - receiver.first_at
+    print(f"\njob B finished {delay:.1f} s after job A's webhook began hanging")
+    assert delay < 30.0  # about 57 s when the webhook ran on the job thread
+
+
+def test_a_full_jobs_queue_answers_429_with_retry_after(client: wm.Client) -> None:
+    with ApiServer(create_app(client, max_queued_jobs=1)) as small:
+        answers = []
+        for _ in range(3):  # back to back: the first is still queued or running
+            body, ctype = _form({"model": "whisper-1"})
+            request = Request(f"{small.url}/v1/jobs", data=body, method="POST", headers={
+                "Authorization": f"Bearer {KEY}", "Content-Type": ctype})  # fmt: skip
+            try:
+                with urlopen(request, timeout=60) as response:
+                    answers.append((response.status, dict(response.headers), response.read()))
+            except Exception as exc:  # urllib's HTTPError carries the answer
+                answers.append((exc.code, dict(exc.headers), exc.read()))  # type: ignore[attr-defined]
+        first = json.loads(answers[0][2])["id"]
+        assert answers[0][0] == 202
+        refused = [a for a in answers[1:] if a[0] == 429]
+        assert refused, [a[0] for a in answers]
+        assert {k.lower(): v for k, v in refused[0][1].items()}["retry-after"] == "10"
+        assert _error(json.loads(refused[0][2]))["code"] == "queue_full"
+        assert _wait(small, first, KEY)["status"] == "succeeded"
+
+
+def _form(fields: dict[str, str]) -> tuple[bytes, str]:
+    boundary = "wm-form"
+    body = b"".join(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
+        for k, v in fields.items()
+    )
+    body += (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\n'
+        ).encode()
+        + _clip()
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    return body, f"multipart/form-data; boundary={boundary}"

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from whisper_modal.backends.base import Request
 from whisper_modal.config import Settings, split_list
@@ -24,7 +26,7 @@ from whisper_modal.results import Transcript
 from whisper_modal.storage import S3Object, S3Store, parse_s3_prefix, safe_name
 from whisper_modal.webhooks import WebhookSender, build_payload, check_destination
 
-__all__ = ["notify", "result_keys", "write_results"]
+__all__ = ["WebhookQueue", "notify", "result_keys", "write_results"]
 
 log = logging.getLogger("whisper_modal.delivery")
 
@@ -156,3 +158,41 @@ def notify(
     )
     delivery = WebhookSender(secret).send(request.webhook_url, payload)
     log_event(log, "webhook", job_id=job_id, ok=delivery.ok, attempts=delivery.attempts)
+
+
+class WebhookQueue:
+    """Webhook deliveries on their own bounded queue and worker threads.
+
+    A receiver that hangs costs a worker up to the sender's retries (5 attempts of 10 s
+    plus backoff, about a minute), never a job thread. ``put`` blocks while ``max_pending``
+    deliveries wait (backpressure on the jobs that finish, no webhook dropped).
+
+    Args:
+        workers: deliveries in flight at once.
+        max_pending: deliveries waiting beyond those.
+    """
+
+    def __init__(self, *, workers: int = 4, max_pending: int = 256) -> None:
+        self._queue: queue.Queue[Callable[[], None] | None] = queue.Queue(max_pending)
+        self._threads = [
+            threading.Thread(target=self._work, name=f"whisper-modal-webhook-{i}", daemon=True)
+            for i in range(workers)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def put(self, deliver: Callable[[], None]) -> None:
+        """Queue one delivery (a callable that sends and logs; it must not raise)."""
+        self._queue.put(deliver)
+
+    def _work(self) -> None:
+        while (deliver := self._queue.get()) is not None:
+            try:
+                deliver()
+            except Exception:  # one bad delivery must not end the worker
+                log.exception("webhook delivery failed", extra={"event": "webhook_error"})
+
+    def close(self) -> None:
+        """Let the workers finish what is queued, then end (does not wait for them)."""
+        for _ in self._threads:
+            self._queue.put(None)

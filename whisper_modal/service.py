@@ -8,8 +8,10 @@ the container turns it into the wire dict (``app.py``).
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from whisper_modal.backends.base import Request
@@ -63,11 +65,19 @@ class Service:
             )
         return self._store
 
-    def handle(self, wire: dict[str, Any] | Request, *, job_id: str | None = None) -> Transcript:
+    def handle(
+        self,
+        wire: dict[str, Any] | Request,
+        *,
+        job_id: str | None = None,
+        defer_notify: Callable[[Callable[[], None]], None] | None = None,
+    ) -> Transcript:
         """Run one request and return its transcript.
 
         A webhook (when asked for) is sent on success and on failure; the original error
-        is re-raised after a failure notification.
+        is re-raised after a failure notification. ``defer_notify`` takes the sending
+        instead of running it here: the local backend sends once the job is final, on its
+        own workers, so a slow receiver holds up no job.
 
         Raises:
             WhisperModalError: any typed failure (audio, storage, configuration, engine).
@@ -75,15 +85,20 @@ class Service:
         request = wire if isinstance(wire, Request) else Request.from_wire(wire)
         job_id = job_id or request.client_job_id
         started = time.perf_counter()
+        send = defer_notify or (lambda deliver: deliver())
         try:
             result = self._run(request, job_id)
         except Exception as exc:
             error = map_engine_error(exc)
-            notify(self.settings, request, job_id, started, error=error)
+            if request.webhook_url is not None:
+                send(
+                    functools.partial(notify, self.settings, request, job_id, started, error=error)
+                )
             if error is exc:
                 raise
             raise error from exc
-        notify(self.settings, request, job_id, started, result=result)
+        if request.webhook_url is not None:
+            send(functools.partial(notify, self.settings, request, job_id, started, result=result))
         return result
 
     def handle_packed(self, wires: list[dict[str, Any]]) -> list[Transcript | WhisperModalError]:

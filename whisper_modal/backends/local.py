@@ -14,10 +14,12 @@ import asyncio
 import concurrent.futures as cf
 import threading
 import uuid
+from collections.abc import Callable
 
 from whisper_modal.backends.base import LOCAL_JOB_PREFIX, Request, Submission
 from whisper_modal.backends.registry import in_process_jobs
 from whisper_modal.config import Settings
+from whisper_modal.delivery import WebhookQueue
 from whisper_modal.engine.transcriber import Engine
 from whisper_modal.results import Transcript
 from whisper_modal.service import Service
@@ -46,6 +48,7 @@ class LocalBackend:
         )
         self.service = Service(self.engine, settings)
         self._executor: cf.ThreadPoolExecutor | None = None
+        self._webhooks: WebhookQueue | None = None
         self._lock = threading.Lock()
 
     def device(self) -> str:
@@ -75,15 +78,40 @@ class LocalBackend:
         return self.start(request)
 
     def start(self, request: Request, *, fallback_reason: str | None = None) -> Submission:
-        """Queue ``request`` as a local job (``fallback_reason``: why it runs here)."""
+        """Queue ``request`` as a local job (``fallback_reason``: why it runs here).
+
+        Its webhook is not sent on the job thread: it is queued for the webhook workers
+        once the job's outcome is set (a receiver that hangs delays no other job, and reads
+        the job final when its webhook arrives).
+        """
         job_id = LOCAL_JOB_PREFIX + uuid.uuid4().hex
-        future = self._jobs_executor().submit(self.service.handle, request, job_id=job_id)
+        deliveries: list[Callable[[], None]] = []
+        future = self._jobs_executor().submit(
+            self.service.handle, request, job_id=job_id, defer_notify=deliveries.append
+        )
+        if request.webhook_url is not None:
+            webhooks = self._webhook_queue()
+
+            def send_when_final(_: cf.Future[Transcript]) -> None:
+                for deliver in deliveries:
+                    webhooks.put(deliver)
+
+            future.add_done_callback(send_when_final)
         in_process_jobs().add(job_id, future, fallback_reason=fallback_reason)
         return Submission(job_id, fallback_reason)
+
+    def _webhook_queue(self) -> WebhookQueue:
+        with self._lock:
+            if self._webhooks is None:
+                self._webhooks = WebhookQueue()
+            return self._webhooks
 
     def close(self) -> None:
         """Stop the job thread; queued jobs are cancelled, a running one finishes."""
         with self._lock:
             executor, self._executor = self._executor, None
+            webhooks, self._webhooks = self._webhooks, None
         if executor is not None:
             executor.shutdown(wait=False, cancel_futures=True)
+        if webhooks is not None:
+            webhooks.close()

@@ -112,6 +112,7 @@ def create_app(
     jobs: Jobs | str | None = None,
     api_keys: list[str] | tuple[str, ...] | None = None,
     require_auth: bool = False,
+    max_queued_jobs: int = 64,
 ) -> FastAPI:
     """Build the HTTP API around ``client``.
 
@@ -123,6 +124,8 @@ def create_app(
             where many web containers answer and Modal keeps the jobs) or a ``Jobs``.
         api_keys: accepted bearer keys (default: ``settings.api_keys``); none: no auth.
         require_auth: refuse every ``/v1`` request when no key is configured.
+        max_queued_jobs: unfinished jobs a persistent store holds; more get ``429`` with
+            ``Retry-After`` (a bounded queue: one caller cannot pile up work without end).
 
     Returns:
         A FastAPI app; serve it with uvicorn or Modal's ``@modal.asgi_app``.
@@ -135,7 +138,7 @@ def create_app(
         split_list(settings.api_keys) if api_keys is None else api_keys, required=require_auth
     )
     if jobs is None or jobs == "persistent":
-        store: Jobs = PersistentJobs(client, settings.jobs_db)
+        store: Jobs = PersistentJobs(client, settings.jobs_db, max_unfinished=max_queued_jobs)
     elif jobs == "direct":
         store = DirectJobs(client)
     elif isinstance(jobs, str):

@@ -33,6 +33,7 @@ from whisper_modal.client import Client
 from whisper_modal.errors import JobCancelled, JobNotFound, WhisperModalError
 from whisper_modal.jobs import Job
 from whisper_modal.results import Transcript
+from whisper_modal.server.errors import ApiError
 
 __all__ = ["JOB_PREFIX", "DirectJobs", "JobView", "Jobs", "PersistentJobs"]
 
@@ -206,11 +207,13 @@ class PersistentJobs:
     Args:
         client: runs the jobs (``Client.submit_request``).
         path: the SQLite file (its directory is created).
+        max_unfinished: jobs pending or running at once; more get 429 (bounded queue).
     """
 
-    def __init__(self, client: Client, path: str | Path) -> None:
+    def __init__(self, client: Client, path: str | Path, *, max_unfinished: int = 64) -> None:
         self.client = client
         self.path = Path(path)
+        self.max_unfinished = max_unfinished
         self._tasks: dict[str, asyncio.Task[None]] = {}
 
     @contextlib.contextmanager
@@ -279,7 +282,25 @@ class PersistentJobs:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def submit(self, request: Request, *, owner: str | None = None) -> JobView:
-        """Store the job (committed before this returns), then start it."""
+        """Store the job (committed before this returns), then start it.
+
+        Raises:
+            ApiError: 429 with ``Retry-After`` while ``max_unfinished`` jobs are unfinished.
+        """
+        (unfinished,) = (
+            await self._sql(
+                "SELECT COUNT(*) FROM jobs WHERE status IN (?, ?)",
+                JobStatus.PENDING.value,
+                JobStatus.RUNNING.value,
+            )
+        )[0]
+        if unfinished >= self.max_unfinished:
+            raise ApiError(
+                429,
+                f"the jobs queue is full ({self.max_unfinished} unfinished jobs); retry later",
+                code="queue_full",
+                headers={"Retry-After": "10"},
+            )
         job_id = JOB_PREFIX + uuid.uuid4().hex
         # the server's id travels as client_job_id, so webhooks and S3 keys carry it
         request = attrs.evolve(request, client_job_id=job_id)
