@@ -54,6 +54,7 @@ class InputState:
     task_id: str = ""
     output: api_pb2.FunctionGetOutputsItem | None = None
     leased_at: float = 0.0
+    tasks: list[str] = field(default_factory=list)  # every container that took it, in order
 
 
 @dataclass
@@ -797,6 +798,7 @@ class Servicer(ModalClientBase):
             for i in taken:
                 state.queue.remove(i)
                 i.status, i.task_id = "running", task_id
+                i.tasks.append(task_id)
         if self.pool is not None and taken:
             self.pool.started(task_id, [i.input_id for i in taken])
         await stream.send_message(
