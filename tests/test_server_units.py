@@ -126,8 +126,10 @@ def test_settings_for_the_server() -> None:
             "WHISPER_MODAL_WEBHOOK_ALLOW_HOSTS": "10.0.0.0/8,hooks.internal",
             "WHISPER_MODAL_JOBS_DB": "~/jobs.db",
             "WHISPER_MODAL_WEB_PROXY_AUTH": "true",
+            "WHISPER_MODAL_BODY_TIMEOUT": "2.5",
         }
     )
+    assert s.body_timeout == 2.5 and Settings.resolve(env={}).body_timeout == 30.0
     assert split_list(s.api_keys) == ("sk-a", "sk-b") and "sk-a" not in repr(s)
     assert s.max_request_bytes == 1234 and s.web_proxy_auth is True
     assert s.jobs_db == Path("~/jobs.db").expanduser()
@@ -136,6 +138,8 @@ def test_settings_for_the_server() -> None:
         Settings.resolve(env={"WHISPER_MODAL_WEB_MIN_CONTAINERS": "-1"})
     with pytest.raises(e.ConfigurationError):
         Settings.resolve(env={"WHISPER_MODAL_MAX_REQUEST_BYTES": "0"})
+    with pytest.raises(e.ConfigurationError):
+        Settings.resolve(env={"WHISPER_MODAL_BODY_TIMEOUT": "0"})
 
 
 # ---------------------------------------------------------------------------- SSRF
@@ -280,7 +284,7 @@ def test_serve_refuses_a_public_interface_without_keys(
 INSPECT_WEB = """
 import json, warnings
 warnings.simplefilter("ignore")
-from whisper_modal.app import app, web, WEB_OPTIONS, deploy_command
+from whisper_modal.app import app, web, WEB_ENV, WEB_OPTIONS, deploy_command
 info = web.info()
 cmd, env = deploy_command()
 print(json.dumps({
@@ -291,6 +295,7 @@ print(json.dumps({
     "min_containers": WEB_OPTIONS["min_containers"],
     "secrets": [repr(s) for s in WEB_OPTIONS["secrets"]],
     "deploy_env": {k: v for k, v in env.items() if k.startswith("WHISPER_MODAL_WEB")},
+    "body_timeout": WEB_ENV.get("WHISPER_MODAL_BODY_TIMEOUT"),
 }))
 """
 
@@ -315,7 +320,9 @@ def test_modal_web_function_is_registered_as_a_cpu_asgi_app() -> None:
         WHISPER_MODAL_WEB_MIN_CONTAINERS="2",
         WHISPER_MODAL_WEB_MAX_INPUTS="16",
         WHISPER_MODAL_SECRET_NAME="wm-keys",
+        WHISPER_MODAL_BODY_TIMEOUT="12",
     )
+    assert info["body_timeout"] == "12.0"  # the web image carries the deploy's timeout
     assert info["unauthenticated"] is False and info["max_inputs"] == 16
     assert info["min_containers"] == 2 and len(info["secrets"]) == 1
     assert info["deploy_env"]["WHISPER_MODAL_WEB_MIN_CONTAINERS"] == "2"

@@ -201,6 +201,8 @@ class Settings:
     api_keys: str | None = attrs.field(default=None, repr=False)  # comma-separated; never printed
     server_models: str | None = None  # comma-separated models served (default: ``model``)
     max_request_bytes: int = attrs.field(default=100 * 1024**2, validator=_positive)  # HTTP body
+    # seconds an HTTP body may go without a byte before it is answered 408 and closed
+    body_timeout: float = attrs.field(default=30.0, validator=_positive)
     jobs_db: Path = attrs.field(factory=default_jobs_db, converter=_path)  # local server's jobs
     web_min_containers: int = attrs.field(default=0, validator=_not_negative)  # warm web pool
     web_max_inputs: int = attrs.field(default=100, validator=_positive)  # requests per container

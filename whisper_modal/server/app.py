@@ -145,7 +145,7 @@ def create_app(
         raise ConfigurationError(f"jobs must be 'persistent' or 'direct', not {jobs!r}")
     else:
         store = jobs
-    limit = settings.max_request_bytes
+    limit, body_timeout = settings.max_request_bytes, settings.body_timeout
     allow_hosts = split_list(settings.webhook_allow_hosts)
     if not keys.enabled:
         log.warning("HTTP API without API keys: anyone who can reach it may use it")
@@ -205,7 +205,7 @@ def create_app(
 
     async def audio_request(request: HttpRequest, task: str) -> Response:
         authorize(request)
-        form = await read_form(request, limit)
+        form = await read_form(request, limit, timeout=body_timeout)
         fields = _form_fields(form)
         fmt = oa.response_format(form.get("response_format"))
         grains = oa.granularities(fields[1]("timestamp_granularities[]"))
@@ -259,13 +259,13 @@ def create_app(
         owner = authorize(request)
         content_type = request.headers.get("content-type", "")
         if content_type.startswith("application/json"):
-            data = await read_json(request, min(limit, MAX_JSON_BYTES))
+            data = await read_json(request, min(limit, MAX_JSON_BYTES), timeout=body_timeout)
             fields = oa.json_fields(data)
             audio, s3_uri = None, fields[0]("s3_uri")
             if not isinstance(s3_uri, str) or not s3_uri.startswith("s3://"):
                 raise ApiError(400, 'a JSON job needs "s3_uri": "s3://bucket/key"', param="s3_uri")
         else:
-            form = await read_form(request, limit)
+            form = await read_form(request, limit, timeout=body_timeout)
             fields, audio, s3_uri = _form_fields(form), form.file, form.get("s3_uri")
             if not audio and not s3_uri:
                 raise ApiError(400, "send a 'file' or an 's3_uri'", param="file")

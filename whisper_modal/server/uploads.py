@@ -2,13 +2,18 @@
 
 Limits: a ``Content-Length`` over the limit is refused with 413 before one byte of the
 body is read; a chunked (or lying) body is counted as it streams and refused with 413 the
-moment it passes the limit. Uploads are parsed straight into memory (the audio becomes
-``bytes`` in a ``Request`` anyway), so nothing is spooled to disk: a client that
-disconnects mid-upload leaves no temp file, only a buffer the garbage collector frees.
+moment it passes the limit. A body that stops coming (no byte for ``timeout`` seconds) is
+answered 408 with ``Connection: close``: uvicorn has no such timeout of its own (its
+``timeout_keep_alive`` only runs between requests), so a client that sends its headers and
+then stalls would hold its connection and its buffer for ever. Uploads are parsed
+straight into memory (the audio becomes ``bytes`` in a ``Request`` anyway), so nothing is
+spooled to disk: a client that disconnects mid-upload leaves no temp file, only a buffer
+the garbage collector frees.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -51,7 +56,16 @@ def _too_large(limit: int) -> ApiError:
     )
 
 
-async def _chunks(request: Request, limit: int) -> AsyncIterator[bytes]:
+def _stalled(timeout: float) -> ApiError:
+    return ApiError(
+        408,
+        f"the request body stalled: no data for {timeout:g} s (WHISPER_MODAL_BODY_TIMEOUT)",
+        code="body_timeout",
+        headers={"Connection": "close"},  # the rest of the body may still come: not reusable
+    )
+
+
+async def _chunks(request: Request, limit: int, timeout: float) -> AsyncIterator[bytes]:
     declared = request.headers.get("content-length")
     if declared is not None:
         try:
@@ -61,8 +75,16 @@ async def _chunks(request: Request, limit: int) -> AsyncIterator[bytes]:
         if size > limit:  # refuse before reading anything
             raise _too_large(limit)
     received = 0
+    stream = request.stream()
     try:
-        async for chunk in request.stream():
+        while True:
+            try:
+                async with asyncio.timeout(timeout):  # per chunk: a slow body that moves is fine
+                    chunk = await anext(stream)
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                raise _stalled(timeout) from None
             received += len(chunk)
             if received > limit:
                 raise _too_large(limit)
@@ -72,16 +94,23 @@ async def _chunks(request: Request, limit: int) -> AsyncIterator[bytes]:
         raise ApiError(
             400, "the client disconnected during the upload", code="disconnected"
         ) from None
+    finally:
+        await stream.aclose()
 
 
-async def read_json(request: Request, limit: int) -> dict[str, Any]:
+async def read_json(request: Request, limit: int, *, timeout: float) -> dict[str, Any]:
     """Read a JSON object body of at most ``limit`` bytes.
 
+    Args:
+        request: the request whose body to read.
+        limit: bytes of body accepted.
+        timeout: seconds the body may go without a byte.
+
     Raises:
-        ApiError: 413 over the limit; 400 not a JSON object.
+        ApiError: 413 over the limit; 408 stalled; 400 not a JSON object.
     """
     body = bytearray()
-    async for chunk in _chunks(request, limit):
+    async for chunk in _chunks(request, limit, timeout):
         body += chunk
     try:
         data = json.loads(body)
@@ -120,12 +149,17 @@ def _depth(value: Any) -> int:
     return deepest
 
 
-async def read_form(request: Request, limit: int) -> Form:
+async def read_form(request: Request, limit: int, *, timeout: float) -> Form:
     """Parse a ``multipart/form-data`` body of at most ``limit`` bytes.
 
+    Args:
+        request: the request whose body to read.
+        limit: bytes of body accepted.
+        timeout: seconds the body may go without a byte.
+
     Raises:
-        ApiError: 413 over the limit; 400 not multipart, malformed, truncated, more than
-            one file, or too many / too long fields.
+        ApiError: 413 over the limit; 408 stalled; 400 not multipart, malformed,
+            truncated, more than one file, or too many / too long fields.
     """
     from python_multipart.multipart import MultipartParser, parse_options_header
 
@@ -153,7 +187,7 @@ async def read_form(request: Request, limit: int) -> Form:
         },
     )
     try:
-        async for chunk in _chunks(request, limit):
+        async for chunk in _chunks(request, limit, timeout):
             parser.write(chunk)
             if state.error:
                 raise ApiError(400, state.error, code="invalid_form")

