@@ -13,7 +13,11 @@ import json
 import socket
 import time
 from collections.abc import Iterator
+from typing import Any
+from urllib.error import HTTPError
+from urllib.request import Request, urlopen
 
+import openai
 import pytest
 
 import whisper_modal as wm
@@ -133,3 +137,62 @@ def test_a_slow_upload_that_keeps_coming_is_transcribed(server: ApiServer) -> No
         answer = _read_until_closed(sock)
     assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
     assert wer(SENTENCE, answer.partition(b"\r\n\r\n")[2].decode()) <= 0.25
+
+
+# ---------------------------------------------------------------------------- OpenAI's form
+
+
+def _post(server: ApiServer, path: str, body: bytes, content_type: str) -> tuple[int, Any]:
+    request = Request(f"{server.url}{path}", data=body, method="POST", headers={
+        "Authorization": f"Bearer {KEY}", "Content-Type": content_type})  # fmt: skip
+    try:
+        with urlopen(request, timeout=120) as response:
+            status, payload = response.status, response.read()
+    except HTTPError as exc:
+        status, payload = exc.code, exc.read()
+    try:
+        return status, json.loads(payload)
+    except ValueError:
+        return status, payload.decode()
+
+
+def _error(body: Any) -> dict[str, Any]:
+    error: dict[str, Any] = body["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["message"]
+    return error
+
+
+@pytest.mark.parametrize("path", ["/v1/audio/transcriptions", "/v1/audio/translations",
+                                  "/v1/jobs"])  # fmt: skip
+def test_the_audio_must_be_the_file_field(server: ApiServer, path: str) -> None:
+    """A file part under another name was taken as the audio (OpenAI requires ``file``)."""
+    body, content_type = _multipart({"model": "whisper-1"}, _clip(), name="audio")
+    status, answer = _post(server, path, body, content_type)
+    assert status == 400, answer
+    error = _error(answer)
+    assert error["param"] == "file" and error["code"] == "missing_required_parameter"
+    assert "'audio'" in error["message"]  # says what was sent instead
+
+
+@pytest.mark.parametrize("path", ["/v1/audio/transcriptions", "/v1/audio/translations"])
+def test_openais_endpoints_need_a_model(server: ApiServer, path: str) -> None:
+    body, content_type = _multipart({"response_format": "text"}, _clip())
+    status, answer = _post(server, path, body, content_type)
+    assert status == 400, answer
+    error = _error(answer)
+    assert error["param"] == "model" and error["code"] == "missing_required_parameter"
+
+
+def test_a_job_needs_no_model(server: ApiServer) -> None:
+    """The jobs API is ours: its model defaults to the deployment's."""
+    body, content_type = _multipart({}, _clip())
+    status, answer = _post(server, "/v1/jobs", body, content_type)
+    assert status == 202, answer
+
+
+def test_an_empty_file_is_code_empty_through_the_openai_sdk(server: ApiServer) -> None:
+    sdk = openai.OpenAI(base_url=f"{server.url}/v1", api_key=KEY, max_retries=0, timeout=60)
+    with pytest.raises(openai.BadRequestError) as caught:
+        sdk.audio.transcriptions.create(file=("a.wav", b""), model="whisper-1")
+    body = caught.value.body
+    assert isinstance(body, dict) and body["param"] == "file" and body["code"] == "empty"

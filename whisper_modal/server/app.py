@@ -21,7 +21,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import Any, overload
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
@@ -35,7 +35,7 @@ from whisper_modal.config import split_list
 from whisper_modal.errors import ConfigurationError, WhisperModalError
 from whisper_modal.server import openai_api as oa
 from whisper_modal.server.auth import ApiKeys
-from whisper_modal.server.errors import ApiError, http_error
+from whisper_modal.server.errors import ApiError, http_error, shorten
 from whisper_modal.server.jobs import DirectJobs, Jobs, JobView, PersistentJobs
 from whisper_modal.server.uploads import Form, read_form, read_json
 
@@ -104,6 +104,29 @@ def _form_fields(form: Form) -> oa.Fields:
         return form.get_all(name) + (form.get_all(bare) if bare != name else [])
 
     return form.get, get_all
+
+
+#: OpenAI's code for a required field that is absent
+MISSING = "missing_required_parameter"
+
+
+@overload
+def _upload(form: Form, *, missing: str) -> bytes: ...
+@overload
+def _upload(form: Form, *, missing: str | None) -> bytes | None: ...
+def _upload(form: Form, *, missing: str | None) -> bytes | None:
+    """The audio of the ``file`` part; 400 when it is empty, or absent and ``missing`` says
+    what to send (None: the file is optional)."""
+    if form.file is None:
+        if missing is None:
+            return None
+        if form.other_files:
+            names = ", ".join(repr(shorten(n)) for n in form.other_files)
+            missing += f" (a file came in {names}; the audio goes in 'file', as in OpenAI's API)"
+        raise ApiError(400, missing, param="file", code=MISSING)
+    if not form.file:
+        raise ApiError(400, "the uploaded 'file' is empty", param="file", code="empty")
+    return form.file
 
 
 def create_app(
@@ -206,6 +229,14 @@ def create_app(
     async def audio_request(request: HttpRequest, task: str) -> Response:
         authorize(request)
         form = await read_form(request, limit, timeout=body_timeout)
+        audio = _upload(form, missing="the 'file' field is missing")
+        if form.get("model") is None:  # OpenAI requires it; its SDKs always send it
+            raise ApiError(
+                400,
+                f"the 'model' field is missing ({oa.OPENAI_ALIAS!r} is this server's default)",
+                param="model",
+                code=MISSING,
+            )
         fields = _form_fields(form)
         fmt = oa.response_format(form.get("response_format"))
         grains = oa.granularities(fields[1]("timestamp_granularities[]"))
@@ -217,9 +248,7 @@ def create_app(
                 code="invalid_value",
             )
         options = oa.build_options(fields, settings, task=task)
-        if not form.file:
-            raise ApiError(400, "the 'file' field is missing or empty", param="file")
-        transcript = await client.atranscribe(form.file, options=options)
+        transcript = await client.atranscribe(audio, options=options)
         return oa.render(transcript, fmt, task=task, grains=grains)
 
     @app.post("/v1/audio/transcriptions")
@@ -266,9 +295,8 @@ def create_app(
                 raise ApiError(400, 'a JSON job needs "s3_uri": "s3://bucket/key"', param="s3_uri")
         else:
             form = await read_form(request, limit, timeout=body_timeout)
-            fields, audio, s3_uri = _form_fields(form), form.file, form.get("s3_uri")
-            if not audio and not s3_uri:
-                raise ApiError(400, "send a 'file' or an 's3_uri'", param="file")
+            fields, s3_uri = _form_fields(form), form.get("s3_uri")
+            audio = _upload(form, missing=None if s3_uri else "send a 'file' or an 's3_uri'")
         task = oa.text(fields[0]("task"), "task") or "transcribe"
         options = oa.build_options(fields, settings, task=task)
         webhook = oa.text(fields[0]("webhook_url"), "webhook_url")

@@ -35,10 +35,18 @@ from whisper_modal.errors import (
     WhisperModalError,
 )
 
-__all__ = ["ApiError", "http_error"]
+__all__ = ["ApiError", "http_error", "shorten"]
 
 INVALID = "invalid_request_error"
 SERVER = "server_error"
+
+#: characters of a caller's value (a model name, a job id) that an error message repeats
+ECHO_CHARS = 64
+
+
+def shorten(value: str, limit: int = ECHO_CHARS) -> str:
+    """``value`` cut to ``limit`` characters plus "…": a message never echoes 100 KB back."""
+    return value if len(value) <= limit else value[:limit] + "…"
 
 
 class ApiError(WhisperModalError):

@@ -31,11 +31,16 @@ _MAX_FIELD_BYTES = 64 * 1024  # one text field (prompts are at most 4000 charact
 
 @attrs.frozen
 class Form:
-    """A parsed multipart form: text fields (repeatable) and at most one file."""
+    """A parsed multipart form: text fields (repeatable) and at most one file.
+
+    The audio is the part named ``file``, as in OpenAI's API; a file part under any other
+    name is not read, only named in ``other_files`` (so a 400 can say what was sent).
+    """
 
     fields: dict[str, list[str]]
     file: bytes | None
     filename: str | None
+    other_files: tuple[str, ...] = ()
 
     def get(self, name: str) -> str | None:
         """The last value of a text field, None when absent or empty."""
@@ -200,7 +205,8 @@ async def read_form(request: Request, limit: int, *, timeout: float) -> Form:
         raise ApiError(400, state.error, code="invalid_form")
     if not state.ended:
         raise ApiError(400, "the multipart body ended early", code="invalid_form")
-    return Form(state.fields, None if state.file is None else bytes(state.file), state.filename)
+    file = None if state.file is None else bytes(state.file)
+    return Form(state.fields, file, state.filename, tuple(state.other_files))
 
 
 class _FormState:
@@ -210,6 +216,7 @@ class _FormState:
         self.fields: dict[str, list[str]] = {}
         self.file: bytearray | None = None
         self.filename: str | None = None
+        self.other_files: list[str] = []  # names of file parts that are not "file"
         self.error: str | None = None
         self.ended = False
         self._count = 0
@@ -218,6 +225,7 @@ class _FormState:
         self._disposition = b""
         self._name = ""
         self._is_file = False
+        self._skip = False  # a file part under another name: its data is not kept
         self._data = bytearray()
 
     def part_begin(self) -> None:
@@ -242,7 +250,10 @@ class _FormState:
 
         _, options = parse_options_header(self._disposition)
         self._name = options.get(b"name", b"").decode("utf-8", "replace")
-        self._is_file = b"filename" in options or self._name == "file"
+        self._is_file = self._name == "file"
+        self._skip = not self._is_file and b"filename" in options
+        if self._skip:
+            self.other_files.append(self._name)
         if self._is_file:
             if self.file is not None:
                 self.error = "send one file per request"
@@ -250,6 +261,8 @@ class _FormState:
             self.filename = options.get(b"filename", b"").decode("utf-8", "replace")
 
     def part_data(self, data: bytes, start: int, end: int) -> None:
+        if self._skip:
+            return
         if self._is_file and self.file is not None:
             self.file += data[start:end]  # the request-level limit bounds this
             return
@@ -258,10 +271,10 @@ class _FormState:
             self.error = f"form field {self._name!r} is longer than {_MAX_FIELD_BYTES} bytes"
 
     def part_end(self) -> None:
-        if not self._is_file:
+        if not self._is_file and not self._skip:
             value = self._data.decode("utf-8", "replace")
             self.fields.setdefault(self._name, []).append(value)
-        self._is_file = False
+        self._is_file = self._skip = False
 
     def end(self) -> None:
         self.ended = True
