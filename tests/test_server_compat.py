@@ -196,3 +196,62 @@ def test_an_empty_file_is_code_empty_through_the_openai_sdk(server: ApiServer) -
         sdk.audio.transcriptions.create(file=("a.wav", b""), model="whisper-1")
     body = caught.value.body
     assert isinstance(body, dict) and body["param"] == "file" and body["code"] == "empty"
+
+
+# ---------------------------------------------------------------------------- long names
+
+
+def test_a_long_file_name_is_accepted_through_the_openai_sdk(server: ApiServer) -> None:
+    """A 5 KB file name was a 'malformed multipart' 400 (python-multipart's 4 KiB header
+    line)."""
+    sdk = openai.OpenAI(base_url=f"{server.url}/v1", api_key=KEY, max_retries=0, timeout=120)
+    text = sdk.audio.transcriptions.create(
+        file=("a" * 5000 + ".wav", _clip()), model="whisper-1", response_format="text"
+    )
+    assert wer(SENTENCE, text) <= 0.25, text
+
+
+def test_a_part_header_past_the_limit_is_a_clear_400(server: ApiServer) -> None:
+    body, content_type = _multipart({"model": "whisper-1"}, _clip(), filename="a" * 70_000)
+    status, answer = _post(server, "/v1/audio/transcriptions", body, content_type)
+    assert status == 400, answer
+    error = _error(answer)
+    assert error["code"] == "invalid_form" and "header" in error["message"], error
+    assert "malformed" not in error["message"]
+
+
+def _json(server: ApiServer, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    data = None if body is None else json.dumps(body).encode()
+    request = Request(f"{server.url}{path}", data=data, method=method,
+                      headers={"Authorization": f"Bearer {KEY}",
+                               "Content-Type": "application/json"})  # fmt: skip
+    try:
+        with urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_errors_echo_a_short_piece_of_a_long_name(server: ApiServer) -> None:
+    """A 404 for a 100 KB model name repeated all 100 KB."""
+    long = "m" * 100_000
+    answers = {
+        "json model": _json(server, "POST", "/v1/jobs", {"s3_uri": "s3://b/k.wav", "model": long}),
+        "json language": _json(
+            server, "POST", "/v1/jobs", {"s3_uri": "s3://b/k.wav", "language": long}
+        ),
+        "retrieve model": _json(server, "GET", "/v1/models/" + long[:8000]),
+        "get job": _json(server, "GET", "/v1/jobs/job_" + long[:8000]),
+        "cancel job": _json(server, "DELETE", "/v1/jobs/job_" + long[:8000]),
+    }
+    for fields in ({"model": long[:60_000]}, {"model": "whisper-1",
+                                               "response_format": long[:60_000]}):  # fmt: skip
+        body, content_type = _multipart(fields, _clip())
+        answers[f"form {sorted(fields)}"] = _post(
+            server, "/v1/audio/transcriptions", body, content_type
+        )
+    for what, (status, answer) in answers.items():
+        assert status in (400, 404), (what, status)
+        message = _error(answer)["message"]
+        assert len(message) < 400, (what, len(message), message[:200])
+        assert "m" * 65 not in message and "m…" in message, (what, message)

@@ -279,7 +279,9 @@ def create_app(
         """One model of the list (OpenAI's retrieve), or 404 ``model_not_found``."""
         authorize(request)
         if model not in (oa.OPENAI_ALIAS, *oa.served_models(settings)):
-            raise ApiError(404, f"the model {model!r} does not exist here", code="model_not_found")
+            raise ApiError(
+                404, f"the model {shorten(model)!r} does not exist here", code="model_not_found"
+            )
         return {"id": model, "object": "model", "created": 0, "owned_by": "whisper-modal"}
 
     @app.post("/v1/jobs", status_code=202)

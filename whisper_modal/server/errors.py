@@ -42,6 +42,8 @@ SERVER = "server_error"
 
 #: characters of a caller's value (a model name, a job id) that an error message repeats
 ECHO_CHARS = 64
+#: characters of any error message: a backstop for a message that quotes a value in full
+MESSAGE_CHARS = 1024
 
 
 def shorten(value: str, limit: int = ECHO_CHARS) -> str:
@@ -122,6 +124,7 @@ def http_error(exc: BaseException, request_id: str) -> tuple[int, dict[str, Any]
         else:  # not ours: never show its text or traceback
             status, kind, code, param = 500, SERVER, "internal_error", None
             message = f"internal server error (request id {request_id})"
+    message = shorten(message, MESSAGE_CHARS)
     if status >= 500 and request_id not in message:
         message = f"{message} (request id {request_id})"
     if status == 503:

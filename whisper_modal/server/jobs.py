@@ -33,7 +33,7 @@ from whisper_modal.client import Client
 from whisper_modal.errors import JobCancelled, JobNotFound, WhisperModalError
 from whisper_modal.jobs import Job
 from whisper_modal.results import Transcript
-from whisper_modal.server.errors import ApiError
+from whisper_modal.server.errors import ApiError, shorten
 
 __all__ = ["JOB_PREFIX", "DirectJobs", "JobView", "Jobs", "PersistentJobs"]
 
@@ -165,7 +165,7 @@ class DirectJobs:
         workspace would otherwise do, other apps' included) whose ``client_job_id`` names
         the caller's owner.
         """
-        missing = JobNotFound(f"no job {job_id!r} in this app", job_id=job_id)
+        missing = JobNotFound(f"no job {shorten(job_id)!r} in this app", job_id=job_id)
         if is_in_process_job(job_id):
             if job_id in self._local_owners and self._local_owners[job_id] != owner:
                 raise missing
@@ -382,7 +382,7 @@ class PersistentJobs:
         )
         # another owner's job answers exactly as a missing one
         if not rows or rows[0][7] != owner:
-            raise JobNotFound(f"no job {job_id}", job_id=job_id)
+            raise JobNotFound(f"no job {shorten(job_id)}", job_id=job_id)
         return tuple(rows[0][:7])
 
     async def get(self, job_id: str, *, owner: str | None = None) -> JobView:

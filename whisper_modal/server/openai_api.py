@@ -21,7 +21,7 @@ from whisper_modal.config import Settings, split_list
 from whisper_modal.errors import ConfigurationError
 from whisper_modal.options import DEFAULT_TEMPERATURES, TranscribeOptions
 from whisper_modal.results import Transcript
-from whisper_modal.server.errors import ApiError
+from whisper_modal.server.errors import ApiError, shorten
 
 __all__ = [
     "OPENAI_ALIAS",
@@ -73,7 +73,7 @@ def _model(name: str | None, settings: Settings) -> str:
     if name not in served_models(settings):
         raise ApiError(
             404,
-            f"the model {name!r} does not exist here; GET /v1/models lists the served ones",
+            f"the model {shorten(name)!r} does not exist here; GET /v1/models lists them",
             param="model",
             code="model_not_found",
         )
@@ -122,7 +122,7 @@ def response_format(value: str | None) -> str:
     if fmt not in RESPONSE_FORMATS:
         raise ApiError(
             400,
-            f"response_format must be one of {', '.join(RESPONSE_FORMATS)}, not {fmt!r}",
+            f"response_format must be one of {', '.join(RESPONSE_FORMATS)}, not {shorten(fmt)!r}",
             param="response_format",
             code="invalid_value",
         )
@@ -183,7 +183,11 @@ def build_options(
     try:
         return TranscribeOptions(**given)
     except ConfigurationError as exc:
-        raise ApiError(400, str(exc), param=_bad_field(given), code="invalid_value") from exc
+        message = str(exc)
+        for value in given.values():  # the options' messages quote the value they refuse
+            if isinstance(value, str) and value != shorten(value):
+                message = message.replace(repr(value), repr(shorten(value)))
+        raise ApiError(400, message, param=_bad_field(given), code="invalid_value") from exc
 
 
 #: option name -> the form field it comes from, where they differ

@@ -21,12 +21,18 @@ from typing import Any
 import attrs
 from starlette.requests import ClientDisconnect, Request
 
-from whisper_modal.server.errors import ApiError
+from whisper_modal.server.errors import ApiError, shorten
 
 __all__ = ["MAX_JSON_DEPTH", "Form", "read_form", "read_json"]
 
 _MAX_FIELDS = 64  # form fields per request (the OpenAI form has about ten)
 _MAX_FIELD_BYTES = 64 * 1024  # one text field (prompts are at most 4000 characters)
+# one header line of a part: python-multipart's default (4 KiB + 128) refused a file name
+# of 4.2 KB as a malformed body; OpenAI's SDKs send the name they are given
+_MAX_HEADER_BYTES = 64 * 1024
+_MAX_HEADERS = 8  # header lines per part (python-multipart's default; a part needs two)
+# python-multipart's messages for those two limits (any other parse error is "malformed")
+_HEADER_LIMITS = ("Maximum header size exceeded", "Maximum header count exceeded")
 
 
 @attrs.frozen
@@ -190,6 +196,8 @@ async def read_form(request: Request, limit: int, *, timeout: float) -> Form:
             "on_headers_finished": state.headers_finished,
             "on_end": state.end,
         },
+        max_header_size=_MAX_HEADER_BYTES,
+        max_header_count=_MAX_HEADERS,
     )
     try:
         async for chunk in _chunks(request, limit, timeout):
@@ -199,7 +207,14 @@ async def read_form(request: Request, limit: int, *, timeout: float) -> Form:
         parser.finalize()
     except ApiError:
         raise
-    except Exception:  # python_multipart's parse errors: the body is not a valid form
+    except Exception as exc:  # python_multipart's parse errors: the body is not a valid form
+        if str(exc) in _HEADER_LIMITS:
+            raise ApiError(
+                400,
+                f"a form part's headers are too long: at most {_MAX_HEADERS} lines of "
+                f"{_MAX_HEADER_BYTES} bytes (a file name counts in its line)",
+                code="invalid_form",
+            ) from None
         raise ApiError(400, "malformed multipart/form-data body", code="invalid_form") from None
     if state.error:
         raise ApiError(400, state.error, code="invalid_form")
@@ -268,7 +283,8 @@ class _FormState:
             return
         self._data += data[start:end]
         if len(self._data) > _MAX_FIELD_BYTES:
-            self.error = f"form field {self._name!r} is longer than {_MAX_FIELD_BYTES} bytes"
+            name = shorten(self._name)
+            self.error = f"form field {name!r} is longer than {_MAX_FIELD_BYTES} bytes"
 
     def part_end(self) -> None:
         if not self._is_file and not self._skip:
