@@ -135,6 +135,9 @@ def test_request_wire_round_trip_and_validation() -> None:
         "str",
     }
     assert Request.from_wire(wire) == req
+    assert "public_job_id" not in wire  # unset: off the wire, as apps deployed before read it
+    named = Request(options=opts, audio=b"x", public_job_id="job_1")
+    assert Request.from_wire(named.to_wire()) == named
     assert "RIFF" not in repr(req)
     with pytest.raises(ConfigurationError, match="exactly one"):
         Request(options=opts)

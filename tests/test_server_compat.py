@@ -24,10 +24,12 @@ import whisper_modal as wm
 from tests import speech
 from tests.api_server import ApiServer
 from tests.models_cache import tiny_en_cache
+from tests.servers import WebhookReceiver
 from tests.wer import wer
 from whisper_modal.server import create_app
 
 KEY = "sk-compat-0123456789"
+SECRET = "whsec-compat"
 SENTENCE = speech.SENTENCES[2]  # 12 words, about 4 s
 BODY_TIMEOUT = 1.0  # seconds without a byte of the body
 
@@ -46,6 +48,8 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> wm.Client:
         cache_dir=tiny_en_cache(),
         device="cpu",
         api_keys=KEY,
+        webhook_secret=SECRET,
+        webhook_allow_hosts="127.0.0.1",
         jobs_db=tmp_path_factory.mktemp("jobs") / "jobs.sqlite3",
         body_timeout=BODY_TIMEOUT,
     )
@@ -255,3 +259,23 @@ def test_errors_echo_a_short_piece_of_a_long_name(server: ApiServer) -> None:
         message = _error(answer)["message"]
         assert len(message) < 400, (what, len(message), message[:200])
         assert "m" * 65 not in message and "m…" in message, (what, message)
+
+
+# ---------------------------------------------------------------------------- webhooks
+
+
+def test_the_webhook_names_the_job_by_its_http_id(server: ApiServer) -> None:
+    """The payload's ``job_id`` was the backend's ``local-...`` id, which GET /v1/jobs
+    answers 404 for; now it is the id the 202 gave, and so is the transcript's."""
+    with WebhookReceiver(SECRET) as receiver:
+        body, content_type = _multipart({"webhook_url": receiver.url}, _clip())
+        status, job = _post(server, "/v1/jobs", body, content_type)
+        assert status == 202, job
+        (hook,) = receiver.wait_for(1, timeout=300)
+    payload = hook["json"]
+    assert hook["verified"] and payload["status"] == "succeeded"
+    assert payload["job_id"] == job["id"], payload["job_id"]
+    assert payload["transcript"]["job_id"] == job["id"]
+    status, view = _json(server, "GET", f"/v1/jobs/{payload['job_id']}")
+    assert status == 200 and view["status"] == "succeeded", view
+    assert view["result"]["job_id"] == job["id"]

@@ -131,12 +131,16 @@ def notify(
             and the webhook allow-list: a URL resolving to a loopback, private, link-local
             or metadata address is refused (logged, not sent) unless it is listed.
         request: the job's request (``webhook_url``, ``output``, ``client_job_id``).
-        job_id: the job's id as the caller knows it.
+        job_id: the backend's id for the job; the payload names it by
+            ``request.public_job_id`` instead when that is set (a server's own id).
         started: ``time.perf_counter()`` when the job started (for ``duration_seconds``).
         result: the transcript, on success. error: the typed error, on failure.
     """
     if request.webhook_url is None:
         return
+    job_id = request.public_job_id or job_id
+    if result is not None and job_id:
+        result = result.with_changes(job_id=job_id)
     secret = settings.webhook_secret
     if not secret:
         log.warning("webhook skipped: no WHISPER_MODAL_WEBHOOK_SECRET to sign it with")

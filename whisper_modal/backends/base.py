@@ -70,6 +70,9 @@ class Request:
     webhook_url: str | None = attrs.field(default=None, repr=False)  # may hold tokens
     formats: tuple[str, ...] = attrs.field(default=(), converter=_formats)
     client_job_id: str | None = None  # id the client chose (local jobs, idempotent delivery)
+    # the id the caller reads the job by when it is not the backend's (the HTTP API's
+    # job_...): the webhook's job_id and its transcript's name the job by it
+    public_job_id: str | None = None
 
     def __attrs_post_init__(self) -> None:
         if (self.audio is None) == (self.s3_uri is None):
@@ -95,6 +98,8 @@ class Request:
             "webhook_url": self.webhook_url,
             "formats": list(self.formats),
             "client_job_id": self.client_job_id,
+            # only when set: the plain wire stays what an app deployed before it reads
+            **({"public_job_id": self.public_job_id} if self.public_job_id else {}),
         }
 
     @classmethod
@@ -123,6 +128,7 @@ class Request:
             webhook_url=data.get("webhook_url"),
             formats=tuple(data.get("formats") or ()),
             client_job_id=data.get("client_job_id"),
+            public_job_id=data.get("public_job_id"),
         )
 
 

@@ -262,7 +262,8 @@ class PersistentJobs:
         try:
             data = json.loads(wire)
             data["audio"] = audio
-            request = Request.from_wire(data)
+            # a row stored before public_job_id existed: its webhook names the HTTP id too
+            request = attrs.evolve(Request.from_wire(data), public_job_id=job_id)
         except (WhisperModalError, ValueError, TypeError) as exc:
             error = ("ServerRestart", f"lost in a server restart, cannot be resumed: {exc}")
             await self._end(job_id, JobStatus.FAILED, error=error)
@@ -302,8 +303,9 @@ class PersistentJobs:
                 headers={"Retry-After": "10"},
             )
         job_id = JOB_PREFIX + uuid.uuid4().hex
-        # the server's id travels as client_job_id, so webhooks and S3 keys carry it
-        request = attrs.evolve(request, client_job_id=job_id)
+        # the server's id travels with the request: S3 keys and idempotent delivery use
+        # client_job_id, and the webhook names the job by public_job_id (not local-...)
+        request = attrs.evolve(request, client_job_id=job_id, public_job_id=job_id)
         wire = request.to_wire()
         audio = wire.pop("audio")
         now = time.time()
@@ -348,8 +350,10 @@ class PersistentJobs:
             await self._end(job_id, JobStatus.CANCELLED)
         except WhisperModalError as exc:
             await self._end(job_id, JobStatus.FAILED, error=_error_fields(exc))
-        else:
-            await self._end(job_id, JobStatus.SUCCEEDED, result=transcript)
+        else:  # the transcript names the job by the id the caller reads it by
+            await self._end(
+                job_id, JobStatus.SUCCEEDED, result=transcript.with_changes(job_id=job_id)
+            )
 
     async def _end(
         self,
