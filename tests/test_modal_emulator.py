@@ -8,14 +8,17 @@ environment only (``tests/emulator``). Nothing in our package is patched or swap
 
 from __future__ import annotations
 
+import copy
 import json
 import os
+import pickle
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from modal_proto import api_pb2
@@ -29,7 +32,10 @@ from tests.wer import wer
 ROOT = Path(__file__).parents[1]
 SAMPLE = ROOT / "examples" / "sample.flac"
 SECRET = "whisper-modal-emulated"
+T = TypeVar("T")
+HEARTBEAT_INTERVAL = 15.0  # modal.client.HEARTBEAT_INTERVAL: how often a container asks
 SUCCESS = api_pb2.GenericResult.GENERIC_STATUS_SUCCESS
+TERMINATED = api_pb2.GenericResult.GENERIC_STATUS_TERMINATED
 #: a client's fan-out thresholds made small: ~55 s of speech becomes 3 pieces of <= 25 s
 FANOUT_ENV = {"WHISPER_MODAL_FANOUT_SECONDS": "30", "WHISPER_MODAL_FANOUT_CHUNK_SECONDS": "25"}
 
@@ -139,28 +145,53 @@ def long_wav(deployed: Deployed) -> tuple[Path, str, float]:
     return path, reference, len(samples) / speech.SAMPLE_RATE
 
 
-def inputs_of(deployed: Deployed, function_name: str) -> list[InputState]:
-    """Every input the emulator queued for ``function_name`` (bound variants included)."""
-    servicer = deployed.emulator.servicer
-    return [
-        i
-        for i in servicer.inputs.values()
-        if servicer.functions[
-            servicer.function_calls[i.function_call_id].function_id
-        ].definition.function_name
-        == function_name
-    ]
+@pytest.fixture(scope="module")
+def longer_wav(deployed: Deployed) -> tuple[Path, str, float]:
+    """About 110 s of speech: 5 pieces, more than the 3 containers a function may have."""
+    samples, reference = speech.make_clip(speech.SENTENCES[:24], gap_seconds=0.7)
+    path = deployed.emulator.root / "longer.wav"
+    path.write_bytes(speech.wav_bytes(samples))
+    return path, reference, len(samples) / speech.SAMPLE_RATE
+
+
+def wait_for(condition: Callable[[], bool], timeout: float) -> bool:
+    """Poll ``condition`` (it reads the emulator's state) until true or ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def on_loop(deployed: Deployed, read: Callable[[], T]) -> T:
+    """Run ``read`` on the emulator's loop: its state changes only there."""
+
+    async def call() -> T:
+        return read()
+
+    return deployed.emulator.run(call())
 
 
 def pieces_of(deployed: Deployed, job_id: str) -> list[InputState]:
     """The GPU inputs the orchestrator spawned for job ``job_id`` (its FunctionCall)."""
     servicer = deployed.emulator.servicer
-    parents = {i.input_id for i in servicer.function_calls[job_id].inputs}
-    return [
-        i
-        for i in servicer.inputs.values()
-        if servicer.function_calls[i.function_call_id].parent_input_id in parents
-    ]
+
+    def read() -> list[InputState]:
+        parents = {i.input_id for i in servicer.function_calls[job_id].inputs}
+        return [
+            copy.copy(i)
+            for i in servicer.inputs.values()
+            if servicer.function_calls[i.function_call_id].parent_input_id in parents
+        ]
+
+    return on_loop(deployed, read)
+
+
+def busy_containers(deployed: Deployed) -> list[str]:
+    """Containers with an input in hand."""
+    pool = deployed.emulator.pool
+    return on_loop(deployed, lambda: [t for t, c in pool.containers.items() if c.running])
 
 
 def test_a_long_submit_fans_out_over_containers_and_reattaches_from_another_process(
@@ -199,3 +230,140 @@ def test_a_long_submit_fans_out_over_containers_and_reattaches_from_another_proc
     # the pieces ran side by side: one GPU container each (the class takes one input at once)
     assert len({p.tasks[0] for p in pieces}) == min(total, deployed.emulator.pool.max_per_function)
     assert not deployed.emulator.servicer.unimplemented
+
+
+def test_cancelling_a_fanned_out_job_stops_its_pieces(
+    deployed: Deployed, longer_wav: tuple[Path, str, float]
+) -> None:
+    path = longer_wav[0]
+    out = deployed.client(
+        f"""
+        import json, time, whisper_modal as wm
+        job = wm.submit({str(path)!r}, backend="modal", model="tiny.en", language="en")
+        deadline = time.monotonic() + 120
+        while (job.progress() is None) and time.monotonic() < deadline:
+            time.sleep(0.2)  # until the orchestrator has split the audio and spawned pieces
+        progress = job.progress()
+        job.cancel()
+        print(json.dumps({{"id": job.id, "at_cancel": progress}}))
+        """,
+        env=FANOUT_ENV,
+    )
+    job_id = out["id"]
+    done, total = out["at_cancel"]
+    assert done < total >= 5
+    servicer = deployed.emulator.servicer
+    cancelled_at = servicer.function_calls[job_id].cancelled_at
+    assert cancelled_at > 0
+
+    def settled() -> bool:
+        pieces = pieces_of(deployed, job_id)
+        return bool(pieces) and all(p.output is not None for p in pieces)
+
+    assert wait_for(settled, 60), [p.status for p in pieces_of(deployed, job_id)]
+    pieces = pieces_of(deployed, job_id)
+    # pieces still queued never start; a running one stops by Modal's next heartbeat
+    # (every 15 s) or ends on its own before that: no piece runs on past it
+    late = [p for p in pieces if p.finished_at > cancelled_at + HEARTBEAT_INTERVAL + 3]
+    assert not late, f"{len(late)} piece(s) ran on past a heartbeat after the cancel"
+    assert any(p.output.result.status == TERMINATED for p in pieces)
+    # the job reads cancelled from any process, and no container is left working on it
+    seen = deployed.client(
+        f"""
+        import json, whisper_modal as wm
+        print(json.dumps({{"status": wm.Job.from_id({job_id!r}).status().value}}))
+        """
+    )
+    assert seen["status"] == "cancelled"
+    assert wait_for(lambda: not busy_containers(deployed), 30)
+
+
+def submit_long(deployed: Deployed, path: Path) -> str:
+    """Submit ``path`` as a fan-out job from a client process; its job id."""
+    out = deployed.client(
+        f"""
+        import json, whisper_modal as wm
+        job = wm.submit({str(path)!r}, backend="modal", model="tiny.en", language="en")
+        print(json.dumps({{"id": job.id}}))
+        """,
+        env=FANOUT_ENV,
+    )
+    return str(out["id"])
+
+
+def result_of(deployed: Deployed, job_id: str) -> dict[str, Any]:
+    """Wait for job ``job_id`` in a fresh process; its text, status and progress."""
+    return deployed.client(
+        f"""
+        import json, whisper_modal as wm
+        job = wm.Job.from_id({job_id!r})
+        t = job.result(timeout=300)
+        print(json.dumps({{"text": t.text, "status": job.status().value,
+                           "progress": job.progress()}}))
+        """,
+        timeout=360,
+    )
+
+
+def test_a_gpu_container_killed_mid_piece_costs_one_retry_of_that_piece(
+    deployed: Deployed, long_wav: tuple[Path, str, float]
+) -> None:
+    path, reference, _ = long_wav
+    job_id = submit_long(deployed, path)
+
+    def a_running_piece() -> str:
+        running = [p for p in pieces_of(deployed, job_id) if p.status == "running"]
+        return running[0].task_id if running else ""
+
+    assert wait_for(lambda: bool(a_running_piece()), 120)
+    victim = a_running_piece()
+    deployed.emulator.run(deployed.emulator.pool.kill(victim))  # SIGKILL, as an OOM kill
+    seen = result_of(deployed, job_id)
+    assert seen["status"] == "succeeded"
+    assert wer(reference, seen["text"]) <= 0.12, seen["text"]
+    done, total = seen["progress"]
+    assert done == total >= 3
+    pieces = pieces_of(deployed, job_id)
+    statuses = sorted(p.output.result.status for p in pieces if p.output is not None)
+    assert len(pieces) == total + 1  # the lost piece ran again as a new input, once
+    assert statuses.count(SUCCESS) == total
+    assert statuses.count(api_pb2.GenericResult.GENERIC_STATUS_INTERNAL_FAILURE) == 1
+    assert all(p.tasks[0] != victim or p.output.result.status != SUCCESS for p in pieces)
+    assert wait_for(lambda: not busy_containers(deployed), 30)  # nothing left running
+
+
+def piece_result(piece: InputState) -> dict[str, Any]:
+    """What a piece's input returned (a transcript's dict, or ``duplicate_of``)."""
+    assert piece.output is not None and piece.output.result.status == SUCCESS
+    assert piece.output.data_format == api_pb2.DATA_FORMAT_PICKLE
+    result: dict[str, Any] = pickle.loads(piece.output.result.data)
+    return result
+
+
+def test_an_orchestrator_killed_mid_job_is_run_again_and_reuses_the_pieces_that_ran(
+    deployed: Deployed, longer_wav: tuple[Path, str, float]
+) -> None:
+    path, reference, _ = longer_wav
+    job_id = submit_long(deployed, path)
+    servicer = deployed.emulator.servicer
+    (orchestrator,) = on_loop(deployed, lambda: list(servicer.function_calls[job_id].inputs))
+
+    def some_done_some_not() -> bool:
+        outputs = [p.output for p in pieces_of(deployed, job_id)]
+        return any(outputs) and not all(outputs)
+
+    assert wait_for(some_done_some_not, 120)
+    task = on_loop(deployed, lambda: orchestrator.task_id)
+    deployed.emulator.run(deployed.emulator.pool.kill(task))  # its container dies mid-job
+    seen = result_of(deployed, job_id)
+    assert seen["status"] == "succeeded"
+    assert wer(reference, seen["text"]) <= 0.12, seen["text"]
+    done, total = seen["progress"]
+    assert done == total >= 5
+    assert on_loop(deployed, lambda: orchestrator.tasks[:1] == [task] and orchestrator.retry_count)
+    assert orchestrator.input_id in servicer.server_retries  # Modal ran the job's input again
+    results = [piece_result(p) for p in pieces_of(deployed, job_id)]
+    transcribed = [r for r in results if "duplicate_of" not in r]
+    assert len(transcribed) == total  # every piece transcribed once, none twice
+    assert any("duplicate_of" in r for r in results)  # the re-run found the earlier pieces
+    assert wait_for(lambda: not busy_containers(deployed), 30)

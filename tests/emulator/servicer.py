@@ -50,11 +50,12 @@ class InputState:
     function_call_id: str
     invocation_type: int
     retry_count: int = 0
-    status: str = "pending"  # pending | running | done
+    status: str = "pending"  # pending | running | retrying | done
     task_id: str = ""
     output: api_pb2.FunctionGetOutputsItem | None = None
     leased_at: float = 0.0
     tasks: list[str] = field(default_factory=list)  # every container that took it, in order
+    finished_at: float = 0.0  # time.monotonic() when its output came
 
 
 @dataclass
@@ -66,6 +67,7 @@ class CallState:
     parent_input_id: str
     inputs: list[InputState] = field(default_factory=list)
     cancelled: bool = False
+    cancelled_at: float = 0.0  # time.monotonic() of the first FunctionCallCancel
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -126,6 +128,8 @@ class Servicer(ModalClientBase):
         self.heartbeat_wakeup: dict[str, asyncio.Event] = {}
         self.cancelled_for_task: dict[str, list[str]] = {}
         self.task_results: dict[str, api_pb2.TaskResultRequest] = {}
+        self.server_retries: list[str] = []  # input ids Modal ran again (``_retry_on_server``)
+        self._background: set[asyncio.Task[None]] = set()
 
     def new_id(self, prefix: str) -> str:
         return f"{prefix}-{next(self.ids)}"
@@ -684,7 +688,8 @@ class Servicer(ModalClientBase):
         call = self.function_calls.get(request.function_call_id)
         if call is None:
             raise GRPCError(Status.NOT_FOUND, f"FunctionCall {request.function_call_id} not found")
-        call.cancelled = True
+        if not call.cancelled:
+            call.cancelled, call.cancelled_at = True, time.monotonic()
         for state in call.inputs:
             if state.status == "pending":
                 self._finish(state, _terminated("cancelled before it started"))
@@ -731,7 +736,7 @@ class Servicer(ModalClientBase):
         )
 
     def _finish(self, state: InputState, output: api_pb2.FunctionGetOutputsItem) -> None:
-        state.status, state.output = "done", output
+        state.status, state.output, state.finished_at = "done", output, time.monotonic()
         self.function_calls[state.function_call_id].changed.set()
 
     # -- the container side
@@ -828,6 +833,10 @@ class Servicer(ModalClientBase):
                 and len(result.data) > MAX_OBJECT_SIZE_BYTES
             ):
                 raise GRPCError(Status.INVALID_ARGUMENT, "output over the inline limit")
+            if self.pool is not None:
+                self.pool.finished(state.task_id, state.input_id)
+            if self._retry_on_server(state, result):
+                continue
             self._finish(
                 state,
                 api_pb2.FunctionGetOutputsItem(
@@ -840,8 +849,6 @@ class Servicer(ModalClientBase):
                     output_created_at=item.output_created_at,
                 ),
             )
-            if self.pool is not None:
-                self.pool.finished(state.task_id, state.input_id)
         return Empty()
 
     @_reader
@@ -858,20 +865,67 @@ class Servicer(ModalClientBase):
 
     def container_lost(self, task_id: str, reason: str) -> None:
         """A container died: its running inputs fail (INTERNAL_FAILURE) so retries may take them."""
-        for state in self.inputs.values():
+        for state in list(self.inputs.values()):
             if state.task_id == task_id and state.status == "running":
+                result = api_pb2.GenericResult(
+                    status=api_pb2.GenericResult.GENERIC_STATUS_INTERNAL_FAILURE,
+                    exception=reason,
+                )
+                if self._retry_on_server(state, result):
+                    continue
                 self._finish(
                     state,
                     api_pb2.FunctionGetOutputsItem(
-                        result=api_pb2.GenericResult(
-                            status=api_pb2.GenericResult.GENERIC_STATUS_INTERNAL_FAILURE,
-                            exception=reason,
-                        ),
+                        result=result,
                         idx=state.idx,
                         input_id=state.input_id,
                         retry_count=state.retry_count,
                     ),
                 )
+
+    def _retry_on_server(self, state: InputState, result: api_pb2.GenericResult) -> bool:
+        """Modal's own retries for spawned inputs (a ``.remote`` call's client retries them).
+
+        A failed input (an exception, a lost container, a timeout) of a function with a
+        retry policy runs again, after the policy's delay, as the same input with the next
+        ``retry_count``, until the policy's ``retries`` are spent; nobody sees the failed
+        attempt's output. Returns True when the input was put back.
+        """
+        retried = {
+            api_pb2.GenericResult.GENERIC_STATUS_FAILURE,
+            api_pb2.GenericResult.GENERIC_STATUS_INTERNAL_FAILURE,
+            api_pb2.GenericResult.GENERIC_STATUS_TIMEOUT,
+        }
+        call = self.function_calls[state.function_call_id]
+        policy = self.functions[call.function_id].definition.retry_policy
+        if (
+            result.status not in retried
+            or state.invocation_type == api_pb2.FUNCTION_CALL_INVOCATION_TYPE_SYNC
+            or call.cancelled
+            or state.retry_count >= policy.retries
+        ):
+            return False
+        delay_ms = (
+            policy.initial_delay_ms * max(1.0, policy.backoff_coefficient) ** state.retry_count
+        )
+        if policy.max_delay_ms:
+            delay_ms = min(delay_ms, policy.max_delay_ms)
+        state.retry_count += 1
+        state.status, state.task_id, state.leased_at = "retrying", "", 0.0
+        self.server_retries.append(state.input_id)
+
+        async def requeue() -> None:
+            await asyncio.sleep(delay_ms / 1000)
+            if call.cancelled:
+                self._finish(state, _terminated("cancelled while waiting for its retry"))
+                return
+            state.status = "pending"
+            await self._enqueue(call.function_id, [state])
+
+        task = asyncio.get_running_loop().create_task(requeue())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return True
 
     # -- blobs
     @_reader
