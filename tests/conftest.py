@@ -3,6 +3,8 @@
 * ``speech_clip``: ~25 s of real speech (espeak-ng), its reference text and WAV bytes.
 * ``speech_formats``: that clip encoded as wav, flac, mp3, ogg, opus, m4a and webm.
 * ``no_leaked_temp_files`` (autouse): fails a test that leaves temp files behind.
+* ``deployed``: Modal's API emulated on loopback with our app deployed by Modal's CLI
+  (``tests/emulator``), once per session for every test that asks for it.
 * ``isolated_default_client`` (autouse): a test that configures (or creates) the
   process-wide default client cannot hand it to the next test.
 
@@ -24,7 +26,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import pytest
@@ -116,3 +118,12 @@ def isolated_default_client() -> Iterator[None]:
     made, _api._DEFAULT = _api._DEFAULT, saved
     if made is not None and made is not saved:
         made.close()  # its loop thread and local job thread end with the test
+
+
+@pytest.fixture(scope="session")
+def deployed() -> Iterator[Any]:
+    """``tests.emulator.deployed.deploy()``: one emulated deployment for the whole session."""
+    from tests.emulator.deployed import deploy
+
+    with deploy() as emulated:
+        yield emulated

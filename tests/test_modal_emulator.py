@@ -8,31 +8,26 @@ environment only (``tests/emulator``). Nothing in our package is patched or swap
 
 from __future__ import annotations
 
-import copy
-import json
-import os
 import pickle
-import subprocess
-import sys
-import textwrap
-import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from modal_proto import api_pb2
 
 from tests import speech
-from tests.emulator import Emulator
+from tests.emulator.deployed import (
+    Deployed,
+    busy_containers,
+    on_loop,
+    pieces_of,
+    wait_for,
+)
 from tests.emulator.servicer import InputState
-from tests.fakes import tiny_model_cache
 from tests.wer import wer
 
 ROOT = Path(__file__).parents[1]
 SAMPLE = ROOT / "examples" / "sample.flac"
-SECRET = "whisper-modal-emulated"
-T = TypeVar("T")
 HEARTBEAT_INTERVAL = 15.0  # modal.client.HEARTBEAT_INTERVAL: how often a container asks
 SUCCESS = api_pb2.GenericResult.GENERIC_STATUS_SUCCESS
 TERMINATED = api_pb2.GenericResult.GENERIC_STATUS_TERMINATED
@@ -40,71 +35,6 @@ TERMINATED = api_pb2.GenericResult.GENERIC_STATUS_TERMINATED
 FANOUT_ENV = {"WHISPER_MODAL_FANOUT_SECONDS": "30", "WHISPER_MODAL_FANOUT_CHUNK_SECONDS": "25"}
 
 pytestmark = [pytest.mark.slow, pytest.mark.emulator]
-
-
-class Deployed:
-    """The emulator with our app deployed through Modal's CLI."""
-
-    def __init__(self, emulator: Emulator, env: dict[str, str]) -> None:
-        self.emulator = emulator
-        self.env = env
-
-    def client(
-        self, code: str, *, timeout: float = 240, env: dict[str, str] | None = None
-    ) -> dict[str, Any]:
-        """Run ``code`` in a fresh client process; it prints one JSON line as its last."""
-        done = subprocess.run(
-            [sys.executable, "-c", textwrap.dedent(code)],
-            env={**self.env, **(env or {})},
-            cwd=self.emulator.root,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-        assert done.returncode == 0, (
-            f"client failed:\n{done.stdout}\n{done.stderr}\n{self.emulator.container_logs()}"
-        )
-        result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-        return result
-
-
-def _modal_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(
-        [sys.executable, "-m", "modal", *args],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, f"modal {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
-    return done
-
-
-@pytest.fixture(scope="module")
-def deployed() -> Iterator[Deployed]:
-    with Emulator() as emulator:
-        env = {
-            **{
-                k: v
-                for k, v in os.environ.items()
-                if not k.startswith(("MODAL_", "WHISPER_MODAL_"))
-            },
-            **emulator.env(),
-            "WHISPER_MODAL_SECRET_NAME": SECRET,
-        }
-        # the weights the container loads, and the CPU: what a real account's secret and
-        # GPU would give it (IMAGE_ENV says cuda; a secret's variables override the image's)
-        _modal_cli(
-            env,
-            "secret",
-            "create",
-            SECRET,
-            f"WHISPER_MODAL_CACHE_DIR={tiny_model_cache()}",
-            "WHISPER_MODAL_DEVICE=cpu",
-        )
-        _modal_cli(env, "deploy", "-m", "whisper_modal.app")
-        yield Deployed(emulator, env)
 
 
 def test_modal_deploy_publishes_the_app(deployed: Deployed) -> None:
@@ -152,46 +82,6 @@ def longer_wav(deployed: Deployed) -> tuple[Path, str, float]:
     path = deployed.emulator.root / "longer.wav"
     path.write_bytes(speech.wav_bytes(samples))
     return path, reference, len(samples) / speech.SAMPLE_RATE
-
-
-def wait_for(condition: Callable[[], bool], timeout: float) -> bool:
-    """Poll ``condition`` (it reads the emulator's state) until true or ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.1)
-    return True
-
-
-def on_loop(deployed: Deployed, read: Callable[[], T]) -> T:
-    """Run ``read`` on the emulator's loop: its state changes only there."""
-
-    async def call() -> T:
-        return read()
-
-    return deployed.emulator.run(call())
-
-
-def pieces_of(deployed: Deployed, job_id: str) -> list[InputState]:
-    """The GPU inputs the orchestrator spawned for job ``job_id`` (its FunctionCall)."""
-    servicer = deployed.emulator.servicer
-
-    def read() -> list[InputState]:
-        parents = {i.input_id for i in servicer.function_calls[job_id].inputs}
-        return [
-            copy.copy(i)
-            for i in servicer.inputs.values()
-            if servicer.function_calls[i.function_call_id].parent_input_id in parents
-        ]
-
-    return on_loop(deployed, read)
-
-
-def busy_containers(deployed: Deployed) -> list[str]:
-    """Containers with an input in hand."""
-    pool = deployed.emulator.pool
-    return on_loop(deployed, lambda: [t for t, c in pool.containers.items() if c.running])
 
 
 def test_a_long_submit_fans_out_over_containers_and_reattaches_from_another_process(

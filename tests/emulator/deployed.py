@@ -1,0 +1,149 @@
+"""The emulator with our app deployed, and what tests read from it.
+
+``deploy()`` starts an ``Emulator``, creates the secret the app names and runs
+``modal deploy -m whisper_modal.app`` through Modal's own CLI; ``Deployed.client`` runs
+code in a fresh client process (unmodified ``modal`` pointed at the emulator). The
+readers (``on_loop``, ``pieces_of``, ``busy_containers``) look at the emulator's state on
+its own event loop, where it changes. ``tests/conftest.py`` serves ``deploy()`` as the
+session fixture ``deployed``: one deployment for every test file that uses it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+from tests.emulator import Emulator
+from tests.emulator.servicer import InputState
+from tests.fakes import tiny_model_cache
+
+__all__ = [
+    "SECRET",
+    "Deployed",
+    "busy_containers",
+    "deploy",
+    "modal_cli",
+    "on_loop",
+    "pieces_of",
+    "wait_for",
+]
+
+ROOT = Path(__file__).parents[2]
+SECRET = "whisper-modal-emulated"
+T = TypeVar("T")
+
+
+class Deployed:
+    """The emulator with our app deployed through Modal's CLI."""
+
+    def __init__(self, emulator: Emulator, env: dict[str, str]) -> None:
+        self.emulator = emulator
+        self.env = env
+
+    def client(
+        self, code: str, *, timeout: float = 240, env: dict[str, str] | None = None
+    ) -> dict[str, Any]:
+        """Run ``code`` in a fresh client process; it prints one JSON line as its last."""
+        done = subprocess.run(
+            [sys.executable, "-c", textwrap.dedent(code)],
+            env={**self.env, **(env or {})},
+            cwd=self.emulator.root,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        assert done.returncode == 0, (
+            f"client failed:\n{done.stdout}\n{done.stderr}\n{self.emulator.container_logs()}"
+        )
+        result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+        return result
+
+
+def modal_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m modal ARGS`` (Modal's own CLI) against the emulator."""
+    done = subprocess.run(
+        [sys.executable, "-m", "modal", *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, f"modal {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
+    return done
+
+
+@contextlib.contextmanager
+def deploy() -> Iterator[Deployed]:
+    """An emulator with a secret and ``modal deploy -m whisper_modal.app`` done, by Modal's CLI."""
+    with Emulator() as emulator:
+        env = {
+            **{
+                k: v
+                for k, v in os.environ.items()
+                if not k.startswith(("MODAL_", "WHISPER_MODAL_"))
+            },
+            **emulator.env(),
+            "WHISPER_MODAL_SECRET_NAME": SECRET,
+        }
+        # the weights the container loads, and the CPU: what a real account's secret and
+        # GPU would give it (IMAGE_ENV says cuda; a secret's variables override the image's)
+        modal_cli(
+            env,
+            "secret",
+            "create",
+            SECRET,
+            f"WHISPER_MODAL_CACHE_DIR={tiny_model_cache()}",
+            "WHISPER_MODAL_DEVICE=cpu",
+        )
+        modal_cli(env, "deploy", "-m", "whisper_modal.app")
+        yield Deployed(emulator, env)
+
+
+def wait_for(condition: Callable[[], bool], timeout: float) -> bool:
+    """Poll ``condition`` (it reads the emulator's state) until true or ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def on_loop(deployed: Deployed, read: Callable[[], T]) -> T:
+    """Run ``read`` on the emulator's loop: its state changes only there."""
+
+    async def call() -> T:
+        return read()
+
+    return deployed.emulator.run(call())
+
+
+def pieces_of(deployed: Deployed, job_id: str) -> list[InputState]:
+    """The GPU inputs the orchestrator spawned for job ``job_id`` (its FunctionCall)."""
+    servicer = deployed.emulator.servicer
+
+    def read() -> list[InputState]:
+        parents = {i.input_id for i in servicer.function_calls[job_id].inputs}
+        return [
+            copy.copy(i)
+            for i in servicer.inputs.values()
+            if servicer.function_calls[i.function_call_id].parent_input_id in parents
+        ]
+
+    return on_loop(deployed, read)
+
+
+def busy_containers(deployed: Deployed) -> list[str]:
+    """Containers with an input in hand."""
+    pool = deployed.emulator.pool
+    return on_loop(deployed, lambda: [t for t, c in pool.containers.items() if c.running])
