@@ -52,9 +52,7 @@ def sequential(loaded: LoadedModel, clip: tuple[np.ndarray, str]) -> dict[str, A
 def streams(loaded: LoadedModel, clip: tuple[np.ndarray, str]) -> dict[str, Any]:
     # 30 s streams: two streams of ~38 s (two windows each) side by side, word timestamps
     opts = OPTS.replace(word_timestamps=True)
-    return transcribe_batched(
-        loaded, clip[0], opts, language="en", batch_size=4, stream_seconds=30
-    )
+    return transcribe_batched(loaded, clip[0], opts, language="en", batch_size=4, stream_seconds=30)
 
 
 @pytest.mark.slow
@@ -123,9 +121,9 @@ def test_silence_and_hiss_produce_no_text(loaded: LoadedModel) -> None:
     result = transcribe_batched(loaded, quiet, OPTS, language="en")
     assert result["text"].strip() == "" and result["segments"] == []
     assert (
-        transcribe_windows(
-            loaded, [np.zeros(5 * SAMPLE_RATE, np.float32)], OPTS, language="en"
-        )[0]["text"]
+        transcribe_windows(loaded, [np.zeros(5 * SAMPLE_RATE, np.float32)], OPTS, language="en")[0][
+            "text"
+        ]
         == ""
     )
 

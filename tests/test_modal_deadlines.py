@@ -164,7 +164,9 @@ async def test_the_transport_deadline_fires_on_time_and_maps_to_the_given_error(
         await _within(asyncio.sleep(30), 0.2, lambda: TransientError("ours"))
     assert time.monotonic() - started < 10.0  # far below the 30 s the work would take
     assert isinstance(info.value.__cause__, TimeoutError)
-    assert await _within(asyncio.sleep(0, result="done"), 1.0, lambda: TransientError("x")) == "done"
+    assert (
+        await _within(asyncio.sleep(0, result="done"), 1.0, lambda: TransientError("x")) == "done"
+    )
 
 
 async def test_a_timeout_raised_by_the_work_is_not_our_deadline() -> None:
@@ -227,4 +229,3 @@ def _probe(mode: str, connect: float, call: float) -> dict[str, Any]:
 
 if __name__ == "__main__":
     print(json.dumps(_probe(sys.argv[1], float(sys.argv[2]), float(sys.argv[3]))), flush=True)
-

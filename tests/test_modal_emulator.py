@@ -8,7 +8,10 @@ environment only (``tests/emulator``). Nothing in our package is patched or swap
 
 from __future__ import annotations
 
+import json
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -257,3 +260,84 @@ def test_an_orchestrator_killed_mid_job_is_run_again_and_reuses_the_pieces_that_
     assert len(transcribed) == total  # every piece transcribed once, none twice
     assert any("duplicate_of" in r for r in results)  # the re-run found the earlier pieces
     assert wait_for(lambda: not busy_containers(deployed), 30)
+
+
+def function_name(deployed: Deployed, function_id: str) -> str:
+    """The name a deployed (or parameter-bound) function was created with."""
+    return deployed.emulator.servicer.functions[function_id].definition.function_name
+
+
+def test_packed_transcriptions_share_batched_calls_and_keep_per_item_errors(
+    deployed: Deployed,
+) -> None:
+    clips = []
+    for n, sentences in enumerate(
+        (speech.SENTENCES[:2], speech.SENTENCES[2:4], speech.SENTENCES[4:6])
+    ):
+        samples, reference = speech.make_clip(sentences, gap_seconds=0.5)
+        path = deployed.emulator.root / f"packed-{n}.wav"
+        path.write_bytes(speech.wav_bytes(samples))
+        clips.append((path, reference))
+    broken = deployed.emulator.root / "packed-broken.wav"
+    broken.write_bytes(b"RIFF" + bytes(2000))  # a WAV header's start, then nothing decodable
+    servicer = deployed.emulator.servicer
+    before = on_loop(deployed, lambda: len(servicer.deliveries))
+    out = deployed.client(
+        f"""
+        import json, whisper_modal as wm
+        paths = {[str(p) for p, _ in clips] + [str(broken)]!r}
+        results = wm.transcribe_many(paths, backend="modal", pack=True, model="tiny.en",
+                                     return_exceptions=True,
+                                     language="en")
+        print(json.dumps([
+            {{"text": r.text, "backend": r.backend}} if isinstance(r, wm.Transcript)
+            else {{"error": type(r).__name__, "message": str(r)}}
+            for r in results
+        ]))
+        """
+    )
+    assert len(out) == 4
+    for (_, reference), result in zip(clips, out[:3], strict=True):
+        assert result.get("backend") == "modal", result
+        assert wer(reference, result["text"]) <= 0.2, result
+    assert out[3]["error"] == "AudioError", out[3]  # one bad item fails alone, typed
+    deliveries = on_loop(deployed, lambda: servicer.deliveries[before:])
+    packed_inputs = [
+        ids for fn, ids in deliveries if function_name(deployed, fn).startswith("PackedTranscriber")
+    ]
+    assert sum(len(ids) for ids in packed_inputs) == 4  # every item went to the batched class
+    # the class is cold when the four arrive (only this test uses it): one take holds several
+    assert max(len(ids) for ids in packed_inputs) >= 2
+    assert not servicer.unimplemented
+
+
+def test_whisper_modal_jobs_lists_what_the_job_book_recorded(deployed: Deployed) -> None:
+    out = deployed.client(
+        f"""
+        import json, whisper_modal as wm
+        job = wm.submit({str(SAMPLE)!r}, backend="modal", model="tiny.en")
+        job.result(timeout=180)
+        print(json.dumps({{"id": job.id}}))
+        """
+    )
+    job_id = out["id"]
+    listing = subprocess.run(
+        [sys.executable, "-m", "whisper_modal", "jobs", "--json", "--limit", "50"],
+        env=deployed.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert listing.returncode == 0, listing.stderr
+    records = {r["job_id"]: r for r in json.loads(listing.stdout)}
+    assert records[job_id]["status"] == "succeeded", records[job_id]
+    table = subprocess.run(
+        [sys.executable, "-m", "whisper_modal", "jobs"],
+        env=deployed.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert table.returncode == 0, table.stderr
+    row = next(line for line in table.stdout.splitlines() if line.startswith(job_id))
+    assert "succeeded" in row.split()

