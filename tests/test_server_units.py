@@ -284,7 +284,8 @@ def test_serve_refuses_a_public_interface_without_keys(
 INSPECT_WEB = """
 import json, warnings
 warnings.simplefilter("ignore")
-from whisper_modal.app import app, web, WEB_ENV, WEB_OPTIONS, deploy_command
+from whisper_modal.app import app, web, WEB_ENV, WEB_OPTIONS
+from whisper_modal.deployer import deploy_command
 info = web.info()
 cmd, env = deploy_command()
 print(json.dumps({

@@ -1,6 +1,6 @@
 """Routing long audio where no decoder is installed: the Modal web image, client-only installs.
 
-The web function's image (``app.WEB_PACKAGES``) has no soundfile, soxr, av, torch or
+The web function's image (``remote.deployment.WEB_PACKAGES``) has no soundfile, soxr, av, torch or
 boto3, and neither has ``pip install whisper-modal`` without ``[local]``. Each check runs in
 a fresh interpreter whose import system refuses those packages, as that image would, so a
 code path that reaches for the decoder fails here as it would there (it used to: a 2 MB,

@@ -227,8 +227,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "health":
         return _health(args)
     if args.command == "deploy":
-        from whisper_modal.app import deploy
         from whisper_modal.config import Settings
+        from whisper_modal.deployer import deploy
 
         deploy(Settings.resolve())
         return EXIT_OK

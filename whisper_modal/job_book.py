@@ -22,14 +22,25 @@ sync ``put/get/pop/items`` of ``modal.Dict`` (the test fake has the same four).
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Protocol
 
 import attrs
 
-__all__ = ["CHUNK_MARK", "DictLike", "JobBook", "JobRecord", "best_effort", "chunk_job_id"]
+__all__ = [
+    "CHUNK_MARK",
+    "DictLike",
+    "JobBook",
+    "JobRecord",
+    "arun_once",
+    "best_effort",
+    "chunk_job_id",
+    "run_once",
+]
 
 log = logging.getLogger("whisper_modal.job_book")
 
@@ -216,3 +227,87 @@ def best_effort(action: Callable[[], Any], what: str) -> Any:
             extra={"event": "job_book_failed", "error": type(exc).__name__},
         )
         return None
+
+
+# ---------------------------------------------------------------------- the claim protocol
+# A spawned input runs at most once per ``client_job_id``: it claims the id first and does
+# not run when another call owns it (a submit retried after Modal had accepted the first
+# attempt, a restarted orchestrator re-spawning a piece). A failed or cancelled run frees
+# its claim, so a retry may run. ``run_once`` is the GPU class's entry, ``arun_once`` the
+# orchestrator's (an async function on a CPU container).
+
+#: the JSON line a duplicate input writes (on the containers' request log)
+_requests_log = logging.getLogger("whisper_modal.requests")
+
+
+def _duplicate_of(book: JobBook, client_job_id: str, call_id: str) -> dict[str, Any] | None:
+    """Claim ``client_job_id`` for ``call_id``; ``{"duplicate_of": owner}`` if another owns it."""
+    owner = best_effort(lambda: book.claim(client_job_id, call_id), "claim")
+    if owner is None or owner == call_id:  # ours (or the book is down: run anyway)
+        return None
+    _requests_log.info(
+        json.dumps({"event": "whisper_modal.duplicate", "job_id": call_id, "duplicate_of": owner})
+    )
+    return {"duplicate_of": owner}
+
+
+def _ended(book: JobBook, client_job_id: str, call_id: str, exc: BaseException | None) -> None:
+    """Free a failed or cancelled run's claim (``exc`` None: nothing to free)."""
+    if exc is not None:
+        best_effort(lambda: book.release(client_job_id, call_id), "release")
+
+
+def _outcome(exc: BaseException) -> str:
+    import modal.exception
+
+    return "cancelled" if isinstance(exc, modal.exception.InputCancellation) else "failed"
+
+
+def run_once(
+    book: JobBook,
+    call_id: str | None,
+    request: dict[str, Any],
+    work: Callable[[str | None], dict[str, Any]],
+) -> dict[str, Any]:
+    """Run ``work(job_id)`` under the claim of ``request["client_job_id"]``; see above.
+
+    The run is recorded as a "single" job (``whisper-modal jobs``). Without a call id or a
+    client id (``.remote`` outside a spawn, ``.local()``) there is nothing to claim.
+    """
+    client_job_id = request.get("client_job_id")
+    if not (call_id and client_job_id):
+        return work(call_id or client_job_id)
+    duplicate = _duplicate_of(book, client_job_id, call_id)
+    if duplicate is not None:
+        return duplicate
+    best_effort(lambda: book.start(call_id, kind="single", client_job_id=client_job_id), "record")
+    try:
+        result = work(call_id)
+    except BaseException as exc:  # InputCancellation is a BaseException
+        _ended(book, client_job_id, call_id, exc)
+        status, error = _outcome(exc), type(exc).__name__
+        best_effort(lambda: book.update(call_id, status=status, error=error), "record")
+        raise
+    seconds = result.get("duration")
+    best_effort(lambda: book.update(call_id, status="succeeded", audio_seconds=seconds), "record")
+    return result
+
+
+async def arun_once(
+    book: JobBook,
+    call_id: str,
+    request: dict[str, Any],
+    work: Callable[[], Awaitable[dict[str, Any]]],
+) -> dict[str, Any]:
+    """``run_once`` for a coroutine whose work keeps its own record (the orchestrator)."""
+    client_job_id = request.get("client_job_id")
+    if not client_job_id:
+        return await work()
+    duplicate = await asyncio.to_thread(_duplicate_of, book, client_job_id, call_id)
+    if duplicate is not None:
+        return duplicate
+    try:
+        return await work()
+    except BaseException as exc:
+        await asyncio.to_thread(_ended, book, client_job_id, call_id, exc)
+        raise

@@ -55,6 +55,7 @@ class InputState:
     output: api_pb2.FunctionGetOutputsItem | None = None
     leased_at: float = 0.0
     tasks: list[str] = field(default_factory=list)  # every container that took it, in order
+    queued_at: float = field(default_factory=time.monotonic)  # when it was put in
     finished_at: float = 0.0  # time.monotonic() when its output came
 
 
@@ -131,6 +132,7 @@ class Servicer(ModalClientBase):
         self.server_retries: list[str] = []  # input ids Modal ran again (``_retry_on_server``)
         self.deliveries: list[tuple[str, list[str]]] = []  # (function id, input ids) per take
         self._background: set[asyncio.Task[None]] = set()
+        self.disconnected: dict[str, asyncio.Event] = {}  # app id -> its client went away
 
     def new_id(self, prefix: str) -> str:
         return f"{prefix}-{next(self.ids)}"
@@ -221,7 +223,20 @@ class Servicer(ModalClientBase):
 
     @_reader
     async def AppClientDisconnect(self, request: api_pb2.AppClientDisconnectRequest) -> Empty:
+        self.disconnected.setdefault(request.app_id, asyncio.Event()).set()
         return Empty()
+
+    async def AppGetLogs(self, stream: Any) -> None:
+        """``modal run`` follows the app's logs until it is done. Containers' output stays
+        in their log files (``ContainerPool.logs``), so the stream carries no entries: it
+        says ``app_done`` once the client disconnected, else ends at the request's timeout."""
+        request: api_pb2.AppGetLogsRequest = await stream.recv_message()
+        self.calls.append("AppGetLogs")
+        done = self.disconnected.setdefault(request.app_id, asyncio.Event())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(done.wait(), min(request.timeout or 5.0, 5.0))
+        if done.is_set():
+            await stream.send_message(api_pb2.TaskLogsBatch(app_done=True))
 
     @_reader
     async def AppHeartbeat(self, request: api_pb2.AppHeartbeatRequest) -> Empty:

@@ -9,7 +9,7 @@ sync ``@modal.enter`` hook), so the real container code and the real tiny.en eng
 the orchestrator runs the real ``whisper_modal.app.fanout`` coroutine on its own event
 loop, and cancelling its call cancels its task, as Modal cancels an async input.
 
-Inside the "container", ``whisper_modal.app.platform`` is the fake's: the input's own
+Inside the "container", ``whisper_modal.remote.context.platform`` is the fake's: the input's own
 FunctionCall id, the fake's Dict as the job book, and the fake's class for the pieces.
 
 Fault injection (``fake.faults``) makes the next calls raise real ``modal.exception``
@@ -315,11 +315,11 @@ class FakeMethod:
 
     def _execute(self, payload: bytes) -> Any:
         """Run in the "container": arguments arrive serialised, results leave serialised."""
-        import whisper_modal.app as app
+        from whisper_modal.remote import context
 
         fake = self._fake
         args: tuple[Any, ...] = deserialize(payload, None)
-        app.platform = fake.platform  # type: ignore[assignment]  # this fake's "containers"
+        context.install(fake.platform)  # type: ignore[arg-type]  # this fake's "containers"
         with fake._lock:
             fake.in_flight += 1
             fake.max_in_flight = max(fake.max_in_flight, fake.in_flight)
@@ -329,11 +329,14 @@ class FakeMethod:
                     fake.executions[args[0].get("client_job_id")] += 1
             try:
                 if fake.handler is not None and self._name == "transcribe":
-                    import whisper_modal.app as app  # the container's claim, then the handler
+                    from whisper_modal.job_book import JobBook, run_once  # the claim
 
                     handler = fake.handler
-                    result = app.run_once(
-                        args[0], lambda _job_id: fake.interruptible(handler, args)
+                    result = run_once(
+                        JobBook(fake.platform.job_store()),
+                        fake.platform.call_id(),
+                        args[0],
+                        lambda _job_id: fake.interruptible(handler, args),
                     )
                 elif self._name == "transcribe_packed":  # @modal.batched groups single calls
                     result = fake.batcher(self._model).submit(args[0]).result()
@@ -493,11 +496,12 @@ class FakeFunction:
 
     def _run(self, call: FakeFunctionCall, payload: bytes) -> Any:
         import whisper_modal.app as app
+        from whisper_modal.remote import context
 
         fake = self._fake
         args: tuple[Any, ...] = deserialize(payload, None)
         job = _job_key(args)
-        app.platform = fake.platform  # type: ignore[assignment]  # this fake's "containers"
+        context.install(fake.platform)  # type: ignore[arg-type]  # this fake's "containers"
         fake.count("run")
         fake.count(f"{self._name}.run")
         with fake._lock:
@@ -571,7 +575,7 @@ class FakeDict:
 
 
 class FakePlatform:
-    """``whisper_modal.app.platform`` inside the fake's "containers"."""
+    """``whisper_modal.remote.context.platform`` inside the fake's "containers"."""
 
     def __init__(self, fake: FakeModal) -> None:
         self._fake = fake
@@ -752,6 +756,7 @@ class FakeModal:
     def instance(self, model: str, cls: str = "Transcriber") -> Any:
         """The real app class instance (created once per class and model, like a warm container)."""
         import whisper_modal.app as app
+        from whisper_modal.remote import context
 
         # A real container runs its enter hooks once, before taking any input. Modal's
         # ``.local()`` enters lazily and without a lock, so concurrent first calls would
@@ -760,7 +765,7 @@ class FakeModal:
         with self._enter_lock:
             obj = self._instances.get((cls, model))
             if obj is None:
-                app.container_environ = self.container_env()  # what the hooks read
+                context.environ = self.container_env()  # what the hooks read
                 obj = getattr(app, cls)(model=model)
                 obj._enter()
                 self._instances[(cls, model)] = obj
@@ -823,10 +828,11 @@ class FakeModal:
     def close(self) -> None:
         """Release hangs, stop the worker pool and give the app back the real environment."""
         import whisper_modal.app as app
+        from whisper_modal.remote import context
 
-        app.container_environ = os.environ
-        if app.platform is self.platform:
-            app.platform = app.Platform()
+        context.environ = os.environ
+        if context.platform is self.platform:  # the app's own again
+            context.install(context.Platform(jobs=app.jobs_dict, gpu_class=app.Transcriber))
         self.faults.release.set()
         for call in list(self.function_calls.values()):  # orchestrators still waiting
             if call._future is not None and not call._future.done():

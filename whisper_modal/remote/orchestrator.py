@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from whisper_modal.backends.base import Request
 from whisper_modal.concurrency import arun_many
+from whisper_modal.config import Settings
 from whisper_modal.delivery import notify
 from whisper_modal.errors import (
     ChunkFailed,
@@ -40,14 +41,14 @@ from whisper_modal.errors import (
     error_to_dict,
     map_engine_error,
 )
-from whisper_modal.job_book import JobBook, best_effort, chunk_job_id
+from whisper_modal.job_book import JobBook, arun_once, best_effort, chunk_job_id
 from whisper_modal.results import Transcript
 from whisper_modal.service import Service
 
 if TYPE_CHECKING:  # the engine's modules load in _run, inside the container
     from whisper_modal.engine.splitting import Piece
 
-__all__ = ["orchestrate"]
+__all__ = ["orchestrate", "run_fanout"]
 
 log = logging.getLogger("whisper_modal.orchestrator")
 
@@ -55,6 +56,47 @@ log = logging.getLogger("whisper_modal.orchestrator")
 SpawnChunk = Callable[[dict[str, Any]], Awaitable[Any]]
 #: FunctionCall id -> ``modal.FunctionCall`` (``FunctionCall.from_id``)
 CallLookup = Callable[[str], Any]
+
+
+async def run_fanout(
+    request: dict[str, Any], chunk_seconds: float, deployed: Settings
+) -> dict[str, Any]:
+    """The app's ``fanout`` function: one submitted job, once per ``client_job_id``.
+
+    Its FunctionCall id is the job id. A duplicate input (a retried submit) answers
+    ``duplicate_of``; Modal's retry of a job that already failed is refused. Returns the
+    merged ``Transcript.to_dict()``.
+    """
+    from whisper_modal.remote import context
+    from whisper_modal.remote.deployment import fanout_deadline
+    from whisper_modal.remote.runtime import job_book, runtime_settings
+
+    platform = context.platform
+    job_id = platform.call_id() or str(request.get("client_job_id"))
+    book = job_book()
+    earlier = await asyncio.to_thread(best_effort, lambda: book.get(job_id), "read")
+    if earlier is not None and earlier.status == "failed":
+        # Modal's retry after the job failed (retries cover exceptions too): not run again
+        raise RemoteExecutionError(
+            f"fan-out job {job_id} failed already ({earlier.error}); not run again",
+            remote_type=earlier.error,
+        )
+    method = platform.chunk_method(str((request.get("options") or {}).get("model", "turbo")))
+
+    async def work() -> dict[str, Any]:
+        result = await orchestrate(
+            request,
+            job_id=job_id,
+            chunk_seconds=chunk_seconds,
+            service=Service(None, runtime_settings()),
+            spawn=method.spawn.aio,
+            lookup=platform.function_call,
+            book=book,
+            deadline=fanout_deadline(deployed.remote_timeout),
+        )
+        return result.to_dict()
+
+    return await arun_once(book, job_id, request, work)
 
 
 async def orchestrate(
