@@ -169,14 +169,14 @@ def test_diarized_requests_are_not_fanned_out() -> None:
     """Chunk-local speaker labels would disagree: a diarized request goes as one call."""
     from tests import speech
     from whisper_modal.backends.base import Request
-    from whisper_modal.backends.fanout import plan_fanout
+    from whisper_modal.backends.modal import ModalBackend
     from whisper_modal.config import Settings
     from whisper_modal.options import TranscribeOptions
 
     samples, _ = speech.make_clip(speech.SENTENCES[:6], gap_seconds=0.7)
     audio = speech.wav_bytes(samples)
-    settings = Settings.resolve(env={}, fanout_seconds=10, fanout_chunk_seconds=8)
+    backend = ModalBackend(Settings.resolve(env={}, fanout_seconds=10, fanout_chunk_seconds=8))
     plain = Request(options=TranscribeOptions(model="tiny.en"), audio=audio)
-    assert plan_fanout(plain, settings)  # long enough to split...
+    assert backend.fans_out(plain)  # long enough to split...
     diarized = Request(options=TranscribeOptions(model="tiny.en", diarize=True), audio=audio)
-    assert plan_fanout(diarized, settings) is None  # ...but not when speakers are wanted
+    assert not backend.fans_out(diarized)  # ...but not when speakers are wanted

@@ -199,10 +199,11 @@ def test_long_audio_fans_out_over_containers(
 
     samples, reference = speech.make_clip(speech.SENTENCES[:12], gap_seconds=0.7)
     client = fake_client(fake, monkeypatch, fanout_seconds=30, fanout_chunk_seconds=25)
-    before = fake.calls["run"]
+    before, orchestrated = fake.calls["run"], fake.calls["fanout.spawn"]
     fake.max_in_flight = 0
     t = client.transcribe(samples, sample_rate=16000, language="en")
     chunks = fake.calls["run"] - before
+    assert fake.calls["fanout.spawn"] == orchestrated + 1  # the app's orchestrator split it
     assert chunks >= 3 and fake.max_in_flight >= 2  # several containers at once
     assert t.backend == "modal" and t.duration == pytest.approx(len(samples) / 16000, abs=0.5)
     assert t.mode == "sequential"  # 25 s chunks are one stream each

@@ -351,3 +351,31 @@ def test_modal_run_smoke_entrypoint_checks_health_then_transcribes(deployed: Dep
     )
     assert '"model_loaded": true' in done.stdout, done.stdout[-3000:]
     assert "weekly planning meeting" in done.stdout.lower(), done.stdout[-3000:]
+
+
+def test_a_long_blocking_transcribe_waits_on_the_orchestrator(
+    deployed: Deployed, long_wav: tuple[Path, str, float]
+) -> None:
+    """One fan-out path: a blocking call on long audio is the app's orchestrator's job too."""
+    path, reference, seconds = long_wav
+    servicer = deployed.emulator.servicer
+    before = on_loop(deployed, lambda: set(servicer.function_calls))
+    out = deployed.client(
+        f"""
+        import json, whisper_modal as wm
+        t = wm.transcribe({str(path)!r}, backend="modal", model="tiny.en", language="en")
+        print(json.dumps({{"text": t.text, "duration": t.duration}}))
+        """,
+        env=FANOUT_ENV,
+    )
+    assert wer(reference, out["text"]) <= 0.12, out["text"]
+    assert out["duration"] == pytest.approx(seconds, abs=0.1)
+
+    def started() -> list[str]:
+        return [
+            function_name(deployed, servicer.function_calls[c].function_id)
+            for c in set(servicer.function_calls) - before
+        ]
+
+    names = on_loop(deployed, started)
+    assert names.count("fanout") == 1 and names.count("Transcriber.*") >= 3, names

@@ -4,8 +4,9 @@ The web function's image (``remote.deployment.WEB_PACKAGES``) has no soundfile, 
 boto3, and neither has ``pip install whisper-modal`` without ``[local]``. Each check runs in
 a fresh interpreter whose import system refuses those packages, as that image would, so a
 code path that reaches for the decoder fails here as it would there (it used to: a 2 MB,
-65 s WAV made ``plan_fanout`` raise ``ConfigurationError("decoding audio needs
-soundfile")``, a 400 from the deployed HTTP API).
+65 s WAV made the client-side fan-out raise ``ConfigurationError("decoding audio needs
+soundfile")``, a 400 from the deployed HTTP API; long audio now goes to the app's
+orchestrator, which decodes it in the GPU image).
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ for name in MISSING:
 CHECK = """
 import json, sys
 from whisper_modal.backends.base import Request
-from whisper_modal.backends.fanout import audio_seconds_hint, plan_fanout
+from whisper_modal.backends.modal import ModalBackend
+from whisper_modal.backends.modal_transport import audio_seconds_hint
 from whisper_modal.config import Settings
 import importlib.util
 from whisper_modal.options import TranscribeOptions
@@ -51,7 +53,7 @@ out = {"soundfile": importlib.util.find_spec("soundfile") is not None}
 for path in sys.argv[1:]:
     request = Request(options=TranscribeOptions(), audio=open(path, "rb").read())
     out[path] = {"hint": audio_seconds_hint(request, settings),
-                 "chunks": plan_fanout(request, settings)}
+                 "fans_out": ModalBackend(settings).fans_out(request)}
 print(json.dumps(out))
 """
 
@@ -79,7 +81,7 @@ def long_clips(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return wav, flac
 
 
-def test_a_long_wav_is_measured_from_its_header_and_sent_as_one_call(
+def test_a_long_wav_is_measured_from_its_header_and_sent_to_the_orchestrator(
     long_clips: tuple[Path, Path],
 ) -> None:
     wav, flac = long_clips
@@ -89,7 +91,7 @@ def test_a_long_wav_is_measured_from_its_header_and_sent_as_one_call(
     for clip in (wav, flac):
         routed: dict[str, object] = result[str(clip)]  # type: ignore[assignment]
         assert routed["hint"] == pytest.approx(65.0, abs=0.01)  # not inf: the header says
-        assert routed["chunks"] is None  # over the threshold, but no decoder to split with
+        assert routed["fans_out"] is True  # over the threshold: the app splits it, not us
 
 
 @pytest.mark.parametrize(

@@ -4,8 +4,10 @@
     Metered( Resilient( ModalBackend ) )                                 # backend="modal"
     Metered( LocalBackend )                                              # backend="local"
 
-(``backends.fanout`` sits on top of the first two for long audio: each chunk goes through
-the whole chain.) Order, inside out:
+Long audio needs no wrapper: on Modal, ``ModalBackend`` hands it to the app's orchestrator
+(one fan-out path, for blocking calls and submits alike), and the local engine decodes a
+long file in batched windows itself, so a fallback takes the whole request. Order, inside
+out:
 
 * the **deadline** belongs to each attempt and is enforced by the transport, which alone
   knows its phases (the Modal lookup gets ``connect_timeout``, the call ``timeout``);
@@ -312,7 +314,7 @@ def compose(
     """Build the chain for ``policy`` ("modal", "local" or "auto"); see the module docstring.
 
     ``modal``/``local`` make the transports (called only when the policy needs them);
-    ``packed`` routes Modal calls to the ``@modal.batched`` class and skips fan-out.
+    ``packed`` routes Modal calls to the ``@modal.batched`` class.
     """
     if policy == "local":
         assert local is not None
@@ -327,9 +329,4 @@ def compose(
     if policy == "auto":
         assert local is not None
         chain = FallbackBackend(chain, local(), settings, metrics)
-    chain = MeteredBackend(chain, metrics, settings)
-    if packed:  # packed calls are short by construction
-        return chain
-    from whisper_modal.backends.fanout import FanoutBackend
-
-    return FanoutBackend(chain, settings)
+    return MeteredBackend(chain, metrics, settings)

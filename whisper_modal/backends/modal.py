@@ -33,8 +33,8 @@ import modal.exception as modal_exception
 from modal.types import InputStatus
 
 from whisper_modal.backends.base import JobStatus, Request, Submission
-from whisper_modal.backends.fanout import audio_seconds_hint
 from whisper_modal.backends.modal_transport import (
+    audio_seconds_hint,
     fail_fast,
     server_urls,
     spawn_deadline,
@@ -220,16 +220,22 @@ class ModalBackend:
         before any retry or fallback: ``.remote`` sends no cancellation, and the abandoned
         input would run (and deliver) on a GPU up to the app's timeout. ``packed=True``
         sends the request to the ``@modal.batched`` class, whose short inputs Modal
-        gathers from concurrent calls; it is spawned and cancelled the same way.
+        gathers from concurrent calls; it is spawned and cancelled the same way. Audio
+        longer than ``fanout_seconds`` goes to the app's orchestrator, as a submit does
+        (one fan-out path: the container splits it over GPU containers, so a client needs
+        no decoder), and this waits on the orchestrator's call.
         """
 
         async def work() -> Transcript:
             if packed:
                 name, cls = "transcribe_packed", self.settings.packed_class_name
                 method = await self._method(request.options.model, name, cls)
+                call = await self._start(method, request)
+            elif self.fans_out(request):
+                call = await self._start_fanout(request)
             else:
                 method = await self._method(request.options.model, "transcribe")
-            call = await self._start(method, request)
+                call = await self._start(method, request)
             try:
                 result = await self._get(call, timeout)
             except BaseException as exc:
@@ -277,6 +283,13 @@ class ModalBackend:
         )
         await self._cancel_quietly(call)
         return self._call_lookup(str(owner))
+
+    async def _start_fanout(self, request: Request) -> Any:
+        """Spawn the app's orchestrator (``fanout``) for long audio; see ``_start``."""
+        self._method_check(request.options.model)
+        method = await self._hydrate(FUNCTION_KEY + FANOUT_FUNCTION)
+        chunk = min(self.settings.fanout_chunk_seconds, self.settings.fanout_seconds)
+        return await self._start(method, request, chunk)
 
     async def _release(self, request: Request, call: Any) -> None:
         client_job_id = request.client_job_id
@@ -347,7 +360,8 @@ class ModalBackend:
         )
         return await self._guard(read)
 
-    def _fans_out(self, request: Request) -> bool:
+    def fans_out(self, request: Request) -> bool:
+        """Whether ``request`` goes to the app's orchestrator (long, splittable audio)."""
         return audio_seconds_hint(request, self.settings) > self.settings.fanout_seconds
 
     async def _get(self, call: Any, timeout: float | None) -> dict[str, Any]:
@@ -446,12 +460,9 @@ class ModalBackend:
         """
 
         async def work() -> Submission:
-            kind = "fanout" if self._fans_out(request) else "single"
+            kind = "fanout" if self.fans_out(request) else "single"
             if kind == "fanout":
-                self._method_check(request.options.model)
-                method = await self._hydrate(FUNCTION_KEY + FANOUT_FUNCTION)
-                chunk = min(self.settings.fanout_chunk_seconds, self.settings.fanout_seconds)
-                call = await self._start(method, request, chunk)
+                call = await self._start_fanout(request)
             else:
                 method = await self._method(request.options.model, "transcribe")
                 call = await self._start(method, request)

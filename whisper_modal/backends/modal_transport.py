@@ -1,4 +1,5 @@
-"""How bytes reach Modal: upload deadlines, staging of large audio, fail-fast reachability.
+"""How bytes reach Modal: upload deadlines, staging of large audio, fail-fast reachability,
+and whether a request is long enough for the app's fan-out (``audio_seconds_hint``).
 
 Three facts about the ``modal`` client (1.6, read from its source) shape this module:
 
@@ -32,6 +33,7 @@ from urllib.parse import urlparse
 
 import attrs
 
+from whisper_modal.audio_header import known_seconds
 from whisper_modal.backends.base import Request
 from whisper_modal.config import Settings
 from whisper_modal.errors import BackendUnavailable, ConfigurationError
@@ -39,6 +41,7 @@ from whisper_modal.errors import BackendUnavailable, ConfigurationError
 __all__ = [
     "MIN_UPLOAD_BYTES_PER_SECOND",
     "SPAWN_SECONDS",
+    "audio_seconds_hint",
     "fail_fast",
     "server_urls",
     "spawn_deadline",
@@ -197,3 +200,37 @@ async def fail_fast(lookup: Callable[[], Awaitable[T]], urls: Sequence[str], tim
             loser.cancel()
         if losers:  # let them unwind (bounded: a DNS lookup in a thread may lag)
             await asyncio.wait(losers, timeout=1.0)
+
+
+# ~16 kB/s is a generous upper bound for compressed speech: a file smaller than this many
+# bytes per second of the fan-out threshold is too short to split, without decoding it
+_MIN_BYTES_PER_SECOND = 2_000
+
+
+@attrs.frozen
+class Chunk:
+    """One piece of a fanned-out request."""
+
+    index: int
+    offset: float  # seconds from the start of the original audio
+    request: Request
+
+
+def audio_seconds_hint(request: Request, settings: Settings) -> float:
+    """The audio's length from its header, for deciding whether to fan out (no decoding).
+
+    Returns ``0.0`` for a request that must not be split whatever its length: S3 input
+    (its length is unknown here), or options that need the whole recording
+    (``TranscribeOptions.splittable``: diarization, ``multichannel``). WAV and FLAC
+    headers are read without any decoder installed; other formats need soundfile.
+    Without a length (raw MP3, m4a, no soundfile) the size decides: ``inf`` when the
+    bytes could hold more than ``fanout_seconds``, else ``0.0``.
+    """
+    if request.audio is None or not request.options.splittable:
+        return 0.0
+    seconds = known_seconds(request.audio)
+    if seconds is not None:
+        return seconds
+    if len(request.audio) < settings.fanout_seconds * _MIN_BYTES_PER_SECOND:
+        return 0.0
+    return float("inf")

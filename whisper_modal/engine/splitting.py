@@ -1,7 +1,7 @@
 """Cut long audio into the pieces a fan-out sends, one per container.
 
-One cutter for both fan-outs: the client's (``backends.fanout``, blocking calls) and the
-app's orchestrator (``orchestrator``, submitted jobs). Cuts fall at pauses, placed with
+Used by the app's orchestrator (``remote.orchestrator``), the one fan-out path for
+blocking calls and submitted jobs alike. Cuts fall at pauses, placed with
 the VAD's speech mask when the request uses the VAD (the same cuts the batched engine's
 streams use), and wholly silent stretches are not sent at all.
 """

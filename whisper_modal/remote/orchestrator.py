@@ -5,7 +5,7 @@ One orchestrator input per job, and its FunctionCall id is the job id, so
 The orchestrator:
 
 1. fetches the audio (inline or S3) and decodes it;
-2. splits it at pauses with the cutter the client's fan-out uses (``engine.splitting``);
+2. splits it at pauses (``engine.splitting``);
    a diarized request stays one piece (speakers are clustered over the whole recording);
 3. spawns one GPU input per piece and records chunks done / total in the job book
    (``job_book``), where ``Job.progress()`` reads it from anywhere;
