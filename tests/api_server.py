@@ -48,6 +48,7 @@ class ApiServer:
     def __init__(self, app: Any) -> None:
         import uvicorn
 
+        self.app = app
         self._sock = socket.socket()
         self._sock.bind((LOOPBACK, 0))
         self.port = int(self._sock.getsockname()[1])

@@ -112,6 +112,23 @@ def test_submit_status_result_and_reattach(client: wm.Client) -> None:
     assert again.text == t.text
 
 
+def test_a_request_built_elsewhere_is_submitted_as_built(client: wm.Client) -> None:
+    """``submit_request`` keeps the caller's request: its client id and delivery fields
+    (the HTTP server names jobs by it); ``Client.job`` re-attaches in the same way."""
+    import attrs
+
+    built = client.build_request(SAMPLE, language="en")
+    assert isinstance(built, wm.Request) and built.options.language == "en"
+    assert built.audio == Path(SAMPLE).read_bytes()
+    request = attrs.evolve(built, client_job_id="caller-named-1")
+    job = client.submit_request(request)
+    assert job.id.startswith("local-")
+    t = job.wait(timeout=120, poll_interval=0.2, progress=False)
+    assert "weekly planning meeting" in t.text.lower()
+    assert client.job(job.id).status() is wm.JobStatus.SUCCEEDED
+    assert client.job(job.id).result(timeout=5).text == t.text
+
+
 def test_a_job_displays_its_status_in_a_notebook_and_its_wait_line_is_clean(
     client: wm.Client, capsys: pytest.CaptureFixture[str]
 ) -> None:

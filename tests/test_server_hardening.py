@@ -292,6 +292,28 @@ def test_a_job_belongs_to_the_owner_of_its_key(server: ApiServer, client: wm.Cli
         assert key.encode() not in raw
 
 
+def test_every_v1_route_and_the_schema_refuse_a_request_without_a_key(
+    server: ApiServer,
+) -> None:
+    """Walk the app's routes (so a route added later is covered too): each one under /v1,
+    and the schema, answers 401 to no key and to a wrong key, before reading any body."""
+    schema = server.app.openapi()  # every route FastAPI serves, included routers too
+    paths: list[tuple[str, str]] = [("GET", "/openapi.json")]
+    for path, operations in schema["paths"].items():
+        concrete = path.replace("{job_id}", "wm-nope").replace("{model}", "tiny.en")
+        paths += [(m.upper(), concrete) for m in sorted(operations) if path.startswith("/v1")]
+    assert len(paths) >= 8, paths  # 7 routes under /v1 (two methods on jobs/{id}) + schema
+    for method, path in paths:
+        for key in (None, "sk-wrong"):
+            # a body that would be a 400 if it were read: the 401 comes first
+            status, body = _call(
+                server, method, path, key=key, raw=b"{" if method == "POST" else None
+            )
+            assert status == 401, (method, path, key, body)
+            assert _error(body)["code"] == "invalid_api_key"
+    assert _call(server, "GET", "/health", key=None)[0] == 200  # the one open route
+
+
 def test_a_bare_key_is_the_owner_of_its_own_jobs(server: ApiServer) -> None:
     job_id = _submit_form(server.url, KEY, b"not audio " * 100)  # fails fast; still KEY's
     assert _call(server, "GET", f"/v1/jobs/{job_id}", key=OTHER)[0] == 404

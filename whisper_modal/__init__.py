@@ -21,7 +21,7 @@ from whisper_modal._api import (
     transcribe,
     transcribe_many,
 )
-from whisper_modal.backends.base import JobStatus
+from whisper_modal.backends.base import JobStatus, Request
 from whisper_modal.client import Client
 from whisper_modal.config import Settings
 from whisper_modal.errors import (
@@ -75,6 +75,7 @@ __all__ = [
     "JobStatus",
     "JobTimeout",
     "RemoteExecutionError",
+    "Request",
     "S3Object",
     "Segment",
     "Settings",

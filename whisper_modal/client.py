@@ -178,8 +178,16 @@ class Client:
                 chain = self._chains.setdefault(key, chain)
         return chain
 
-    def _attach(self, job_id: str, fallback_reason: str | None = None) -> Job:
-        """A ``Job`` for ``job_id``, talking to the backend that owns such ids."""
+    def job(self, job_id: str, fallback_reason: str | None = None) -> Job:
+        """A ``Job`` for ``job_id``, talking to the backend that owns such ids.
+
+        No network call happens until ``status()``/``result()`` (``Job.from_id`` with
+        ``client=`` is the same).
+
+        Args:
+            job_id: a ``Job.id`` (a Modal FunctionCall id, or a local job's id).
+            fallback_reason: why the job ran locally, when it did (shown on the ``Job``).
+        """
         self._check_open()
         owner: JobBackend
         if is_in_process_job(job_id):
@@ -188,6 +196,18 @@ class Client:
             owner = ResilientJobs(self._modal_backend(), self.retry)
         owner = MeteredJobs(owner, self.metrics, self.settings)
         return Job(job_id, backend=owner, runner=self._loop, fallback_reason=fallback_reason)
+
+    def build_request(self, audio: AudioLike, **kwargs: Unpack[CallOptions]) -> Request:
+        """Validate the keywords and read ``audio`` into a ``Request``; nothing is sent.
+
+        With ``submit_request`` this is ``submit`` in two steps (as httpx's
+        ``build_request()`` + ``send()``): change what you need between them, e.g.
+        ``attrs.evolve(request, client_job_id="order-17")``, or keep the request to send
+        later. Raises what ``submit`` raises for bad input (``ConfigurationError``,
+        ``AudioError``, ``StorageTooLarge``).
+        """
+        self._check_open()
+        return self._prepare(audio, kwargs)
 
     def _prepare(self, audio: AudioLike, kwargs: CallOptions) -> Request:
         return prepare(
@@ -262,10 +282,20 @@ class Client:
         once (``job_book``).
         """
         self._check_open()
-        chain = self._chain(backend)
         request = await asyncio.to_thread(self._prepare, audio, kwargs)
-        submission = await chain.asubmit(request)
-        return self._attach(submission.job_id, submission.fallback_reason)
+        return await self.asubmit_request(request, backend=backend)
+
+    async def asubmit_request(self, request: Request, *, backend: str | None = None) -> Job:
+        """Submit a ``Request`` as built (``build_request``, or one stored earlier).
+
+        ``asubmit`` reads the audio and builds the request; a caller that needs its own
+        ``client_job_id`` (the HTTP server names jobs in webhooks and S3 keys by it, and
+        resubmits stored requests after a restart) builds the request and sends it here,
+        as with httpx's ``build_request()`` + ``send()``. Same retry rule as ``asubmit``.
+        """
+        self._check_open()
+        submission = await self._chain(backend).asubmit(request)
+        return self.job(submission.job_id, submission.fallback_reason)
 
     async def atranscribe_many(
         self,
@@ -390,6 +420,11 @@ class Client:
         """Start a transcription and return a ``Job`` at once; see ``asubmit``."""
         self._check_open()
         return self._loop.run(self.asubmit(audio, backend=backend, **kwargs))
+
+    def submit_request(self, request: Request, *, backend: str | None = None) -> Job:
+        """Submit a ``Request`` built elsewhere; see ``asubmit_request``."""
+        self._check_open()
+        return self._loop.run(self.asubmit_request(request, backend=backend))
 
     def transcribe_many(
         self, inputs: Iterable[AudioLike], **kwargs: Any

@@ -38,7 +38,7 @@ class _Runner(Protocol):
 class _JobSource(Protocol):
     """What ``Job.from_id`` needs of a client."""
 
-    def _attach(self, job_id: str, fallback_reason: str | None = None) -> Job: ...
+    def job(self, job_id: str, fallback_reason: str | None = None) -> Job: ...
 
 
 _default_source: Callable[[], _JobSource] | None = None
@@ -116,7 +116,7 @@ class Job:
             if _default_source is None:  # pragma: no cover - whisper_modal/__init__ sets it
                 raise ConfigurationError("pass client=: no default client is configured")
             client = _default_source()
-        return client._attach(job_id)
+        return client.job(job_id)
 
     # -- async core: each operation once; the sync methods run these on the client's loop
 

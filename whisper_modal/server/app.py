@@ -21,9 +21,9 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
-from typing import Any, overload
+from typing import Annotated, Any, overload
 
-from fastapi import FastAPI
+from fastapi import APIRouter, Depends, FastAPI
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request as HttpRequest
@@ -95,6 +95,21 @@ def _error_response(request: HttpRequest, exc: BaseException) -> JSONResponse:
         )
     headers["X-Request-Id"] = request_id
     return JSONResponse(body, status_code=status, headers=headers)
+
+
+async def authorize(request: HttpRequest) -> str | None:
+    """The one place a key is checked; returns the caller's owner hash (None: no auth).
+
+    Every ``/v1`` route and the schema hang off routers that depend on it, so a new route
+    cannot forget it, and it runs before any body is read. FastAPI runs a dependency once
+    per request (cached), so routes that need the owner ask for it again as ``Owner``.
+    """
+    keys: ApiKeys = request.app.state.api_keys
+    return keys.check(request.headers.get("authorization"))
+
+
+#: a route parameter that is the caller's owner hash (see ``authorize``)
+Owner = Annotated[str | None, Depends(authorize)]
 
 
 def _form_fields(form: Form) -> oa.Fields:
@@ -214,20 +229,17 @@ def create_app(
     async def invalid(request: HttpRequest, exc: RequestValidationError) -> JSONResponse:
         return _error_response(request, ApiError(400, "invalid request parameters"))
 
-    def authorize(request: HttpRequest) -> str | None:
-        """Check the key; return its owner's hash (None without auth)."""
-        return keys.check(request.headers.get("authorization"))
+    app.state.api_keys = keys
+    v1 = APIRouter(prefix="/v1", dependencies=[Depends(authorize)])
 
     if not public_docs:
 
-        @app.get("/openapi.json", include_in_schema=False)
-        async def openapi(request: HttpRequest) -> dict[str, Any]:
+        @app.get("/openapi.json", include_in_schema=False, dependencies=[Depends(authorize)])
+        async def openapi() -> dict[str, Any]:
             """The OpenAPI schema, for callers with a key."""
-            authorize(request)
             return app.openapi()
 
     async def audio_request(request: HttpRequest, task: str) -> Response:
-        authorize(request)
         form = await read_form(request, limit, timeout=body_timeout)
         audio = _upload(form, missing="the 'file' field is missing")
         if form.get("model") is None:  # OpenAI requires it; its SDKs always send it
@@ -251,20 +263,19 @@ def create_app(
         transcript = await client.atranscribe(audio, options=options)
         return oa.render(transcript, fmt, task=task, grains=grains)
 
-    @app.post("/v1/audio/transcriptions")
+    @v1.post("/audio/transcriptions")
     async def transcriptions(request: HttpRequest) -> Response:
         """OpenAI's transcription endpoint."""
         return await audio_request(request, "transcribe")
 
-    @app.post("/v1/audio/translations")
+    @v1.post("/audio/translations")
     async def translations(request: HttpRequest) -> Response:
         """OpenAI's translation endpoint (speech in any language -> English text)."""
         return await audio_request(request, "translate")
 
-    @app.get("/v1/models")
-    async def models(request: HttpRequest) -> dict[str, Any]:
+    @v1.get("/models")
+    async def models() -> dict[str, Any]:
         """OpenAI's model list: ``whisper-1`` (the default) and every served model."""
-        authorize(request)
         names = (oa.OPENAI_ALIAS, *oa.served_models(settings))
         return {
             "object": "list",
@@ -274,20 +285,18 @@ def create_app(
             ],
         }
 
-    @app.get("/v1/models/{model}")
-    async def model(request: HttpRequest, model: str) -> dict[str, Any]:
+    @v1.get("/models/{model}")
+    async def model(model: str) -> dict[str, Any]:
         """One model of the list (OpenAI's retrieve), or 404 ``model_not_found``."""
-        authorize(request)
         if model not in (oa.OPENAI_ALIAS, *oa.served_models(settings)):
             raise ApiError(
                 404, f"the model {shorten(model)!r} does not exist here", code="model_not_found"
             )
         return {"id": model, "object": "model", "created": 0, "owned_by": "whisper-modal"}
 
-    @app.post("/v1/jobs", status_code=202)
-    async def submit_job(request: HttpRequest) -> JSONResponse:
+    @v1.post("/jobs", status_code=202)
+    async def submit_job(request: HttpRequest, owner: Owner) -> JSONResponse:
         """Accept a job: multipart upload, or JSON naming an ``s3://`` key."""
-        owner = authorize(request)
         content_type = request.headers.get("content-type", "")
         if content_type.startswith("application/json"):
             data = await read_json(request, min(limit, MAX_JSON_BYTES), timeout=body_timeout)
@@ -343,18 +352,17 @@ def create_app(
             return PlainTextResponse(t.to_txt())
         return oa.render(t, fmt, task="transcribe", grains=frozenset())
 
-    @app.get("/v1/jobs/{job_id}")
-    async def get_job(request: HttpRequest, job_id: str) -> Response:
+    @v1.get("/jobs/{job_id}")
+    async def get_job(request: HttpRequest, job_id: str, owner: Owner) -> Response:
         """A job's status, progress, error and (once done) result."""
-        owner = authorize(request)
         return job_body(await store.get(job_id, owner=owner), request.query_params.get("format"))
 
-    @app.delete("/v1/jobs/{job_id}")
-    async def cancel_job(request: HttpRequest, job_id: str) -> Response:
+    @v1.delete("/jobs/{job_id}")
+    async def cancel_job(job_id: str, owner: Owner) -> Response:
         """Cancel a job (a finished one is left alone)."""
-        owner = authorize(request)
         return JSONResponse((await store.cancel(job_id, owner=owner)).to_dict())
 
+    app.include_router(v1)
     started = time.time()
 
     @app.get("/health")

@@ -118,17 +118,6 @@ class Jobs(Protocol):
         ...
 
 
-async def _submit_request(client: Client, request: Request) -> Job:
-    """Submit a prepared ``Request`` whose ``client_job_id`` the server chose.
-
-    The public ``Client.asubmit`` builds its own Request (and a random client_job_id);
-    the server needs its job id in webhooks and S3 keys, and must resubmit stored requests
-    after a restart, so it goes through the client's chain directly.
-    """
-    submission = await client._chain(None).asubmit(request)
-    return client._attach(submission.job_id, submission.fallback_reason)
-
-
 def _error_fields(exc: BaseException) -> tuple[str, str]:
     return type(exc).__name__, str(exc)
 
@@ -153,7 +142,7 @@ class DirectJobs:
     async def submit(self, request: Request, *, owner: str | None = None) -> JobView:
         """Submit through the client; answer with the backend's id."""
         client_job_id = f"{owner or 'anon'}-{uuid.uuid4().hex}"
-        job = await _submit_request(self.client, attrs.evolve(request, client_job_id=client_job_id))
+        job = await self.client.asubmit_request(attrs.evolve(request, client_job_id=client_job_id))
         if is_in_process_job(job.id):
             self._local_owners[job.id] = owner
         return JobView(job.id, JobStatus.PENDING, created_at=time.time())
@@ -205,7 +194,7 @@ class PersistentJobs:
     """Jobs kept in SQLite and watched by one task each; see the module docstring.
 
     Args:
-        client: runs the jobs (``Client.submit_request``).
+        client: runs the jobs (``Client.asubmit_request``).
         path: the SQLite file (its directory is created).
         max_unfinished: jobs pending or running at once; more get 429 (bounded queue).
     """
@@ -328,7 +317,7 @@ class PersistentJobs:
         return JobView(job_id, JobStatus.PENDING, created_at=now)
 
     async def _launch(self, job_id: str, request: Request) -> None:
-        job = await _submit_request(self.client, request)
+        job = await self.client.asubmit_request(request)
         await self._sql(
             "UPDATE jobs SET backend_id = ?, attempts = attempts + 1, updated = ? WHERE id = ?",
             job.id,
