@@ -207,15 +207,6 @@ async def fail_fast(lookup: Callable[[], Awaitable[T]], urls: Sequence[str], tim
 _MIN_BYTES_PER_SECOND = 2_000
 
 
-@attrs.frozen
-class Chunk:
-    """One piece of a fanned-out request."""
-
-    index: int
-    offset: float  # seconds from the start of the original audio
-    request: Request
-
-
 def audio_seconds_hint(request: Request, settings: Settings) -> float:
     """The audio's length from its header, for deciding whether to fan out (no decoding).
 
