@@ -70,8 +70,11 @@ def test_submit_and_call_deadlines_include_the_upload(
 ) -> None:
     fake = FakeModal(handler=echo)
     try:
-        backend = fake_backend(fake, monkeypatch, connect_timeout=5)
+        # 8 MiB of bytes with no header go to one container (not the orchestrator,
+        # which would decode them) while the size could not hold over 10,000 s of audio
+        backend = fake_backend(fake, monkeypatch, connect_timeout=5, fanout_seconds=10_000)
         audio = b"x" * (8 * 1024**2)  # 8 MiB: over both of Modal's inline limits
+        assert not backend.fans_out(request(audio))
         asyncio.run(backend.asubmit(request(audio)))
         assert recorded_deadlines[-1] == pytest.approx(60 + 5 + 8.0)
         asyncio.run(backend.atranscribe(request(audio), timeout=30))
