@@ -278,3 +278,61 @@ def test_jobs_spawned_inside_a_container_read_pending_then_cancelled(
     finally:
         gate.set()
         fake.close()
+
+
+def test_a_cancelled_record_stays_cancelled_when_its_container_starts_late() -> None:
+    """The canceller writes "cancelled" while the input's container is only starting: the
+    container's "running" and its outcome must not undo the caller's cancel."""
+    from whisper_modal.job_book import JobBook
+
+    fake = FakeModal()
+    try:
+        book = JobBook(fake.dict_lookup("jobs"))
+    finally:
+        fake.close()
+    assert book.submitted("fc-1", kind="single", client_job_id="c-1")
+    assert book.cancelled("fc-1").status == "cancelled"
+    assert book.start("fc-1", kind="single", client_job_id="c-1").status == "cancelled"
+    late = book.update("fc-1", status="failed", error="InputCancellation", audio_seconds=2.0)
+    assert late is not None and late.status == "cancelled" and late.audio_seconds == 2.0
+    record = book.get("fc-1")
+    assert record is not None and record.status == "cancelled" and record.final
+    book.start("fc-2", kind="single", client_job_id="c-2")  # no cancel: runs as before
+    assert book.update("fc-2", status="succeeded") is not None
+    assert (book.get("fc-2") or record).status == "succeeded"
+
+
+def test_a_job_cancelled_while_its_container_runs_on_reads_cancelled(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A cancel whose container starts late and writes "running": the job's status is
+    CANCELLED from the canceller's record (Modal's call graph, nesting the call under a
+    request input that is gone, has no node for it), never FAILED or RUNNING."""
+    from whisper_modal.job_book import JobBook
+
+    gate = threading.Event()
+
+    def stubborn(wire: dict[str, Any]) -> dict[str, Any]:
+        gate.wait(30)  # blocks its event loop: the fake's cancel lands only afterwards
+        return SlowFirstRuns(slow=0.0)(wire)
+
+    fake = FakeModal(handler=stubborn)
+    # spawned inside the web function's input, which is gone: the call graph cannot tell
+    fake.spawn_parent, fake.parent_retained = "fc-web-request", False
+    try:
+        client = client_for(fake, monkeypatch, backend="modal")
+        job = client.submit(b"RIFF-a")
+        assert wait_until(lambda: fake.in_flight == 1)
+        job.cancel()
+        book = JobBook(fake.platform.job_store())
+        book.start(job.id, kind="single", client_job_id=None)  # a container starting late
+        assert job.status() is wm.JobStatus.CANCELLED
+        gate.set()
+        settle(fake)
+        assert job.status() is wm.JobStatus.CANCELLED
+        with pytest.raises(wm.JobCancelled):
+            job.result(timeout=10)
+        client.close()
+    finally:
+        gate.set()
+        fake.close()

@@ -179,9 +179,15 @@ class JobBook:
     def start(
         self, job_id: str, *, kind: str, client_job_id: str | None, total: int = 0
     ) -> JobRecord:
-        """Record that ``job_id`` started running (keeps ``created`` of an earlier record)."""
+        """Record that ``job_id`` started running (keeps ``created`` of an earlier record).
+
+        A job cancelled before its container got here stays "cancelled": the canceller's
+        record is the caller's word, and a container that starts late must not undo it.
+        """
         now = self._now()
         old = self.get(job_id)
+        if old is not None and old.status == "cancelled":
+            return old
         record = JobRecord(
             job_id=job_id,
             kind=kind,
@@ -195,10 +201,15 @@ class JobBook:
         return record
 
     def update(self, job_id: str, **changes: Any) -> JobRecord | None:
-        """Change fields of ``job_id``'s record (one writer per job: its container)."""
+        """Change fields of ``job_id``'s record (one writer per job: its container).
+
+        A "cancelled" status is kept (see ``start``); the other fields still change.
+        """
         old = self.get(job_id)
         if old is None:
             return None
+        if old.status == "cancelled":
+            changes.pop("status", None)
         record = attrs.evolve(old, updated=self._now(), **changes)
         self.store.put("job:" + job_id, record.to_dict())
         return record

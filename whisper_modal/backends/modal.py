@@ -522,8 +522,15 @@ class ModalBackend:
         return JobStatus.SUCCEEDED
 
     async def _running_or_pending(self, job_id: str) -> JobStatus:
-        """An unfinished job: running or pending, from its record, else the call graph."""
+        """An unfinished call: cancelled or running from its record, else the call graph.
+
+        A call cancelled while its container runs on has no result yet; the canceller's
+        record says "cancelled" (and ``JobBook.start`` keeps it so when the container
+        starts late).
+        """
         record = await self._book_call(lambda b: b.get(job_id))
+        if record is not None and record.status == "cancelled":
+            return JobStatus.CANCELLED
         if record is not None and record.status == "running":
             return JobStatus.RUNNING
         node = await self._graph_node(self._call_lookup(job_id))  # "pending" is cross-checked

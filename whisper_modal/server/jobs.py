@@ -170,7 +170,8 @@ class DirectJobs:
         await self._check_known(job_id, owner)
         job = Job.from_id(job_id, client=self.client)
         status = await job.astatus()
-        if not status.done:
+        if not status.done or status is JobStatus.CANCELLED:
+            # a cancelled call may still be stopping: its result call would time out
             return JobView(job_id, status)
         try:
             transcript = await job.aresult(timeout=0)
