@@ -9,8 +9,6 @@ import pytest
 
 from tests import speech
 from whisper_modal.engine.chunking import (
-    HOP,
-    SAMPLE_RATE,
     Window,
     frame_db,
     merge_transcripts,
@@ -19,6 +17,7 @@ from whisper_modal.engine.chunking import (
     speech_mask,
     split_evenly,
 )
+from whisper_modal.engine.constants import MEL_HOP, SAMPLE_RATE
 from whisper_modal.results import Transcript
 
 
@@ -37,7 +36,7 @@ def _covers(windows: list[Window], total: int) -> bool:
 
 
 def _quiet_around(mask: np.ndarray, sample: int, frames: int = 5) -> bool:
-    frame = sample // HOP
+    frame = sample // MEL_HOP
     return not mask[max(0, frame - frames) : frame + frames].any()
 
 
@@ -96,8 +95,8 @@ def test_no_pause_falls_back_to_the_quietest_point() -> None:
     assert all(w.seconds <= 30.0 for w in windows) and len(windows) == 3
     db = frame_db(noise)
     for w in windows[1:]:
-        lo = w.start // HOP - 1000  # the last third of the window before the cut
-        assert db[w.start // HOP] <= np.percentile(db[lo : lo + 1000], 25)
+        lo = w.start // MEL_HOP - 1000  # the last third of the window before the cut
+        assert db[w.start // MEL_HOP] <= np.percentile(db[lo : lo + 1000], 25)
 
 
 def test_silence_is_marked(long_clip: tuple[np.ndarray, str]) -> None:

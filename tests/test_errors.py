@@ -16,6 +16,7 @@ from whisper_modal.errors import (
     TransientError,
     WhisperModalError,
     map_engine_error,
+    outcome_of,
 )
 
 
@@ -47,6 +48,21 @@ def test_engine_errors_are_mapped() -> None:
     assert isinstance(mapped, RemoteExecutionError) and mapped.remote_type == "RuntimeError"
     ours = AudioError("empty", reason="empty")
     assert map_engine_error(ours) is ours
+
+
+def test_outcome_of_returns_the_value_or_the_typed_error_of_one_item() -> None:
+    assert outcome_of(lambda: 3) == 3
+    ours = AudioError("not audio", reason="not_audio")
+
+    def bad_audio() -> int:
+        raise ours
+
+    def engine_bug() -> int:
+        raise IndexError("index 7 is out of bounds")
+
+    assert outcome_of(bad_audio) is ours  # our errors pass through unchanged
+    mapped = outcome_of(engine_bug)
+    assert isinstance(mapped, RemoteExecutionError) and "IndexError" in str(mapped)
 
 
 @pytest.mark.parametrize("exc", [ValueError(""), KeyError("k")])

@@ -117,13 +117,14 @@ def test_get_bytes_streams_into_one_buffer(s3: S3Server) -> None:
     assert len(data) > 10 * 16 * 1024  # many chunks, not one read
 
 
-def test_empty_object_and_exists(s3: S3Server) -> None:
+def test_empty_and_missing_objects(s3: S3Server) -> None:
     s3.client().put_object(Bucket="calls", Key="empty.wav", Body=b"")
     st_ = store(s3)
     assert st_.get_bytes(S3Object("calls", "empty.wav")) == b""
-    assert st_.exists(S3Object("calls", "empty.wav"))
-    assert not st_.exists(S3Object("calls", "nope.wav"))
-    assert not st_.exists(S3Object("no-such-bucket", "k.wav"))
+    assert st_.size(S3Object("calls", "empty.wav")) == 0
+    for missing in (S3Object("calls", "nope.wav"), S3Object("no-such-bucket", "k.wav")):
+        with pytest.raises(wm.StorageNotFound):
+            st_.size(missing)
 
 
 def test_versions(s3: S3Server) -> None:
@@ -232,7 +233,7 @@ def test_access_denied_by_a_real_iam_policy(s3: S3Server) -> None:
         assert reader.get_bytes(parse_s3_uri("s3:/" + SAMPLE_PATH)) == SAMPLE.read_bytes()
         denied: list[Callable[[], object]] = [
             lambda: reader.get_bytes(S3Object("private", "a.wav")),  # policy: not this bucket
-            lambda: reader.exists(S3Object("private", "a.wav")),
+            lambda: reader.size(S3Object("private", "a.wav")),
             lambda: reader.put_bytes(S3Object("calls", "x.json"), b"{}"),  # policy: read only
             lambda: as_user("AKIAUNKNOWN000000000", "x").put_bytes(S3Object("calls", "x"), b""),
             lambda: as_user(key["AccessKeyId"], "wrong").get_bytes(S3Object("calls", "k")),

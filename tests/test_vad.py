@@ -14,6 +14,7 @@ from tests.wer import wer
 from whisper_modal.engine import vad
 from whisper_modal.engine.batching import transcribe_windows
 from whisper_modal.engine.chunking import frame_db, split_evenly
+from whisper_modal.engine.constants import MEL_HOP
 from whisper_modal.engine.models import ModelStore, load_model
 from whisper_modal.engine.transcriber import Engine
 from whisper_modal.errors import ConfigurationError
@@ -128,11 +129,11 @@ def test_joined_mask_reads_the_original_probabilities(clip: tuple[np.ndarray, st
     assert len(speech_map.regions) == 2
     joined = speech_map.join(padded)
     mask = speech_map.joined_mask(0.5)
-    assert mask.shape[0] == -(-joined.shape[0] // vad.MASK_HOP)
+    assert mask.shape[0] == -(-joined.shape[0] // MEL_HOP)
     # each joined frame carries the decision at its original position...
     probs = vad.speech_probabilities(padded)
     (a, b), (c, _) = speech_map.regions
-    at = np.arange(mask.shape[0]) * vad.MASK_HOP  # joined samples
+    at = np.arange(mask.shape[0]) * MEL_HOP  # joined samples
     original = np.where(at < b - a, a + at, c + at - (b - a))
     expected = probs[np.minimum(original // vad.VAD_FRAME, probs.size - 1)] >= 0.5 - 0.15
     assert np.array_equal(mask, expected)

@@ -195,7 +195,7 @@ class Client:
         else:
             owner = ResilientJobs(self._modal_backend(), self.retry)
         owner = MeteredJobs(owner, self.metrics, self.settings)
-        return Job(job_id, backend=owner, runner=self._loop, fallback_reason=fallback_reason)
+        return Job(job_id, owner=owner, runner=self._loop, fallback_reason=fallback_reason)
 
     def build_request(self, audio: AudioLike, **kwargs: Unpack[CallOptions]) -> Request:
         """Validate the keywords and read ``audio`` into a ``Request``; nothing is sent.

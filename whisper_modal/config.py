@@ -47,11 +47,6 @@ def default_jobs_db() -> Path:
     return Path(base) / "whisper-modal" / "jobs.sqlite3"
 
 
-def _not_negative(_: Any, attribute: Any, value: int) -> None:
-    if value < 0:
-        raise ConfigurationError(f"setting {attribute.name} must be >= 0, got {value!r}")
-
-
 def _positive(_: Any, attribute: Any, value: float | int | None) -> None:
     if value is not None and (not math.isfinite(value) or value <= 0):
         raise ConfigurationError(f"setting {attribute.name} must be positive, got {value!r}")
@@ -204,7 +199,7 @@ class Settings:
     # seconds an HTTP body may go without a byte before it is answered 408 and closed
     body_timeout: float = attrs.field(default=30.0, validator=_positive)
     jobs_db: Path = attrs.field(factory=default_jobs_db, converter=_path)  # local server's jobs
-    web_min_containers: int = attrs.field(default=0, validator=_not_negative)  # warm web pool
+    web_min_containers: int = attrs.field(default=0, validator=_non_negative)  # warm web pool
     web_max_inputs: int = attrs.field(default=100, validator=_positive)  # requests per container
     web_proxy_auth: bool = False  # Modal proxy auth (Modal-Key/Modal-Secret headers) in front
 

@@ -28,7 +28,10 @@ is translated by exactly one function below (``map_*``), which callers use as
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 __all__ = [
     "AudioError",
@@ -56,6 +59,7 @@ __all__ = [
     "map_boto_error",
     "map_engine_error",
     "map_modal_error",
+    "outcome_of",
 ]
 
 
@@ -206,6 +210,18 @@ def map_engine_error(exc: BaseException) -> WhisperModalError:
             remote_type=name,
         )
     return RemoteExecutionError(f"the engine failed: {name}: {text}", remote_type=name)
+
+
+def outcome_of(work: Callable[[], T]) -> T | WhisperModalError:
+    """``work()``, or the typed error it raised (``map_engine_error``).
+
+    The one per-item sieve of the packed path (the engine, the service and the packed
+    container class): an item that fails becomes its own error, the others still run.
+    """
+    try:
+        return work()
+    except Exception as exc:
+        return map_engine_error(exc)
 
 
 def map_modal_error(exc: BaseException, *, job_id: str | None = None) -> WhisperModalError:

@@ -130,11 +130,6 @@ class JobBook:
                 return str(owner)
         return call_id
 
-    def owner(self, client_job_id: str) -> str | None:
-        """The call that owns ``client_job_id``, if any."""
-        owner = self.store.get("claim:" + client_job_id)
-        return None if owner is None else str(owner)
-
     def release(self, client_job_id: str, call_id: str) -> None:
         """Drop the claim if ``call_id`` holds it (a failed or cancelled run frees its id)."""
         key = "claim:" + client_job_id
@@ -214,15 +209,14 @@ class JobBook:
         self.store.put("job:" + job_id, record.to_dict())
         return record
 
-    def recent(self, limit: int = 20, *, include_chunks: bool = False) -> list[JobRecord]:
-        """The newest ``limit`` records (fan-out chunks only with ``include_chunks``)."""
+    def recent(self, limit: int = 20) -> list[JobRecord]:
+        """The newest ``limit`` records of jobs (a fan-out job's pieces are not listed)."""
         records = [
             JobRecord.from_dict(value)
             for key, value in self.store.items()
             if isinstance(key, str) and key.startswith("job:") and isinstance(value, dict)
         ]
-        if not include_chunks:
-            records = [r for r in records if CHUNK_MARK not in (r.client_job_id or "")]
+        records = [r for r in records if CHUNK_MARK not in (r.client_job_id or "")]
         records.sort(key=lambda r: r.created, reverse=True)
         return records[:limit]
 

@@ -69,14 +69,14 @@ class Job:
         self,
         job_id: str,
         *,
-        backend: JobBackend,
+        owner: JobBackend,
         runner: _Runner,
         fallback_reason: str | None = None,
     ) -> None:
         self.id = job_id
         self.backend = _kind(job_id)
         self.fallback_reason = fallback_reason
-        self._owner = backend
+        self._owner = owner  # the backend object that answers for the job
         self._runner = runner
         self._transcript: Transcript | None = None
 

@@ -22,6 +22,7 @@ __all__ = [
     "LANGUAGES",
     "TranscribeOptions",
     "is_known_model",
+    "require_known_model",
 ]
 
 #: every model name openai-whisper can download (its ``_MODELS`` keys, 20250625)
@@ -158,6 +159,19 @@ Mode = Literal["sequential", "batched", "auto"]
 def is_known_model(name: str) -> bool:
     """True for an official Whisper model name (the only names the container loads)."""
     return name in KNOWN_MODELS
+
+
+def require_known_model(name: object) -> None:
+    """Refuse a name the Modal app does not load (the client's check and the container's).
+
+    Raises:
+        ConfigurationError: ``name`` is not in ``KNOWN_MODELS``.
+    """
+    if not (isinstance(name, str) and is_known_model(name)):
+        raise ConfigurationError(
+            f"the Modal app serves only known Whisper models ({', '.join(KNOWN_MODELS)}), "
+            f"not {name!r}; a checkpoint path works with backend='local'"
+        )
 
 
 def _temperatures(value: float | tuple[float, ...] | list[float]) -> tuple[float, ...]:

@@ -20,9 +20,9 @@ from whisper_modal.delivery import notify, write_results
 from whisper_modal.engine.transcriber import Engine
 from whisper_modal.errors import (
     ConfigurationError,
-    RemoteExecutionError,
     WhisperModalError,
     map_engine_error,
+    outcome_of,
 )
 from whisper_modal.results import Transcript
 from whisper_modal.storage import S3Store, parse_s3_uri
@@ -111,17 +111,13 @@ class Service:
         results: list[Transcript | WhisperModalError | None] = [None] * len(wires)
         groups: dict[str, list[tuple[int, Request]]] = {}
         for i, wire in enumerate(wires):
-            try:
-                request = Request.from_wire(wire)
-            except Exception as exc:
-                results[i] = map_engine_error(exc)
+            request = outcome_of(functools.partial(Request.from_wire, wire))
+            if isinstance(request, WhisperModalError):
+                results[i] = request
                 continue
             plain = request.audio is not None and not (request.output or request.webhook_url)
             if not plain:
-                try:
-                    results[i] = self.handle(request)
-                except Exception as exc:
-                    results[i] = map_engine_error(exc)
+                results[i] = outcome_of(functools.partial(self.handle, request))
                 continue
             key = repr(sorted(request.options.to_dict().items()))
             groups.setdefault(key, []).append((i, request))
@@ -129,14 +125,12 @@ class Service:
             audios = [r.audio for _, r in members if r.audio is not None]
             packed = self.engine.transcribe_packed(audios, members[0][1].options)
             for (i, request), outcome in zip(members, packed, strict=True):
-                if isinstance(outcome, BaseException):
-                    results[i] = map_engine_error(outcome)
-                else:
-                    results[i] = outcome.with_changes(job_id=request.client_job_id)
-        return [
-            r if r is not None else RemoteExecutionError("the engine returned no result")
-            for r in results
-        ]
+                results[i] = (
+                    outcome
+                    if isinstance(outcome, WhisperModalError)
+                    else outcome.with_changes(job_id=request.client_job_id)
+                )
+        return [r for r in results if r is not None]  # every entry was set above
 
     def _run(self, request: Request, job_id: str | None) -> Transcript:
         audio = self.fetch_audio(request)

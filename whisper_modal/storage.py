@@ -10,8 +10,11 @@
 * The read is pinned to the ETag the size came from (``If-Match``): an object replaced
   between the two requests fails as ``StorageTransient`` (retrying re-reads the size)
   instead of yielding a mix of two versions.
-* ``S3Store`` leaves retries to our ``RetryPolicy`` (botocore: one attempt) and maps every
-  botocore error through ``errors.map_boto_error``.
+* ``S3Store`` makes one attempt per call (botocore's own retries are off) and maps every
+  botocore error through ``errors.map_boto_error``: a transient fault is
+  ``StorageTransient``, which the client's ``RetryPolicy`` retries where the whole call is
+  retried (S3 inputs staged or read by the client); inside a container a read fails the
+  job with that typed error.
 * ``safe_name`` admits only names made of ``[A-Za-z0-9._-]``, so no caller-supplied id
   can climb out of a prefix (``delivery.result_keys`` builds output keys with it).
 
@@ -28,7 +31,6 @@ import attrs
 
 from whisper_modal.errors import (
     ConfigurationError,
-    StorageNotFound,
     StorageTooLarge,
     StorageTransient,
     map_boto_error,
@@ -289,18 +291,6 @@ class S3Store:
             StorageNotFound, StorageAccessDenied, StorageTransient, StorageError.
         """
         return int(self._head(obj)["ContentLength"])
-
-    def exists(self, obj: S3Object) -> bool:
-        """Return whether the object (or the pinned version) exists.
-
-        Raises:
-            StorageAccessDenied, StorageTransient, StorageError: anything but "not found".
-        """
-        try:
-            self._head(obj)
-        except StorageNotFound:
-            return False
-        return True
 
     def get_bytes(self, obj: S3Object) -> bytes:
         """Read the whole object into memory, checking the size cap first.

@@ -57,7 +57,7 @@ __all__ = [
 
 T = TypeVar("T")
 
-log = logging.getLogger("whisper_modal.client")
+log = logging.getLogger("whisper_modal.chain")
 
 #: attempts beyond the first made by ``ResilientBackend`` within the current call; set by
 #: ``MeteredBackend`` around each call (a task-local box, so concurrent calls never mix)

@@ -43,7 +43,6 @@ from whisper_modal.backends.modal_transport import (
 from whisper_modal.config import Settings
 from whisper_modal.errors import (
     BackendUnavailable,
-    ConfigurationError,
     JobCancelled,
     JobExpired,
     JobNotFound,
@@ -54,7 +53,7 @@ from whisper_modal.errors import (
     map_modal_error,
 )
 from whisper_modal.job_book import JobBook, JobRecord
-from whisper_modal.options import KNOWN_MODELS, is_known_model
+from whisper_modal.options import require_known_model
 from whisper_modal.results import Transcript
 
 __all__ = ["ModalBackend", "PackedModal"]
@@ -181,12 +180,8 @@ class ModalBackend:
 
     @staticmethod
     def _method_check(model: str) -> None:
-        if not is_known_model(model):
-            # the container serves only known names (and would fail in its enter hook)
-            raise ConfigurationError(
-                f"the Modal app serves only known Whisper models ({', '.join(KNOWN_MODELS)}), "
-                f"not {model!r}; a checkpoint path works with backend='local'"
-            )
+        # the container serves only known names (and would fail in its enter hook)
+        require_known_model(model)
 
     async def _method(self, model: str, method: str, class_name: str | None = None) -> Any:
         self._method_check(model)

@@ -1,4 +1,4 @@
-"""The one registry of jobs that run in this process (local and fan-out jobs).
+"""The one registry of jobs that run in this process (local jobs and local fallbacks).
 
 Process-wide, so a ``Job`` re-attached by id from another ``Client`` in the same process
 still finds its future; bounded, so a long-lived service does not grow without limit
@@ -56,8 +56,8 @@ class InProcessJobs:
             entry = self._jobs.get(job_id)
         if entry is None:
             raise JobNotFound(
-                f"no job {job_id} in this process (local and fan-out jobs live only in the "
-                "process that submitted them)",
+                f"no job {job_id} in this process (local jobs, and jobs that fell back to "
+                "the local engine, live only in the process that submitted them)",
                 job_id=job_id,
             )
         return entry

@@ -549,17 +549,19 @@ def load_audio(
     sample_rate: int | None = None,
     max_seconds: float | None = None,
     max_bytes: int | None = None,
+    channels_apart: bool = False,
 ) -> np.ndarray:
-    """Any supported input -> 16 kHz mono float32.
+    """Any supported input -> 16 kHz mono float32 (the engine's one way in).
 
     Args:
         source: encoded bytes, a path, a binary file object, or a numpy array of samples.
         sample_rate: the array's rate in Hz (required for arrays, ignored otherwise).
         max_seconds: refuse longer audio.
         max_bytes: refuse larger encoded inputs (a path's size is checked before reading).
+        channels_apart: keep the channels apart (``multichannel``) instead of mixing.
 
     Returns:
-        A 1-D float32 array at ``SAMPLE_RATE``.
+        A 1-D float32 array at ``SAMPLE_RATE``; with ``channels_apart``, 2-D (channels, n).
 
     Raises:
         AudioError: see ``read_audio_bytes``, ``decode_audio`` and ``from_array``.
@@ -569,8 +571,11 @@ def load_audio(
     if isinstance(source, np.ndarray):
         if sample_rate is None:
             raise ConfigurationError("a numpy array needs sample_rate= (its rate in Hz)")
-        return from_array(source, sample_rate, max_seconds=max_seconds)
-    return decode_audio(read_audio_bytes(source, max_bytes=max_bytes), max_seconds=max_seconds)
+        return from_array(
+            source, sample_rate, max_seconds=max_seconds, channels_apart=channels_apart
+        )
+    data = read_audio_bytes(source, max_bytes=max_bytes)
+    return decode_audio(data, max_seconds=max_seconds, channels_apart=channels_apart)
 
 
 def encode_flac(samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> bytes:

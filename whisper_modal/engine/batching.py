@@ -37,7 +37,7 @@ import numpy as np
 from whisper_modal.options import TranscribeOptions
 
 from .chunking import speech_mask, split_evenly
-from .constants import SAMPLE_RATE
+from .constants import FRAMES_PER_SECOND, MEL_HOP, SAMPLE_RATE
 from .decode_batch import INPUT_STRIDE, N_FRAMES, decode_with_fallback, is_no_speech
 from .models import LoadedModel
 
@@ -49,9 +49,7 @@ __all__ = [
     "trim_repeats",
 ]
 
-HOP_LENGTH = 160  # samples per mel frame: 10 ms
-FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH  # 100 mel frames per second
-TIME_PRECISION = INPUT_STRIDE * HOP_LENGTH / SAMPLE_RATE  # 0.02 s per timestamp token
+TIME_PRECISION = INPUT_STRIDE * MEL_HOP / SAMPLE_RATE  # 0.02 s per timestamp token
 # Shorter streams give up the previous-text prompt for too many windows, and a stream
 # of ~2 windows wastes little of its last window (measured best of 30, 45, 50 and 60 s).
 MIN_STREAM_SECONDS = 50.0
@@ -373,9 +371,7 @@ def transcribe_batched(
     count = min(size, int(samples.shape[0] / SAMPLE_RATE // stream_seconds)) or 1
     prompt = _initial_prompt(loaded, options, language)
     streams = [
-        _Stream(
-            mel, mask, w.start // HOP_LENGTH, min(w.end // HOP_LENGTH, frames), frames, list(prompt)
-        )
+        _Stream(mel, mask, w.start // MEL_HOP, min(w.end // MEL_HOP, frames), frames, list(prompt))
         for w in split_evenly(samples, count, mask=speech)
         if not w.silent
     ]

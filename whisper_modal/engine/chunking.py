@@ -44,8 +44,6 @@ __all__ = [
     "split_evenly",
 ]
 
-HOP = 160  # samples at 16 kHz: 10 ms analysis hop (= one Whisper mel frame)
-FRAME = 400  # samples at 16 kHz: 25 ms analysis frame
 SILENCE_DB = 35.0  # dB below the clip's speech level (95th percentile) that counts as quiet
 FLOOR_DB = -60.0  # dBFS: anything quieter is silence whatever the clip's level
 

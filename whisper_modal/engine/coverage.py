@@ -29,7 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from .vad import MASK_HOP, SAMPLE_RATE, SpeechMap, _mask_at
+from .constants import FRAMES_PER_SECOND, MEL_HOP, SAMPLE_RATE
+from .vad import SpeechMap, _mask_at
 
 __all__ = [
     "COVER_TOLERANCE",
@@ -44,7 +45,6 @@ MIN_UNCOVERED_SECONDS = 1.0  # s of speech frames: shorter stretches without tex
 # a stretch's detected language below this probability (music, noise the VAD took for
 # speech) is not trusted: the stretch is decoded in the file's language
 MIN_LANGUAGE_PROBABILITY = 0.5
-FRAMES_PER_SECOND = SAMPLE_RATE // MASK_HOP  # 100 mask frames per second
 
 #: decodes a clip in a language -> openai-whisper's result shape
 Decode = Callable[[np.ndarray, str], dict[str, Any]]
@@ -73,21 +73,21 @@ def uncovered(
     """
     if not speech.regions or speech.probs is None:
         return []
-    frames = -(-total // MASK_HOP)
+    frames = -(-total // MEL_HOP)
     candidate = np.zeros(frames, dtype=bool)
     for a, b in speech.regions:
-        candidate[a // MASK_HOP : -(-b // MASK_HOP)] = True
+        candidate[a // MEL_HOP : -(-b // MEL_HOP)] = True
     for start, end in spans:
         lo = max(0, int((start - COVER_TOLERANCE) * FRAMES_PER_SECOND))
         candidate[lo : int(np.ceil((end + COVER_TOLERANCE) * FRAMES_PER_SECOND))] = False
     if not candidate.any():
         return []
-    voiced = _mask_at(speech.probs, np.arange(frames, dtype=np.int64) * MASK_HOP, threshold)
+    voiced = _mask_at(speech.probs, np.arange(frames, dtype=np.int64) * MEL_HOP, threshold)
     edges = np.flatnonzero(np.diff(np.concatenate(([0], candidate.view(np.int8), [0]))))
     out = []
     for lo, hi in zip(edges[::2].tolist(), edges[1::2].tolist(), strict=True):
         if voiced[lo:hi].sum() >= MIN_UNCOVERED_SECONDS * FRAMES_PER_SECOND:
-            out.append((lo * MASK_HOP, min(total, hi * MASK_HOP)))
+            out.append((lo * MEL_HOP, min(total, hi * MEL_HOP)))
     return out
 
 

@@ -492,13 +492,6 @@ def move_model(
         return moved
 
 
-def clear_model_cache() -> None:
-    """Forget every loaded model (tests and long-lived processes switching models)."""
-    with _CACHE_LOCK:
-        _CACHE.clear()
-        _RESOLVED.clear()
-
-
 def _checkpoint_path(
     name: str, store: ModelStore, *, allow_paths: bool, allow_download: bool
 ) -> Path:

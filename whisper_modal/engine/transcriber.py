@@ -17,7 +17,12 @@ from typing import Any
 import attrs
 import numpy as np
 
-from whisper_modal.errors import AudioError, ConfigurationError, map_engine_error
+from whisper_modal.errors import (
+    RemoteExecutionError,
+    WhisperModalError,
+    map_engine_error,
+    outcome_of,
+)
 from whisper_modal.options import TranscribeOptions
 from whisper_modal.results import Segment, Timings, Transcript
 
@@ -55,7 +60,6 @@ class Engine:
         self.allow_download = allow_download
         self.max_audio_seconds = max_audio_seconds
         self.backend = backend
-        self._loaded_once: set[str] = set()
 
     def load(self, model: str) -> LoadedModel:
         """Load (or fetch from the process cache) a model; see ``models.load_model``."""
@@ -76,20 +80,13 @@ class Engine:
     ) -> np.ndarray:
         """Turn encoded bytes (or an array at ``sample_rate``) into 16 kHz mono float32
         (or (channels, n) with ``channels_apart``)."""
-        from . import audio as audio_io
+        from .audio import load_audio
 
-        if isinstance(audio, np.ndarray):
-            if sample_rate is None:
-                raise ConfigurationError("a numpy array needs its sample_rate")
-            samples = audio_io.from_array(audio, sample_rate, channels_apart=channels_apart)
-            if self.max_audio_seconds and samples.shape[-1] / SAMPLE_RATE > self.max_audio_seconds:
-                raise AudioError(
-                    f"audio is longer than the limit of {self.max_audio_seconds:g} s",
-                    reason="too_long",
-                )
-            return samples
-        return audio_io.decode_audio(
-            audio, max_seconds=self.max_audio_seconds, channels_apart=channels_apart
+        return load_audio(
+            audio,
+            sample_rate=sample_rate,
+            max_seconds=self.max_audio_seconds or None,
+            channels_apart=channels_apart,
         )
 
     def transcribe(
@@ -151,7 +148,7 @@ class Engine:
 
     def transcribe_packed(
         self, inputs: list[bytes], options: TranscribeOptions
-    ) -> list[Transcript | BaseException]:
+    ) -> list[Transcript | WhisperModalError]:
         """Transcribe many short inputs in shared batches; one result or error per input.
 
         Inputs longer than one 30 s window (or whose language must be detected with a
@@ -161,23 +158,19 @@ class Engine:
         from .decoding import recover_speech
 
         started = time.perf_counter()
-        out: list[Transcript | BaseException | None] = [None] * len(inputs)
+        out: list[Transcript | WhisperModalError | None] = [None] * len(inputs)
         short: list[tuple[int, np.ndarray]] = []
         loaded = self.load(options.model)
         for i, data in enumerate(inputs):
-            try:
-                samples = self.decode(data)
-            except Exception as exc:
-                out[i] = map_engine_error(exc)
+            samples = outcome_of(functools.partial(self.decode, data))
+            if isinstance(samples, WhisperModalError):
+                out[i] = samples
                 continue
             language_known = options.language is not None or not loaded.is_multilingual
             if samples.shape[0] <= WINDOW_SAMPLES and language_known and options.splittable:
                 short.append((i, samples))
             else:
-                try:
-                    out[i] = self.transcribe(data, options)
-                except Exception as exc:
-                    out[i] = map_engine_error(exc)
+                out[i] = outcome_of(functools.partial(self.transcribe, data, options))
         if short:
             decoded = time.perf_counter()
             language = options.language or "en"
@@ -205,7 +198,10 @@ class Engine:
                 out[i] = self._transcript(
                     result, samples, loaded, options, language=language, timings=timings
                 )
-        return [o if o is not None else RuntimeError("no result") for o in out]
+        return [
+            o if o is not None else RemoteExecutionError("the engine returned no result")
+            for o in out
+        ]
 
     def _transcript(
         self,

@@ -40,6 +40,8 @@ import numpy as np
 
 from whisper_modal.errors import ConfigurationError
 
+from .constants import MEL_HOP, SAMPLE_RATE  # the Silero model takes 16 kHz only
+
 __all__ = [
     "VAD_FRAME",
     "SpeechMap",
@@ -52,13 +54,11 @@ __all__ = [
     "speech_regions",
 ]
 
-SAMPLE_RATE = 16000  # Hz: the only rate the sequence model takes
 VAD_FRAME = 512  # samples: one Silero frame, 32 ms at 16 kHz
 CONTEXT = 64  # samples of the previous frame the model sees before each frame
 BLOCK_FRAMES = 512  # frames per ONNX call (~16 s): bounds transient memory
 MODEL_FILE = "silero_vad_16k_sequence.onnx"
 HYSTERESIS = 0.15  # speech ends below threshold - this (silero-vad's default)
-MASK_HOP = SAMPLE_RATE // 100  # samples per 10 ms mask frame (Whisper's mel hop)
 
 
 @attrs.frozen
@@ -244,8 +244,8 @@ def frame_speech_mask(
     Returns:
         Boolean array of ``frames`` entries.
     """
-    frames = -(-int(samples.shape[0]) // MASK_HOP) if frames is None else frames
-    return _mask_at(speech_probabilities(samples), np.arange(frames) * MASK_HOP, threshold)
+    frames = -(-int(samples.shape[0]) // MEL_HOP) if frames is None else frames
+    return _mask_at(speech_probabilities(samples), np.arange(frames) * MEL_HOP, threshold)
 
 
 def _mask_at(probs: np.ndarray, at: np.ndarray, threshold: float) -> np.ndarray:
@@ -289,7 +289,7 @@ class SpeechMap:
     def joined_mask(self, threshold: float) -> np.ndarray:
         """``frame_speech_mask`` of the joined clip, read from the original's probabilities.
 
-        One 10 ms frame per ``MASK_HOP`` joined samples, each looked up at its original
+        One 10 ms frame per ``MEL_HOP`` joined samples, each looked up at its original
         position: the detector runs once per input instead of again on the joined speech
         (~0.6 s for 5 minutes on the 2-core CPU). Needs ``probs``.
         """
@@ -297,7 +297,7 @@ class SpeechMap:
             raise ValueError("joined_mask needs the probabilities (build the map with detect)")
         if not self._ends:
             return np.zeros(0, dtype=bool)
-        at = np.arange(-(-self._ends[-1] // MASK_HOP), dtype=np.int64) * MASK_HOP
+        at = np.arange(-(-self._ends[-1] // MEL_HOP), dtype=np.int64) * MEL_HOP
         region = np.minimum(np.searchsorted(self._ends, at, side="right"), len(self._ends) - 1)
         return _mask_at(self.probs, at + np.asarray(self._removed)[region], threshold)
 

@@ -9,8 +9,9 @@ from typing import Any
 import modal
 
 from whisper_modal.config import Settings
+from whisper_modal.options import require_known_model
 from whisper_modal.remote.deployment import warm_containers_at
-from whisper_modal.remote.runtime import check_model, runtime_settings
+from whisper_modal.remote.runtime import runtime_settings
 
 __all__ = ["prefetch", "set_warm_pools"]
 
@@ -26,7 +27,7 @@ def prefetch(model: str, weights: Any) -> dict[str, Any]:
     """
     from whisper_modal.engine.models import ModelStore
 
-    check_model(model)
+    require_known_model(model)
     store = ModelStore(runtime_settings().cache_dir)
     path = store.ensure(model)
     if not modal.is_local():

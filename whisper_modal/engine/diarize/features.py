@@ -13,9 +13,10 @@ import functools
 
 import numpy as np
 
+from whisper_modal.engine.constants import SAMPLE_RATE
+
 __all__ = ["MIN_SAMPLES", "fbank"]
 
-SAMPLE_RATE = 16000  # Hz
 FRAME_LENGTH = 400  # samples: 25 ms
 FRAME_SHIFT = 160  # samples: 10 ms
 N_FFT = 512  # the frame length rounded up to a power of two, as Kaldi does

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from whisper_modal.engine.constants import SAMPLE_RATE
+
 __all__ = ["speech_regions"]
 
-SAMPLE_RATE = 16000  # Hz
 FRAME_SECONDS = 0.02  # 20 ms energy frames
 ABOVE_FLOOR_DB = 12.0  # speech is at least this much louder than the noise floor
 BELOW_PEAK_DB = 50.0  # ...and no more than this below the loudest frame
