@@ -25,9 +25,9 @@ sys.path.insert(0, str(Path(__file__).parents[1]))
 
 from tests.fakes.modal_fake import FakeModal
 from whisper_modal import Client, Settings, Transcript
-from whisper_modal.backends.base import Request
 from whisper_modal.backends.modal import ModalBackend
 from whisper_modal.options import TranscribeOptions
+from whisper_modal.wire import Request
 
 SAMPLE = Path(__file__).parents[1] / "examples" / "sample.flac"
 

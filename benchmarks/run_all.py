@@ -362,8 +362,8 @@ def overhead_table() -> None:
     from tests.fakes import fake_client
     from tests.fakes.modal_fake import FakeModal
     from tests.test_fault_injection import fast_handler
-    from whisper_modal.backends.base import Request
     from whisper_modal.options import TranscribeOptions
+    from whisper_modal.wire import Request
 
     print("\n## Client overhead through the Modal fake (fast handler, no model)\n")
     fake = FakeModal(handler=fast_handler, workers=32)

@@ -167,10 +167,10 @@ def test_merge_offsets_ids_words_and_timings() -> None:
 def test_diarized_requests_are_not_fanned_out() -> None:
     """Chunk-local speaker labels would disagree: a diarized request goes as one call."""
     from tests import speech
-    from whisper_modal.backends.base import Request
     from whisper_modal.backends.modal import ModalBackend
     from whisper_modal.config import Settings
     from whisper_modal.options import TranscribeOptions
+    from whisper_modal.wire import Request
 
     samples, _ = speech.make_clip(speech.SENTENCES[:6], gap_seconds=0.7)
     audio = speech.wav_bytes(samples)

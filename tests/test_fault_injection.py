@@ -22,11 +22,11 @@ import whisper_modal as wm
 from tests.fakes.modal_fake import FakeModal, Fault, wait_until
 from tests.models_cache import tiny_en_cache
 from tests.test_resilience import FakeClock
-from whisper_modal.backends.base import Request
 from whisper_modal.backends.modal import ModalBackend
 from whisper_modal.client import Client
 from whisper_modal.config import Settings
 from whisper_modal.resilience import CircuitBreaker, RetryPolicy
+from whisper_modal.wire import Request
 
 SAMPLE = Path(__file__).parents[1] / "examples" / "sample.flac"
 AUDIO = b"RIFF-not-decoded-by-the-fast-handler"

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 
 from tests.models_cache import tiny_en_cache
-from whisper_modal.backends.base import Request
 from whisper_modal.options import TranscribeOptions
 from whisper_modal.results import Transcript
+from whisper_modal.wire import Request
 
 ROOT = Path(__file__).parents[1]
 SAMPLE = ROOT / "examples" / "sample.flac"

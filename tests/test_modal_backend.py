@@ -16,10 +16,11 @@ import whisper_modal as wm
 from tests.fakes import fake_backend, fake_client
 from tests.fakes.modal_fake import FakeModal, wait_until
 from tests.wer import wer
-from whisper_modal.backends.base import JobStatus, Request
+from whisper_modal.backends.base import JobStatus
 from whisper_modal.backends.modal import ModalBackend
 from whisper_modal.client import Client
 from whisper_modal.options import TranscribeOptions
+from whisper_modal.wire import Request
 
 EXAMPLES = Path(__file__).parents[1] / "examples"
 SAMPLE = EXAMPLES / "sample.flac"

@@ -21,8 +21,8 @@ import pytest
 import whisper_modal as wm
 from tests.fakes import fake_backend
 from tests.fakes.modal_fake import FakeModal, Fault, wait_until
-from whisper_modal.backends.base import Request
 from whisper_modal.resilience import RetryPolicy
+from whisper_modal.wire import Request
 
 SAMPLE = Path(__file__).parents[1] / "examples" / "sample.flac"
 

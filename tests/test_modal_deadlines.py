@@ -193,10 +193,10 @@ def _probe(mode: str, connect: float, call: float) -> dict[str, Any]:
     if mode == "dns":  # a name that cannot resolve (RFC 2606 reserves .invalid)
         os.environ["MODAL_SERVER_URL"] = "https://whisper-modal-test.invalid"
     from whisper_modal._loop import LoopThread
-    from whisper_modal.backends.base import Request
     from whisper_modal.backends.modal import ModalBackend
     from whisper_modal.config import Settings
     from whisper_modal.options import TranscribeOptions
+    from whisper_modal.wire import Request
 
     settings = Settings.resolve(env={}, model="tiny.en", connect_timeout=connect)
     request = Request(options=TranscribeOptions(model="tiny.en"), audio=b"RIFF0000WAVE")

@@ -17,9 +17,9 @@ import pytest
 import whisper_modal.errors as errors
 from tests.fakes import fake_client, tiny_model_cache
 from tests.fakes.modal_fake import FakeModal, wire_exception
-from whisper_modal.backends.base import Request
 from whisper_modal.options import TranscribeOptions
 from whisper_modal.results import Transcript
+from whisper_modal.wire import Request
 
 ROOT = Path(__file__).parents[1]
 SAMPLE = ROOT / "examples" / "sample.flac"

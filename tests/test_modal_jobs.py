@@ -198,7 +198,7 @@ def test_a_duplicate_submit_returns_the_first_job(
 ) -> None:
     import asyncio
 
-    from whisper_modal.backends.base import Request
+    from whisper_modal.wire import Request
 
     client = fake_client(fake, monkeypatch)
     backend = client._modal_backend()

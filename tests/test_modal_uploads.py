@@ -14,7 +14,6 @@ import whisper_modal.backends.modal as modal_backend
 from tests.fakes import fake_backend
 from tests.fakes.modal_fake import FakeModal
 from tests.servers import S3Server, moto_server
-from whisper_modal.backends.base import Request
 from whisper_modal.backends.modal_transport import (
     MIN_UPLOAD_BYTES_PER_SECOND,
     spawn_deadline,
@@ -24,6 +23,7 @@ from whisper_modal.config import Settings
 from whisper_modal.errors import ConfigurationError
 from whisper_modal.options import TranscribeOptions
 from whisper_modal.results import Transcript
+from whisper_modal.wire import Request
 
 SAMPLE = Path(__file__).parents[1] / "examples" / "sample.flac"
 

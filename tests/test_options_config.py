@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from whisper_modal.backends.base import WIRE_VERSION, Request
 from whisper_modal.config import Settings
 from whisper_modal.errors import ConfigurationError
 from whisper_modal.options import KNOWN_MODELS, TranscribeOptions
+from whisper_modal.wire import WIRE_VERSION, Request
 
 
 def test_options_round_trip_and_defaults() -> None:

@@ -194,10 +194,10 @@ def test_delivery_refuses_inner_destinations_unless_allowed() -> None:
     import time
 
     from tests.servers import WebhookReceiver
-    from whisper_modal.backends.base import Request
     from whisper_modal.delivery import notify
     from whisper_modal.options import TranscribeOptions
     from whisper_modal.results import Transcript
+    from whisper_modal.wire import Request
 
     result = Transcript(text="hi", language="en", duration=1.0)
     with WebhookReceiver("s3cret") as receiver:

@@ -41,7 +41,7 @@ for name in MISSING:
 
 CHECK = """
 import json, sys
-from whisper_modal.backends.base import Request
+from whisper_modal.wire import Request
 from whisper_modal.backends.modal import ModalBackend
 from whisper_modal.backends.modal_transport import audio_seconds_hint
 from whisper_modal.config import Settings
@@ -127,7 +127,7 @@ def test_header_seconds_say_none_where_the_header_does_not_tell() -> None:
 
 STAGE = """
 import asyncio, json, sys
-from whisper_modal.backends.base import Request
+from whisper_modal.wire import Request
 from whisper_modal.backends.modal_transport import stage_large_audio
 from whisper_modal.config import Settings
 from whisper_modal.options import TranscribeOptions

@@ -21,7 +21,7 @@ from whisper_modal._api import (
     transcribe,
     transcribe_many,
 )
-from whisper_modal.backends.base import JobStatus, Request
+from whisper_modal.backends.base import JobStatus
 from whisper_modal.client import Client
 from whisper_modal.config import Settings
 from whisper_modal.errors import (
@@ -54,6 +54,7 @@ from whisper_modal.options import TranscribeOptions
 from whisper_modal.results import Segment, Timings, Transcript, Word
 from whisper_modal.storage import S3Object
 from whisper_modal.webhooks import verify
+from whisper_modal.wire import Request
 
 __version__ = "0.1.0"
 

@@ -20,12 +20,7 @@ import attrs
 
 from whisper_modal import _warnings
 from whisper_modal._loop import LoopThread
-from whisper_modal.backends.base import (
-    Backend,
-    JobBackend,
-    Request,
-    is_in_process_job,
-)
+from whisper_modal.backends.base import Backend, JobBackend, is_in_process_job
 from whisper_modal.backends.chain import MeteredJobs, ResilientJobs, compose
 from whisper_modal.backends.registry import in_process_jobs
 from whisper_modal.concurrency import arun_many
@@ -37,6 +32,7 @@ from whisper_modal.jobs import Job
 from whisper_modal.metrics import Metrics, Stats, log_event
 from whisper_modal.resilience import CircuitBreaker, RetryPolicy
 from whisper_modal.results import Transcript
+from whisper_modal.wire import Request
 
 __all__ = ["Client"]
 

@@ -17,7 +17,6 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
-from whisper_modal.backends.base import Request
 from whisper_modal.config import Settings, split_list
 from whisper_modal.errors import ConfigurationError, WhisperModalError
 from whisper_modal.formats import FORMATS, format_from_path, write
@@ -25,6 +24,7 @@ from whisper_modal.metrics import log_event
 from whisper_modal.results import Transcript
 from whisper_modal.storage import S3Object, S3Store, parse_s3_prefix, safe_name
 from whisper_modal.webhooks import WebhookSender, build_payload, check_destination
+from whisper_modal.wire import Request
 
 __all__ = ["WebhookQueue", "notify", "result_keys", "write_results"]
 

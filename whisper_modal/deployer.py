@@ -68,8 +68,8 @@ def smoke_test(gpu_class: Any, path: str, model: str, language: str | None) -> s
     Returns:
         The transcript's text (also printed).
     """
-    from whisper_modal.backends.base import Request
     from whisper_modal.options import TranscribeOptions
+    from whisper_modal.wire import Request
 
     options = TranscribeOptions(model=model, language=language)
     wire = Request(options=options, audio=Path(path).read_bytes()).to_wire()

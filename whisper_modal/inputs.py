@@ -18,7 +18,6 @@ from typing import IO, Any, TypedDict
 import attrs
 import numpy as np
 
-from whisper_modal.backends.base import Request
 from whisper_modal.errors import ConfigurationError
 from whisper_modal.formats import FORMATS
 from whisper_modal.names import check_names
@@ -26,6 +25,7 @@ from whisper_modal.options import TranscribeOptions
 from whisper_modal.reading import read_audio_bytes
 from whisper_modal.storage import S3Object, parse_s3_prefix, parse_s3_uri
 from whisper_modal.webhooks import check_destination
+from whisper_modal.wire import Request
 
 __all__ = ["AudioLike", "CallOptions", "build_options", "prepare"]
 

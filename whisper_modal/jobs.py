@@ -15,11 +15,7 @@ from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from whisper_modal import _warnings
-from whisper_modal.backends.base import (
-    LOCAL_JOB_PREFIX,
-    JobBackend,
-    JobStatus,
-)
+from whisper_modal.backends.base import LOCAL_JOB_PREFIX, JobBackend, JobStatus
 from whisper_modal.errors import ConfigurationError, JobCancelled, JobTimeout, WhisperModalError
 from whisper_modal.results import Transcript
 

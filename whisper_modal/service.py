@@ -14,7 +14,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from whisper_modal.backends.base import Request
 from whisper_modal.config import Settings
 from whisper_modal.delivery import notify, write_results
 from whisper_modal.engine.transcriber import Engine
@@ -26,6 +25,7 @@ from whisper_modal.errors import (
 )
 from whisper_modal.results import Transcript
 from whisper_modal.storage import S3Store, parse_s3_uri
+from whisper_modal.wire import Request
 
 __all__ = ["Service"]
 

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from whisper_modal import _warnings
 from whisper_modal.audio_header import known_seconds
-from whisper_modal.backends.base import Backend, JobBackend, JobStatus, Request, Submission
+from whisper_modal.backends.base import Backend, JobBackend, JobStatus, Submission
 from whisper_modal.config import Settings
 from whisper_modal.errors import (
     BackendUnavailable,
@@ -42,6 +42,7 @@ from whisper_modal.errors import (
 from whisper_modal.metrics import Metrics, log_event
 from whisper_modal.resilience import CircuitBreaker, RetryPolicy
 from whisper_modal.results import Transcript
+from whisper_modal.wire import Request
 
 if TYPE_CHECKING:  # the engine is imported only when a local backend is made
     from whisper_modal.backends.local import LocalBackend

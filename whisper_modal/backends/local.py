@@ -16,13 +16,14 @@ import threading
 import uuid
 from collections.abc import Callable
 
-from whisper_modal.backends.base import LOCAL_JOB_PREFIX, Request, Submission
+from whisper_modal.backends.base import LOCAL_JOB_PREFIX, Submission
 from whisper_modal.backends.registry import in_process_jobs
 from whisper_modal.config import Settings
 from whisper_modal.delivery import WebhookQueue
 from whisper_modal.engine.transcriber import Engine
 from whisper_modal.results import Transcript
 from whisper_modal.service import Service
+from whisper_modal.wire import Request
 
 __all__ = ["LocalBackend"]
 

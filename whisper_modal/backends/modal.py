@@ -32,7 +32,7 @@ import modal
 import modal.exception as modal_exception
 from modal.types import InputStatus
 
-from whisper_modal.backends.base import JobStatus, Request, Submission
+from whisper_modal.backends.base import JobStatus, Submission
 from whisper_modal.backends.modal_transport import (
     audio_seconds_hint,
     fail_fast,
@@ -55,6 +55,7 @@ from whisper_modal.errors import (
 from whisper_modal.job_book import JobBook, JobRecord
 from whisper_modal.options import require_known_model
 from whisper_modal.results import Transcript
+from whisper_modal.wire import Request
 
 __all__ = ["ModalBackend", "PackedModal"]
 

@@ -34,9 +34,9 @@ from urllib.parse import urlparse
 import attrs
 
 from whisper_modal.audio_header import known_seconds
-from whisper_modal.backends.base import Request
 from whisper_modal.config import Settings
 from whisper_modal.errors import BackendUnavailable, ConfigurationError
+from whisper_modal.wire import Request
 
 __all__ = [
     "MIN_UPLOAD_BYTES_PER_SECOND",

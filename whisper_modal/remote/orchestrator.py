@@ -31,7 +31,6 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from whisper_modal.backends.base import Request
 from whisper_modal.concurrency import arun_many
 from whisper_modal.config import Settings
 from whisper_modal.delivery import notify
@@ -44,6 +43,7 @@ from whisper_modal.errors import (
 from whisper_modal.job_book import JobBook, arun_once, best_effort, chunk_job_id
 from whisper_modal.results import Transcript
 from whisper_modal.service import Service
+from whisper_modal.wire import Request
 
 if TYPE_CHECKING:  # the engine's modules load in _run, inside the container
     from whisper_modal.engine.splitting import Piece

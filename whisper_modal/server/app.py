@@ -29,7 +29,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request as HttpRequest
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
-from whisper_modal.backends.base import Request
 from whisper_modal.client import Client
 from whisper_modal.config import split_list
 from whisper_modal.errors import ConfigurationError, WhisperModalError
@@ -38,6 +37,7 @@ from whisper_modal.server.auth import ApiKeys
 from whisper_modal.server.errors import ApiError, http_error, shorten
 from whisper_modal.server.jobs import DirectJobs, Jobs, JobView, PersistentJobs
 from whisper_modal.server.uploads import Form, read_form, read_json
+from whisper_modal.wire import Request
 
 __all__ = ["create_app"]
 

@@ -28,12 +28,13 @@ from typing import Any, Protocol
 
 import attrs
 
-from whisper_modal.backends.base import JobStatus, Request, is_in_process_job
+from whisper_modal.backends.base import JobStatus, is_in_process_job
 from whisper_modal.client import Client
 from whisper_modal.errors import JobCancelled, JobNotFound, WhisperModalError
 from whisper_modal.jobs import Job
 from whisper_modal.results import Transcript
 from whisper_modal.server.errors import ApiError, shorten
+from whisper_modal.wire import Request
 
 __all__ = ["JOB_PREFIX", "DirectJobs", "JobView", "Jobs", "PersistentJobs"]
 
