@@ -19,7 +19,8 @@ LATEST ?= $(or $(TMPDIR),/tmp)/whisper-modal-latest
 
 # One resolution for every platform (markers inside), for the oldest Python we support.
 # constraints.txt holds torch alone: the CPU wheel these machines carry has the same
-# version as PyPI's CUDA build, so the lock's torch==X serves both (see README).
+# version as PyPI's CUDA build, so the lock's torch==X serves both (see docs/testing.md,
+# "Reproducible installs").
 UV_COMPILE = printf 'pip\n' | $(UV) pip compile - pyproject.toml \
 	$(foreach e,$(subst $(comma), ,$(EXTRAS)),--extra $(e)) -c constraints.txt \
 	--universal --python-version 3.11 --custom-compile-command 'make lock' -q

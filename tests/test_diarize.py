@@ -351,7 +351,7 @@ def test_a_short_clip_honours_an_explicit_speaker_count(diarizer: CampPlusDiariz
         turns = diarizer.diarize(clip, **asked)
         assert len({t.speaker for t in turns}) == 2, (asked, turns)
         assert speakers.der(ref, [(t.start, t.end, t.speaker) for t in turns]) < 0.1, asked
-    # no count given: too few windows to estimate one, so one speaker (README says so)
+    # no count given: too few windows to estimate one, so one speaker (docs/audio.md says so)
     assert {t.speaker for t in diarizer.diarize(clip)} == {0}
     # more speakers than windows: the transcript is kept and diarization_error says why
     t = apply_diarization(plain(), clip, diarizer=diarizer, num_speakers=9)
