@@ -58,7 +58,7 @@ def build(
     backend = ModalBackend(settings, **fake.seams())
     retry = RetryPolicy(
         max_attempts=settings.max_attempts, max_seconds=settings.retry_max_seconds,
-        sleep=clock.sleep, asleep=clock.asleep, clock=clock, rng=random.Random(1),
+        asleep=clock.asleep, clock=clock, rng=random.Random(1),
     )  # fmt: skip
     client = Client(settings, modal_backend=backend, retry=retry)
     client.breaker = CircuitBreaker(
@@ -67,7 +67,7 @@ def build(
     )  # fmt: skip
     client.retry = RetryPolicy(
         max_attempts=settings.max_attempts, max_seconds=settings.retry_max_seconds,
-        sleep=clock.sleep, asleep=clock.asleep, clock=clock, rng=random.Random(1),
+        asleep=clock.asleep, clock=clock, rng=random.Random(1),
     )  # fmt: skip
     return client
 

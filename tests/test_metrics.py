@@ -10,7 +10,7 @@ import threading
 import attrs
 import pytest
 
-from tests.test_resilience import FakeClock
+from tests.test_resilience import FakeClock, run
 from whisper_modal.errors import (
     AudioError,
     BackendUnavailable,
@@ -203,9 +203,9 @@ def test_breaker_transitions_feed_metrics() -> None:
     b = CircuitBreaker("m", 2, 10.0, clock=clock, on_transition=m.record_breaker_transition)
     for _ in range(2):
         with pytest.raises(TransientError):
-            b.call(_fail)
+            run(b, _fail)
     clock.advance(10)
-    b.call(lambda: None)
+    run(b, lambda: None)
     assert m.snapshot().breaker_transitions == {
         "closed->open": 1, "open->half_open": 1, "half_open->closed": 1,
     }  # fmt: skip

@@ -1,6 +1,6 @@
-"""Retry policy, circuit breaker and deadlines, on a fake clock: no real sleeping.
+"""Retry policy and circuit breaker, on a fake clock: no real sleeping.
 
-Only the two deadline tests wait for real (0.2 s), because a deadline is about wall time.
+Both are async (``acall``); the sync tests go in through ``run``, one event loop per call.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import pytest
 import tenacity
@@ -63,10 +64,25 @@ class FakeClock:
 def policy(clock: FakeClock, **kw: object) -> RetryPolicy:
     args: dict[str, object] = {
         "max_attempts": 5, "max_seconds": 60.0, "initial_backoff": 0.5, "max_backoff": 8.0,
-        "sleep": clock.sleep, "asleep": clock.asleep, "clock": clock, "rng": random.Random(7),
+        "asleep": clock.asleep, "clock": clock, "rng": random.Random(7),
     }  # fmt: skip
     args.update(kw)
     return RetryPolicy(**args)  # type: ignore[arg-type]
+
+
+T = TypeVar("T")
+
+
+def _coro(fn: Callable[..., T]) -> Callable[..., Awaitable[T]]:
+    async def go(*args: Any, **kwargs: Any) -> T:
+        return fn(*args, **kwargs)
+
+    return go
+
+
+def run(target: RetryPolicy | CircuitBreaker, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``target.acall`` around a sync callable, on a fresh event loop (the sync tests' way in)."""
+    return asyncio.run(target.acall(_coro(fn), *args, **kwargs))
 
 
 class Flaky:
@@ -105,7 +121,7 @@ def test_transient_errors_are_retried_with_growing_jittered_backoff() -> None:
     retries: list[tuple[int, str, float]] = []
     p = policy(clock, on_retry=lambda n, e, d: retries.append((n, str(e), d)))
     fn = Flaky(3, TransientError("reset"))
-    assert p.call(fn) == "ok" and fn.calls == 4
+    assert run(p, fn) == "ok" and fn.calls == 4
     assert [(n, e) for n, e, _ in retries] == [(1, "reset"), (2, "reset"), (3, "reset")]
     assert [d for *_, d in retries] == clock.sleeps  # the hook sees the real delays
     ceilings = [0.5, 1.0, 2.0]  # full jitter: uniform in [0, initial * 2**(n-1)]
@@ -123,7 +139,7 @@ def test_full_jitter_fills_its_range_and_grows() -> None:
             clock = FakeClock()
             p = policy(clock, max_attempts=attempt + 1, rng=random.Random(seed))
             with pytest.raises(BackendUnavailable):
-                p.call(Flaky(100, TransientError("x")))
+                run(p, Flaky(100, TransientError("x")))
             samples.append(clock.sleeps[-1])
         ceiling = 0.5 * 2 ** (attempt - 1)
         assert max(samples) <= ceiling and min(samples) < 0.1 * ceiling
@@ -135,7 +151,7 @@ def test_backoff_without_jitter_is_exponential_and_capped() -> None:
     clock = FakeClock()
     p = policy(clock, max_attempts=8, max_seconds=1e6, jitter="none")
     with pytest.raises(BackendUnavailable):
-        p.call(Flaky(100, TransientError("x")))
+        run(p, Flaky(100, TransientError("x")))
     assert clock.sleeps == [0.5, 1.0, 2.0, 4.0, 8.0, 8.0, 8.0]
 
 
@@ -143,7 +159,7 @@ def test_backoff_is_capped_with_full_jitter() -> None:
     clock = FakeClock()
     p = policy(clock, max_attempts=12, max_seconds=1e6)
     with pytest.raises(BackendUnavailable):
-        p.call(Flaky(100, TransientError("x")))
+        run(p, Flaky(100, TransientError("x")))
     assert max(clock.sleeps) <= 8.0 and len(clock.sleeps) == 11
 
 
@@ -151,7 +167,7 @@ def test_decorrelated_jitter_stays_within_its_bounds() -> None:
     clock = FakeClock()
     p = policy(clock, max_attempts=30, max_seconds=1e6, jitter="decorrelated")
     with pytest.raises(BackendUnavailable):
-        p.call(Flaky(100, TransientError("x")))
+        run(p, Flaky(100, TransientError("x")))
     previous = 0.5
     for delay in clock.sleeps:
         assert 0.5 <= delay <= min(8.0, 3 * previous) + 1e-12
@@ -177,19 +193,19 @@ def test_permanent_errors_are_not_retried(exc: BaseException) -> None:
         raise exc
 
     with pytest.raises(type(exc)) as info:
-        policy(clock).call(fn)
+        run(policy(clock), fn)
     assert info.value is exc and calls == 1 and clock.sleeps == []
 
 
 def test_storage_throttling_is_transient() -> None:
     clock = FakeClock()
     fn = Flaky(2, StorageTransient("SlowDown"))
-    assert policy(clock).call(fn) == "ok" and fn.calls == 3
+    assert run(policy(clock), fn) == "ok" and fn.calls == 3
 
 
 def test_arguments_are_passed_through() -> None:
     clock = FakeClock()
-    assert policy(clock).call(lambda a, *, b: a + b, 2, b=3) == 5
+    assert run(policy(clock), lambda a, *, b: a + b, 2, b=3) == 5
 
 
 def test_exhaustion_becomes_backend_unavailable_with_the_cause() -> None:
@@ -197,7 +213,7 @@ def test_exhaustion_becomes_backend_unavailable_with_the_cause() -> None:
     last = TransientError("still down")
     fn = Flaky(100, last)
     with pytest.raises(BackendUnavailable) as info:
-        policy(clock, max_attempts=3).call(fn)
+        run(policy(clock, max_attempts=3), fn)
     assert fn.calls == 3 and info.value.__cause__ is last
     assert "after 3 attempts over" in str(info.value) and "still down" in str(info.value)
     # tenacity never leaks, not even as the implicit context
@@ -207,7 +223,7 @@ def test_exhaustion_becomes_backend_unavailable_with_the_cause() -> None:
 def test_one_attempt_means_no_retry() -> None:
     clock = FakeClock()
     with pytest.raises(BackendUnavailable, match="after 1 attempt over"):
-        policy(clock, max_attempts=1).call(Flaky(1, TransientError("x")))
+        run(policy(clock, max_attempts=1), Flaky(1, TransientError("x")))
     assert clock.sleeps == []
 
 
@@ -221,7 +237,7 @@ def test_total_time_budget_stops_retries() -> None:
         raise TransientError("timeout")
 
     with pytest.raises(BackendUnavailable) as info:
-        policy(clock, max_attempts=100, max_seconds=10.0).call(slow_failure)
+        run(policy(clock, max_attempts=100, max_seconds=10.0), slow_failure)
     assert 2 <= len(starts) < 100  # the budget, not the attempt count, stopped it
     assert all(s <= 10.0 for s in starts)  # no attempt starts after the budget
     assert clock.now <= 10.0 + 4.0  # at most one attempt's length over
@@ -232,7 +248,7 @@ def test_waits_are_clipped_to_the_remaining_budget() -> None:
     clock = FakeClock()
     p = policy(clock, max_attempts=10, max_seconds=3.0, jitter="none")
     with pytest.raises(BackendUnavailable):
-        p.call(Flaky(100, TransientError("x")))
+        run(p, Flaky(100, TransientError("x")))
     assert clock.sleeps == [0.5, 1.0, 1.5]  # the third wait (2.0) cut to what was left
     assert clock.now == 3.0
 
@@ -314,10 +330,18 @@ def fail() -> None:
     raise TransientError("down")
 
 
-def trip(b: CircuitBreaker, n: int = 3) -> None:
+async def adown() -> None:
+    raise TransientError("down")
+
+
+async def atrip(b: CircuitBreaker, n: int = 3) -> None:
     for _ in range(n):
         with pytest.raises(TransientError):
-            b.call(fail)
+            await b.acall(adown)
+
+
+def trip(b: CircuitBreaker, n: int = 3) -> None:
+    asyncio.run(atrip(b, n))
 
 
 def test_breaker_opens_after_exactly_n_failures_and_refuses_without_calling() -> None:
@@ -330,7 +354,7 @@ def test_breaker_opens_after_exactly_n_failures_and_refuses_without_calling() ->
     called = []
     clock.advance(10)
     with pytest.raises(CircuitOpenError, match=r"next probe in 20\.0 s") as info:
-        b.call(lambda: called.append(1))
+        run(b, lambda: called.append(1))
     assert "TransientError: down" in str(info.value)
     assert called == [] and b.snapshot().rejections == 1
 
@@ -340,7 +364,7 @@ def test_a_success_resets_the_consecutive_count() -> None:
     b, moves = breaker(clock)
     for _ in range(5):
         trip(b, 2)
-        assert b.call(lambda: "ok") == "ok"
+        assert run(b, lambda: "ok") == "ok"
     assert b.state is BreakerState.CLOSED and moves == []
     assert b.snapshot().failures == 10 and b.snapshot().successes == 5
 
@@ -354,12 +378,12 @@ def test_half_open_probe_success_closes_failure_reopens() -> None:
     clock.advance(0.1)
     assert b.state is BreakerState.HALF_OPEN
     with pytest.raises(TransientError):
-        b.call(fail)  # the probe fails: open again with a fresh timer
+        run(b, fail)  # the probe fails: open again with a fresh timer
     assert b.state is BreakerState.OPEN
     clock.advance(29.0)
     assert b.state is BreakerState.OPEN  # the timer restarted at the probe failure
     clock.advance(1.0)
-    assert b.call(lambda: "up") == "up"
+    assert run(b, lambda: "up") == "up"
     assert b.state is BreakerState.CLOSED
     assert moves == [("closed", "open"), ("open", "half_open"), ("half_open", "open"),
                      ("open", "half_open"), ("half_open", "closed")]  # fmt: skip
@@ -375,14 +399,14 @@ def test_user_errors_do_not_count_and_release_the_probe() -> None:
                    StorageNotFound("w"), CircuitOpenError("v"), ValueError("u")]  # fmt: skip
     for exc in user_errors * 3:
         with pytest.raises(type(exc)):
-            b.call(_raiser(exc))
+            run(b, _raiser(exc))
     assert b.state is BreakerState.CLOSED and b.snapshot().failures == 0
     trip(b)
     clock.advance(30)
     with pytest.raises(AudioError):
-        b.call(_raiser(AudioError("bad input during the probe")))
+        run(b, _raiser(AudioError("bad input during the probe")))
     assert b.state is BreakerState.HALF_OPEN  # slot released, state unchanged
-    assert b.call(lambda: 1) == 1 and b.state is BreakerState.CLOSED
+    assert run(b, lambda: 1) == 1 and b.state is BreakerState.CLOSED
 
 
 def test_default_failure_classification() -> None:
@@ -413,49 +437,37 @@ def test_primitives_and_tokens() -> None:
     assert b.state is BreakerState.OPEN and b.snapshot().successes == 2
 
 
-def test_guard_context_manager() -> None:
-    clock = FakeClock()
-    b, _ = breaker(clock)
-    for _ in range(3):
-        with pytest.raises(TransientError), b.guard():
-            raise TransientError("down")
-    with pytest.raises(CircuitOpenError), b.guard():
-        raise AssertionError("never runs")
-    clock.advance(30)
-    with b.guard() as token:
-        assert token.probe
-    assert b.state is BreakerState.CLOSED
-    guard = b.guard()
-    with guard:
-        pass
-    with pytest.raises(RuntimeError, match="single-use"), guard:
-        pass
-
-
-async def test_async_guard_and_acall() -> None:
+async def test_acall_records_outcomes_and_refuses_without_running() -> None:
     clock = FakeClock()
     b, moves = breaker(clock)
+    await atrip(b)
+    assert b.snapshot().failures == 3 and b.state is BreakerState.OPEN
+    ran = []
 
-    async def down() -> None:
-        raise TransientError("down")
+    async def never() -> None:
+        ran.append(1)
 
-    for _ in range(3):
-        with pytest.raises(TransientError):
-            await b.acall(down)
     with pytest.raises(CircuitOpenError):
-        async with b.guard():
-            pass
+        await b.acall(never)
+    assert ran == [] and b.snapshot().rejections == 1
     clock.advance(30)
-    async with b.guard() as token:
-        assert token.probe
+
+    async def probe() -> str:
+        with pytest.raises(CircuitOpenError, match="probe call is in flight"):
+            b.before_call()  # this call holds the one probe slot
         await asyncio.sleep(0)
+        return "up"
+
+    assert await b.acall(probe) == "up"
     assert b.state is BreakerState.CLOSED and moves[-1] == ("half_open", "closed")
+    snap = b.snapshot()
+    assert (snap.successes, snap.failures, snap.rejections) == (1, 3, 2)
 
 
 async def test_cancelled_probe_frees_the_slot() -> None:
     clock = FakeClock()
     b, _ = breaker(clock)
-    trip(b)
+    await atrip(b)
     clock.advance(30)
     entered = asyncio.Event()
 
@@ -483,9 +495,9 @@ def test_failure_rate_rule() -> None:
         calls += 1
         if i % 2:
             with pytest.raises(TransientError):
-                b.call(fail)
+                run(b, fail)
         else:
-            b.call(lambda: None)
+            run(b, lambda: None)
         if b.state is BreakerState.OPEN:
             break
     assert calls == 10  # opened on the first call that reached min_calls
@@ -499,14 +511,14 @@ def test_failure_rate_window_slides() -> None:
         clock.advance(1)
         if i % 3 == 0:
             with pytest.raises(TransientError):
-                b.call(fail)
+                run(b, fail)
         else:
-            b.call(lambda: None)
+            run(b, lambda: None)
     assert b.state is BreakerState.CLOSED
     clock.advance(100)  # the old successes slide out of the window
     trip(b, 2)
     assert b.state is BreakerState.CLOSED  # 2 calls in the window < min_calls
-    b.call(lambda: None)
+    run(b, lambda: None)
     trip(b, 1)  # 3 of the 4 calls in the window failed, never 3 in a row
     assert b.state is BreakerState.OPEN and b.snapshot().consecutive_failures == 1
 
@@ -540,7 +552,7 @@ def test_exactly_one_probe_among_32_threads() -> None:
         nonlocal refused
         start.wait()
         try:
-            b.call(probe)
+            run(b, probe)
         except CircuitOpenError:
             with cond:
                 refused += 1

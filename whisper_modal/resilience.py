@@ -3,14 +3,18 @@
 * ``RetryPolicy`` retries **only** ``TransientError`` (connection, timeout, throttling;
   ``StorageTransient`` included) with exponential backoff and jitter, bounded in attempts
   and in total time; exhaustion becomes ``BackendUnavailable`` whose ``__cause__`` is the
-  last transient error. Built on tenacity; ``sleep``/``asleep``/``clock``/``rng`` are
-  injectable, so tests take no wall time and are reproducible.
+  last transient error. Built on tenacity; ``asleep``/``clock``/``rng`` are injectable,
+  so tests take no wall time and are reproducible.
 * ``CircuitBreaker`` counts only backend-availability failures (``TransientError``,
   ``BackendUnavailable``), never a user error. CLOSED -> OPEN after N consecutive failures
   (or a failure rate over a sliding window); OPEN -> HALF_OPEN once ``reset_timeout`` has
   passed (checked lazily); exactly one probe at a time in HALF_OPEN; CLOSED on probe
   success, OPEN (fresh timer) on probe failure. One ``threading.Lock``, never held across
   the protected call or an ``await``, so one breaker is safe from threads and asyncio tasks.
+
+Both are async inside the SDK: ``RetryPolicy.acall`` and ``CircuitBreaker.acall``. A caller
+that wraps its own (sync or async) I/O uses the breaker's primitives ``before_call`` +
+``record_success``/``record_failure``.
 
 Deadlines belong to the transport (``backends.modal``: ``asyncio.timeout`` per phase).
 Composition used by the client (``backends.chain.ResilientBackend``):
@@ -29,7 +33,6 @@ import random
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from types import TracebackType
 from typing import Any, Literal, TypeVar
 
 import attrs
@@ -109,7 +112,6 @@ class RetryPolicy:
     initial_backoff: float = 0.5  # seconds; ceiling of the first wait
     max_backoff: float = 8.0  # seconds; no single wait is longer
     jitter: Jitter = "full"
-    sleep: Callable[[float], None] = time.sleep
     asleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     clock: Callable[[], float] = time.monotonic  # monotonic seconds
     rng: random.Random = attrs.field(factory=random.Random, eq=False)
@@ -160,28 +162,8 @@ class RetryPolicy:
             "reraise": False,
         }
 
-    def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Call ``fn(*args, **kwargs)``, retrying it on ``TransientError``.
-
-        Returns:
-            What ``fn`` returns.
-
-        Raises:
-            BackendUnavailable: attempts or time exhausted; ``__cause__`` is the last error.
-            Exception: any error that is not a ``TransientError``, at once and unchanged.
-        """
-        started = self.clock()
-        retrying = tenacity.Retrying(sleep=self.sleep, **self._retrying_kwargs(started))
-        try:
-            result: T = retrying(fn, *args, **kwargs)
-            return result
-        except tenacity.RetryError as exc:
-            mapped, cause = _map_tenacity_error(exc, self.clock() - started), exc
-        # Raised outside the except block so tenacity's RetryError is not even __context__.
-        raise mapped from cause.last_attempt.exception()
-
     async def acall(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
-        """Async twin of ``call``: awaits ``fn(*args, **kwargs)`` and waits with ``asleep``.
+        """Await ``fn(*args, **kwargs)``, retrying it on ``TransientError``; waits use ``asleep``.
 
         Returns:
             What the awaitable returns.
@@ -203,6 +185,7 @@ class RetryPolicy:
             return result
         except tenacity.RetryError as exc:
             mapped, cause = _map_tenacity_error(exc, self.clock() - started), exc
+        # Raised outside the except block so tenacity's RetryError is not even __context__.
         raise mapped from cause.last_attempt.exception()
 
 
@@ -258,8 +241,8 @@ def counts_as_failure(exc: BaseException) -> bool:
 class CircuitBreaker:
     """A thread- and asyncio-safe circuit breaker; see the module docstring.
 
-    Use ``call``/``acall``, ``with breaker.guard():`` / ``async with breaker.guard():``, or
-    the primitives ``before_call`` + ``record_success``/``record_failure``.
+    Use ``acall``, or the primitives ``before_call`` + ``record_success``/``record_failure``
+    around I/O of your own.
 
     Args:
         name: shown in logs and errors (e.g. ``"modal:whisper-modal"``).
@@ -402,17 +385,7 @@ class CircuitBreaker:
                     self._move(BreakerState.OPEN)
         self._flush()
 
-    # -- conveniences
-    def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run ``fn(*args, **kwargs)`` through the breaker.
-
-        Raises:
-            CircuitOpenError: refused without calling ``fn``.
-            Exception: whatever ``fn`` raises, unchanged (after being recorded).
-        """
-        with self.guard():
-            return fn(*args, **kwargs)
-
+    # -- the convenience
     async def acall(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
         """Await ``fn(*args, **kwargs)`` through the breaker (cancellation frees the probe).
 
@@ -420,19 +393,14 @@ class CircuitBreaker:
             CircuitOpenError: refused without calling ``fn``.
             BaseException: whatever the awaitable raises, unchanged (after being recorded).
         """
-        async with self.guard():
-            return await fn(*args, **kwargs)
-
-    def guard(self) -> _Guard:
-        """A fresh context manager (``with`` or ``async with``) around one call.
-
-        A new object per call, because the admission token belongs to the call, not to
-        the shared breaker.
-
-        Raises:
-            CircuitOpenError: on entry, when the call is refused.
-        """
-        return _Guard(self)
+        token = self.before_call()
+        try:
+            result = await fn(*args, **kwargs)
+        except BaseException as exc:  # CancelledError too: it must release the probe slot
+            self.record_failure(token, exc)
+            raise
+        self.record_success(token)
+        return result
 
     # -- internals (called with _lock held)
     def _release(self, token: BreakerToken) -> bool:
@@ -504,40 +472,3 @@ class CircuitBreaker:
                     self.on_transition(old, new)
                 except Exception:  # an observer must never break the protected call
                     log.exception("on_transition hook of circuit %s failed", self.name)
-
-
-class _Guard:
-    """One guarded call: ``with breaker.guard(): ...`` or ``async with breaker.guard(): ...``."""
-
-    def __init__(self, breaker: CircuitBreaker) -> None:
-        self._breaker = breaker
-        self._token: BreakerToken | None = None
-
-    def __enter__(self) -> BreakerToken:
-        if self._token is not None:
-            raise RuntimeError("a breaker guard is single-use; call breaker.guard() again")
-        self._token = self._breaker.before_call()
-        return self._token
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        assert self._token is not None
-        if exc is None:
-            self._breaker.record_success(self._token)
-        else:
-            self._breaker.record_failure(self._token, exc)
-
-    async def __aenter__(self) -> BreakerToken:
-        return self.__enter__()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.__exit__(exc_type, exc, tb)
