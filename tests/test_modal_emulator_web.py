@@ -4,7 +4,8 @@ container, reached over HTTP on loopback (``tests/emulator/proxy.py``).
 Each request becomes a web input; Modal's container runtime runs our ASGI app on it and
 streams the request and the response through ``FunctionCallGetDataIn`` and
 ``FunctionCallPutDataOut``. The callers are the official ``openai`` SDK and plain HTTP.
-The app's secret holds an API key and makes ``tiny.en`` the default model.
+The app's secret holds an API key, makes ``tiny.en`` the default model and splits audio
+over 30 s into 25 s pieces (the 20 s sample is never split; 55 s is, in 3).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import http.client
 import json
 import threading
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -39,10 +41,19 @@ TERMINATED = api_pb2.GenericResult.GENERIC_STATUS_TERMINATED
 pytestmark = [pytest.mark.slow, pytest.mark.emulator]
 
 
+#: the web deployment's secret (the web container's settings come from it and the image)
+SECRET = {
+    "WHISPER_MODAL_API_KEYS": KEY,
+    "WHISPER_MODAL_MODEL": "tiny.en",
+    "WHISPER_MODAL_FANOUT_SECONDS": "30",
+    "WHISPER_MODAL_FANOUT_CHUNK_SECONDS": "25",
+}
+
+
 @pytest.fixture(scope="module")
 def web() -> Iterator[Deployed]:
-    """A deployment of its own: its secret has the API key and the default model."""
-    with deploy(secret={"WHISPER_MODAL_API_KEYS": KEY, "WHISPER_MODAL_MODEL": "tiny.en"}) as d:
+    """A deployment of its own, with ``SECRET``."""
+    with deploy(secret=SECRET) as d:
         yield d
 
 
@@ -107,9 +118,12 @@ def called_from(web: Deployed, web_call: str) -> list[str]:
     """The functions that the web request ``web_call``'s input called (it ran and ended as
     a generator: its response went out through data_out)."""
     servicer = web.emulator.servicer
+    (web_input,) = on_loop(web, lambda: servicer.function_calls[web_call].inputs)
+    # the container reports the input's end after the response's last message went out,
+    # which the HTTP client may have read already
+    assert wait_for(lambda: on_loop(web, lambda: web_input.output is not None), 60)
 
     def read() -> list[str]:
-        (web_input,) = servicer.function_calls[web_call].inputs
         assert web_input.output is not None
         assert web_input.output.data_format == api_pb2.DATA_FORMAT_GENERATOR_DONE
         return [
@@ -253,7 +267,11 @@ def test_a_job_submitted_over_http_reads_pending_then_cancelled(
         assert job_id.startswith("fc-") and submitted["status"] == "pending"
         status, _, answer = call(f"{web_url}/v1/jobs/{job_id}")
         assert status == 200, answer
-        assert json.loads(answer)["status"] == "pending"
+        pending = json.loads(answer)
+        assert pending["status"] == "pending"
+        # when it was submitted, from the job book (another input answers: it was null)
+        assert isinstance(pending["created_at"], int)
+        assert abs(pending["created_at"] - time.time()) <= 600  # this machine's clock
         status, _, answer = call(f"{web_url}/v1/jobs/{job_id}", "DELETE")
         assert status == 200, answer
         assert json.loads(answer)["status"] == "cancelled"
@@ -264,6 +282,7 @@ def test_a_job_submitted_over_http_reads_pending_then_cancelled(
     assert status == 200, answer
     view = json.loads(answer)
     assert view["status"] == "cancelled", view
+    assert view["created_at"] == pending["created_at"]
     # the job's call was spawned inside the POST's web input, and never ran
     job = on_loop(web, lambda: servicer.function_calls[job_id])
     parent = on_loop(web, lambda: servicer.inputs[job.parent_input_id])
@@ -275,9 +294,10 @@ def test_a_job_submitted_over_http_reads_pending_then_cancelled(
     assert status == 404, answer
 
 
-def test_a_long_upload_as_a_job_runs_to_its_transcript(web: Deployed, web_url: str) -> None:
-    """About 55 s of WAV (more than one data_in message) submitted as a job, then polled
-    from other web inputs until it succeeds, and its text read as ``?format=txt``."""
+def test_a_long_upload_as_a_job_fans_out_to_its_transcript(web: Deployed, web_url: str) -> None:
+    """About 55 s of WAV (more than one data_in message) submitted as a job: the app's
+    orchestrator splits it over GPU containers; polled from other web inputs until it
+    succeeds, with the job book's progress, and its text read as ``?format=txt``."""
     samples, reference = speech.make_clip(speech.SENTENCES[:12], gap_seconds=0.7)
     audio = speech.wav_bytes(samples)
     assert len(audio) > BODY_CHUNK_BYTES
@@ -292,15 +312,20 @@ def test_a_long_upload_as_a_job_runs_to_its_transcript(web: Deployed, web_url: s
     servicer = web.emulator.servicer
     assert on_loop(web, lambda: len(servicer.function_calls[post].data_in)) >= 2
 
-    def status_of() -> str:
+    views: list[dict[str, Any]] = []
+
+    def succeeded() -> bool:
         code, _, got = call(f"{web_url}/v1/jobs/{job_id}")
         assert code == 200, got
-        return str(json.loads(got)["status"])
+        views.append(json.loads(got))
+        return bool(views[-1]["status"] == "succeeded")
 
-    seen = {status_of()}
-    assert wait_for(lambda: seen.add(status_of()) or "succeeded" in seen, 300), seen
-    assert seen <= {"pending", "running", "succeeded"}, seen
+    assert wait_for(succeeded, 300), views[-1]
+    assert {v["status"] for v in views} <= {"pending", "running", "succeeded"}, views
+    progress = views[-1]["progress"]  # from the job book's record (it was always null)
+    assert progress is not None and progress["done"] == progress["total"] >= 3, progress
+    assert isinstance(views[-1]["created_at"], int)
     code, headers, text = call(f"{web_url}/v1/jobs/{job_id}?format=txt")
     assert code == 200 and headers["content-type"].startswith("text/plain"), text
     assert wer(reference, text.decode()) <= 0.12, text
-    assert called_from(web, post) == ["Transcriber.*"]  # the job, spawned by the POST
+    assert called_from(web, post) == ["fanout"]  # the job, spawned by the POST
