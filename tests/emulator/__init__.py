@@ -2,7 +2,9 @@
 
 ``Emulator()`` starts, on a thread of its own: the gRPC servicer (``servicer.Servicer``)
 on a TCP port for clients, Modal's blob storage (``blobs.BlobStore``) over HTTP, and a
-pool of real container processes (``containers.ContainerPool``), each with its own socket.
+pool of real container processes (``containers.ContainerPool``), each with its own socket,
+and Modal's web proxy (``proxy.WebProxy``): each web function's ``web_url`` is a loopback
+port whose HTTP requests become the function's inputs.
 ``env()`` is what a client process needs (``MODAL_SERVER_URL``, a token, an empty config),
 so ``modal deploy``, ``modal.Cls.from_name(...)`` and our SDK run exactly as they would
 against Modal's servers.
@@ -23,6 +25,7 @@ from aiohttp import web
 
 from tests.emulator.blobs import BlobStore
 from tests.emulator.containers import ContainerPool, workdir
+from tests.emulator.proxy import WebProxy
 from tests.emulator.servicer import Servicer
 
 T = TypeVar("T")
@@ -33,10 +36,14 @@ __all__ = ["Emulator"]
 class Emulator:
     """Modal on loopback: ``with Emulator() as emu: ... emu.env() ...``."""
 
-    def __init__(self, *, max_containers_per_function: int = 3) -> None:
+    def __init__(
+        self, *, max_containers_per_function: int = 3, web_cut_seconds: float = 150.0
+    ) -> None:
         self.workdir = workdir()
         self.blobs = BlobStore()
         self.servicer = Servicer(self.blobs)
+        self.web = WebProxy(self.servicer, cut_seconds=web_cut_seconds)
+        self.servicer.web = self.web
         self.pool = ContainerPool(
             self.servicer, self.workdir / "tasks", max_per_function=max_containers_per_function
         )
@@ -99,6 +106,7 @@ class Emulator:
 
     async def _stop(self) -> None:
         await self.pool.stop_all()
+        await self.web.stop()
         if self._server is not None:
             self._server.close()
         if self._runner is not None:

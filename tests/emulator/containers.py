@@ -93,6 +93,8 @@ class ContainerPool:
                 capacity = state.definition.batch_max_size
             free = sum(max(0, capacity - len(c.running)) for c in live)
             pending = sum(1 for i in state.queue if i.status == "pending")
+            if self.servicer.is_paused(function_id):
+                pending = 0  # held back: no container starts for them
             limit = state.definition.autoscaler_settings.max_containers or self.max_per_function
             if pending > free and len(live) < min(limit, self.max_per_function):
                 await self._start(function_id)

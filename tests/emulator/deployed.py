@@ -83,8 +83,10 @@ def modal_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[st
 
 
 @contextlib.contextmanager
-def deploy() -> Iterator[Deployed]:
-    """An emulator with a secret and ``modal deploy -m whisper_modal.app`` done, by Modal's CLI."""
+def deploy(secret: dict[str, str] | None = None) -> Iterator[Deployed]:
+    """An emulator with a secret and ``modal deploy -m whisper_modal.app`` done, by Modal's CLI.
+
+    ``secret``: more variables for the app's secret (every container's environment)."""
     with Emulator() as emulator:
         env = {
             **{
@@ -104,6 +106,7 @@ def deploy() -> Iterator[Deployed]:
             SECRET,
             f"WHISPER_MODAL_CACHE_DIR={tiny_model_cache()}",
             "WHISPER_MODAL_DEVICE=cpu",
+            *(f"{k}={v}" for k, v in (secret or {}).items()),
         )
         modal_cli(env, "deploy", "-m", "whisper_modal.app")
         yield Deployed(emulator, env)

@@ -20,7 +20,7 @@ import contextlib
 import copy
 import itertools
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +38,24 @@ MAX_OBJECT_SIZE_BYTES = 2 * 1024 * 1024
 MAX_ASYNC_OBJECT_SIZE_BYTES = 8 * 1024
 #: Dict limits that matter to us: a key and a value are each at most this big
 MAX_DICT_VALUE_BYTES = 100 * 1024 * 1024
+#: how long a data stream (``FunctionCallGetDataIn``/``Out``) stays open with nothing new;
+#: Modal's client opens it again from its ``last_index``
+DATA_STREAM_SECONDS = 30.0
+
+
+class Signal:
+    """A change notice many readers wait on: take ``current()`` before reading the state,
+    then wait on it; ``notify()`` wakes every reader that took it (no wake-up is lost)."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def current(self) -> asyncio.Event:
+        return self._event
+
+    def notify(self) -> None:
+        self._event.set()
+        self._event = asyncio.Event()
 
 
 @dataclass
@@ -70,6 +88,14 @@ class CallState:
     cancelled: bool = False
     cancelled_at: float = 0.0  # time.monotonic() of the first FunctionCallCancel
     changed: asyncio.Event = field(default_factory=asyncio.Event)
+    #: a generator's (or a web input's) data streams, chunks by ``index`` from 1
+    data_in: list[api_pb2.DataChunk] = field(default_factory=list)
+    data_out: list[api_pb2.DataChunk] = field(default_factory=list)
+    data_changed: Signal = field(default_factory=Signal)  # a chunk came, or an output
+
+    @property
+    def finished(self) -> bool:
+        return bool(self.inputs) and all(i.output is not None for i in self.inputs)
 
 
 @dataclass
@@ -133,6 +159,9 @@ class Servicer(ModalClientBase):
         self.deliveries: list[tuple[str, list[str]]] = []  # (function id, input ids) per take
         self._background: set[asyncio.Task[None]] = set()
         self.disconnected: dict[str, asyncio.Event] = {}  # app id -> its client went away
+        self.web: Any = None  # proxy.WebProxy, set by the emulator: it serves the web_urls
+        #: function names whose queued inputs no container takes (see ``pause``)
+        self.paused: set[str] = set()
 
     def new_id(self, prefix: str) -> str:
         return f"{prefix}-{next(self.ids)}"
@@ -429,7 +458,13 @@ class Servicer(ModalClientBase):
                 ranked_functions=[api_pb2.FunctionData.RankedFunction(rank=0, function=function)]
             )
         if function.webhook_config.type:
-            function.web_url = f"http://emulator/web/{function_id}"
+            # Modal's web URL for the function (its own host); the emulator's web proxy
+            # serves it on a loopback port of its own
+            function.web_url = (
+                await self.web.serve(function_id)
+                if self.web is not None
+                else f"http://emulator/web/{function_id}"
+            )
         metadata = self.handle_metadata(function, function_id, request.app_id)
         self.functions[function_id] = FunctionState(
             function_id, request.app_id, function, metadata, data=data
@@ -753,7 +788,9 @@ class Servicer(ModalClientBase):
 
     def _finish(self, state: InputState, output: api_pb2.FunctionGetOutputsItem) -> None:
         state.status, state.output, state.finished_at = "done", output, time.monotonic()
-        self.function_calls[state.function_call_id].changed.set()
+        call = self.function_calls[state.function_call_id]
+        call.changed.set()
+        call.data_changed.notify()
 
     # -- the container side
     @_reader
@@ -797,7 +834,11 @@ class Servicer(ModalClientBase):
                         )
                     )
                     return
-                pending = [i for i in state.queue if i.status == "pending"]
+                pending = [
+                    i
+                    for i in state.queue
+                    if i.status == "pending" and not self.is_paused(request.function_id)
+                ]
                 if pending:
                     taken = pending[:batch]
                     if len(taken) < batch and request.batch_linger_ms and not taken[0].leased_at:
@@ -944,6 +985,131 @@ class Servicer(ModalClientBase):
         self._background.add(task)
         task.add_done_callback(self._background.discard)
         return True
+
+    # -- data streams (generators and web inputs) and web inputs
+    def _data_call(
+        self, request: api_pb2.FunctionCallGetDataRequest | api_pb2.FunctionCallPutDataRequest
+    ) -> CallState:
+        if request.WhichOneof("call_info") != "function_call_id":
+            # the emulator hands out no attempt tokens (FunctionGetInputsItem.attempt_token)
+            raise GRPCError(Status.INVALID_ARGUMENT, "emulator: a data stream needs a call id")
+        call = self.function_calls.get(request.function_call_id)
+        if call is None:
+            raise GRPCError(Status.NOT_FOUND, f"FunctionCall {request.function_call_id} not found")
+        return call
+
+    async def data_chunks(
+        self,
+        call: CallState,
+        variant: str,
+        last_index: int = 0,
+        idle: float | None = DATA_STREAM_SECONDS,
+    ) -> AsyncIterator[api_pb2.DataChunk]:
+        """The call's ``data_in`` or ``data_out`` chunks after ``last_index``, as they come.
+
+        Ends once the call's inputs have their outputs and every chunk was given, or after
+        ``idle`` seconds with nothing new (Modal's client then asks again from its index;
+        None: never).
+        """
+        forever = idle is None
+        idle = idle or 0.0
+        deadline = time.monotonic() + idle
+        while True:
+            changed = call.data_changed.current()
+            finished = call.finished  # read before the chunks: none can come after it
+            chunks = call.data_in if variant == "data_in" else call.data_out
+            fresh = [c for c in chunks if c.index > last_index]
+            for chunk in fresh:
+                yield chunk
+                last_index = chunk.index
+            if fresh:
+                deadline = time.monotonic() + idle
+                continue
+            left = None if forever else deadline - time.monotonic()
+            if finished or (left is not None and left <= 0):
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), left)
+
+    async def _serve_data(self, stream: Any, variant: str) -> None:
+        request: api_pb2.FunctionCallGetDataRequest = await stream.recv_message()
+        call = self._data_call(request)
+        async for chunk in self.data_chunks(call, variant, request.last_index):
+            await stream.send_message(chunk)
+
+    async def FunctionCallGetDataIn(self, stream: Any) -> None:
+        """What the caller streams to an input: a web request's ASGI messages."""
+        self.calls.append("FunctionCallGetDataIn")
+        await self._serve_data(stream, "data_in")
+
+    async def FunctionCallGetDataOut(self, stream: Any) -> None:
+        """What a generator (a web function's ASGI app) put out, from ``last_index`` on."""
+        self.calls.append("FunctionCallGetDataOut")
+        await self._serve_data(stream, "data_out")
+
+    @_reader
+    async def FunctionCallPutDataOut(self, request: api_pb2.FunctionCallPutDataRequest) -> Empty:
+        """A generator's items (a web function's ASGI messages), indexed from 1; a chunk
+        sent again (a retried RPC) is kept once."""
+        call = self._data_call(request)
+        known = {c.index for c in call.data_out}
+        for chunk in request.data_chunks:
+            if chunk.index not in known:
+                call.data_out.append(chunk)
+                known.add(chunk.index)
+        call.data_out.sort(key=lambda c: c.index)
+        call.data_changed.notify()
+        return Empty()
+
+    async def web_input(
+        self, function_id: str, scope: dict[str, Any], *, first_message: bytes
+    ) -> CallState:
+        """A web request for ``function_id``: a call of one input whose argument is the
+        ASGI scope (pickled as ``((scope,), {})``, as Modal's server sends it). Its first
+        ``http.request`` message is on ``data_in`` before any container can take the input
+        (the runtime answers 408 when none comes within 5 s); the rest of the body comes
+        through ``put_data_in``, the response through ``data_out``."""
+        from modal._serialization import serialize
+
+        call = CallState(self.new_id("fc"), function_id, "")
+        self.function_calls[call.function_call_id] = call
+        item = api_pb2.FunctionPutInputsItem(
+            idx=0,
+            input=api_pb2.FunctionInput(
+                args=serialize(((scope,), {})), data_format=api_pb2.DATA_FORMAT_PICKLE
+            ),
+        )
+        state = self._new_input(call, item, api_pb2.FUNCTION_CALL_INVOCATION_TYPE_SYNC)
+        self.put_data_in(call, first_message)
+        await self._enqueue(function_id, [state])
+        return call
+
+    def put_data_in(self, call: CallState, data: bytes) -> None:
+        """One more ``data_in`` chunk (an ASGI message) for the call's input."""
+        index = len(call.data_in) + 1
+        call.data_in.append(
+            api_pb2.DataChunk(data_format=api_pb2.DATA_FORMAT_ASGI, data=data, index=index)
+        )
+        call.data_changed.notify()
+
+    # -- holding a function's inputs back (a test's hook)
+    def is_paused(self, function_id: str) -> bool:
+        state = self.functions.get(function_id)
+        return state is not None and state.definition.function_name in self.paused
+
+    async def pause(self, function_name: str) -> None:
+        """No container takes ``function_name``'s queued inputs (and none starts for them)
+        until ``resume``: a job stays pending, as on Modal with no capacity free."""
+        self.paused.add(function_name)
+
+    async def resume(self, function_name: str) -> None:
+        self.paused.discard(function_name)
+        for function_id, state in self.functions.items():
+            if state.definition.function_name == function_name:
+                async with state.queued:
+                    state.queued.notify_all()
+                if self.pool is not None:
+                    await self.pool.demand(function_id)
 
     # -- blobs
     @_reader

@@ -31,6 +31,7 @@ import attrs
 from whisper_modal.backends.base import JobStatus, is_in_process_job
 from whisper_modal.client import Client
 from whisper_modal.errors import JobCancelled, JobNotFound, WhisperModalError
+from whisper_modal.job_book import JobRecord
 from whisper_modal.jobs import Job
 from whisper_modal.results import Transcript
 from whisper_modal.server.errors import ApiError, shorten
@@ -148,42 +149,55 @@ class DirectJobs:
             self._local_owners[job.id] = owner
         return JobView(job.id, JobStatus.PENDING, created_at=time.time())
 
-    async def _check_known(self, job_id: str, owner: str | None) -> None:
-        """Serve only this app's jobs, each to its owner.
+    async def _check_known(self, job_id: str, owner: str | None) -> JobRecord | None:
+        """Serve only this app's jobs, each to its owner; the job's record.
 
         A Modal id needs a record in the app's job book (any FunctionCall id of the
         workspace would otherwise do, other apps' included) whose ``client_job_id`` names
-        the caller's owner.
+        the caller's owner. Returns it (None for an in-process job, which has none).
         """
         missing = JobNotFound(f"no job {shorten(job_id)!r} in this app", job_id=job_id)
         if is_in_process_job(job_id):
             if job_id in self._local_owners and self._local_owners[job_id] != owner:
                 raise missing
-            return
+            return None
         record = await self.client.ajob_record(job_id)
         if record is None:
             raise missing
         if owner is not None and not (record.client_job_id or "").startswith(owner + "-"):
             raise missing
+        return record
 
     async def get(self, job_id: str, *, owner: str | None = None) -> JobView:
-        """Ask the backend (one status call, one non-blocking result call when done)."""
-        await self._check_known(job_id, owner)
+        """Ask the backend (one status call, one non-blocking result call when done).
+
+        ``created_at`` and a fan-out's ``progress`` come from the job book's record."""
+        record = await self._check_known(job_id, owner)
+        created = None if record is None else record.created
+        progress = (record.done, record.total) if record is not None and record.total else None
         job = Job.from_id(job_id, client=self.client)
         status = await job.astatus()
         if not status.done or status is JobStatus.CANCELLED:
             # a cancelled call may still be stopping: its result call would time out
-            return JobView(job_id, status)
+            return JobView(job_id, status, created_at=created, progress=progress)
         try:
             transcript = await job.aresult(timeout=0)
         except JobCancelled:
-            return JobView(job_id, JobStatus.CANCELLED)
+            return JobView(job_id, JobStatus.CANCELLED, created_at=created)
         except JobNotFound:
             raise
         except WhisperModalError as exc:
             kind, message = _error_fields(exc)
-            return JobView(job_id, JobStatus.FAILED, error_type=kind, error=message)
-        return JobView(job_id, JobStatus.SUCCEEDED, transcript=transcript)
+            return JobView(
+                job_id, JobStatus.FAILED, created_at=created, error_type=kind, error=message
+            )
+        return JobView(
+            job_id,
+            JobStatus.SUCCEEDED,
+            created_at=created,
+            progress=progress,
+            transcript=transcript,
+        )
 
     async def cancel(self, job_id: str, *, owner: str | None = None) -> JobView:
         """Cancel through the client."""
