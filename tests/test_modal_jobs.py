@@ -436,7 +436,8 @@ def test_an_orchestrator_past_its_deadline_cancels_its_pieces_and_is_not_rerun(
         "failed",
         "RemoteExecutionError",
     )
-    assert book.owner(str(request.client_job_id)) is None  # the claim is released
+    # the claim is released: a new call claiming the id gets it
+    assert book.claim(str(request.client_job_id), "fc-after") == "fc-after"
     spawned = fake.calls["transcribe.spawn"]
     with pytest.raises(wm.RemoteExecutionError, match="failed already"):
         asyncio.run(run_as("fc-too-long"))  # Modal's retry of the failed input
