@@ -379,3 +379,39 @@ def test_a_long_blocking_transcribe_waits_on_the_orchestrator(
 
     names = on_loop(deployed, started)
     assert names.count("fanout") == 1 and names.count("Transcriber.*") >= 3, names
+
+
+def test_a_spawn_whose_acknowledgement_is_lost_runs_the_audio_once(deployed: Deployed) -> None:
+    """Modal accepts the input but its answer is lost, on every attempt of modal's own
+    retries (one idempotency key, so one call): the SDK's retry spawns a second call with
+    the same client id, and the job book's claim lets only one of the two transcribe."""
+    servicer = deployed.emulator.servicer
+    before = set(on_loop(deployed, lambda: list(servicer.function_calls)))
+    attempts = 4  # modal's client: the first try and DEFAULT_MAX_RETRIES (3) more
+    deployed.emulator.run(servicer.drop_acks("Transcriber.*", attempts))
+    out = deployed.client(
+        f"""
+        import json, whisper_modal as wm
+        t = wm.transcribe({str(SAMPLE)!r}, backend="modal", model="tiny.en", language="en")
+        print(json.dumps({{"text": t.text}}))
+        """
+    )
+    assert "weekly planning meeting" in str(out["text"]).lower()
+    lost = on_loop(deployed, lambda: list(servicer.dropped_acks))
+    assert len(lost) == attempts and len(set(lost)) == 1  # modal's retries: one call
+
+    def new_calls() -> list[Any]:
+        return [c for i, c in servicer.function_calls.items() if i not in before]
+
+    calls = on_loop(deployed, new_calls)
+    assert len(calls) == 2 and lost[0] in {c.function_call_id for c in calls}
+    assert wait_for(lambda: all(c.finished for c in on_loop(deployed, new_calls)), 60)
+    inputs = [i for c in on_loop(deployed, new_calls) for i in c.inputs]
+    assert len(inputs) == 2
+    ran = [
+        i
+        for i in inputs
+        if i.output is not None and i.output.result.status == SUCCESS and "text" in piece_result(i)
+    ]
+    assert len(ran) == 1  # the other was cancelled by the SDK or answered duplicate_of
+    assert not servicer.unimplemented

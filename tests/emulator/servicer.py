@@ -145,6 +145,9 @@ class Servicer(ModalClientBase):
         self.secrets: dict[str, str] = {}  # name -> secret id
         self.secret_env: dict[str, dict[str, str]] = {}  # secret id -> env
         self.volumes: dict[str, str] = {}
+        self.map_answers: dict[str, api_pb2.FunctionMapResponse] = {}  # idempotency key ->
+        self.acks_to_drop: dict[str, int] = {}  # function name -> FunctionMap answers to lose
+        self.dropped_acks: list[str] = []  # the calls whose answer was lost
         self.dict_names: dict[str, str] = {}
         self.dicts: dict[str, dict[bytes, bytes]] = {}
         self.mounts: dict[str, api_pb2.MountGetOrCreateRequest] = {}
@@ -627,8 +630,37 @@ class Servicer(ModalClientBase):
         if self.pool is not None:
             await self.pool.demand(function_id)
 
-    @_reader
-    async def FunctionMap(self, request: api_pb2.FunctionMapRequest) -> api_pb2.FunctionMapResponse:
+    async def FunctionMap(self, stream: Any) -> None:
+        """Create a call and its pipelined inputs; a retried request is answered once.
+
+        Modal's client sends every attempt of one RPC with the same ``x-idempotency-key``
+        and Modal's server answers a repeated key with the first answer (no new call).
+        ``drop_acks`` makes the server accept the inputs and lose the answer: UNAVAILABLE.
+        """
+        request: api_pb2.FunctionMapRequest = await stream.recv_message()
+        self.calls.append("FunctionMap")
+        key = dict(stream.metadata or {}).get("x-idempotency-key", "")
+        response = self.map_answers.get(key) if key else None
+        if response is None:
+            response = await self._function_map(request)
+            if key:
+                self.map_answers[key] = response
+        name = self.functions[request.function_id].definition.function_name
+        if self.acks_to_drop.get(name, 0) > 0:
+            self.acks_to_drop[name] -= 1
+            self.dropped_acks.append(response.function_call_id)
+            raise GRPCError(Status.UNAVAILABLE, "emulated: the acknowledgement was lost")
+        await stream.send_message(response)
+
+    async def drop_acks(self, function_name: str, count: int) -> None:
+        """Lose the answer of the next ``count`` FunctionMap requests to ``function_name``
+        (its inputs are queued all the same), as a connection reset after the server's
+        commit would: a test's hook."""
+        self.acks_to_drop[function_name] = count
+
+    async def _function_map(
+        self, request: api_pb2.FunctionMapRequest
+    ) -> api_pb2.FunctionMapResponse:
         if request.function_id not in self.functions:
             raise GRPCError(Status.NOT_FOUND, f"Function {request.function_id} not found")
         call = CallState(self.new_id("fc"), request.function_id, request.parent_input_id)
