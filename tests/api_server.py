@@ -219,3 +219,27 @@ class ModalWebProxy:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=30)
+
+
+def multipart(
+    fields: dict[str, str],
+    audio: bytes,
+    *,
+    name: str = "file",
+    filename: str = "a.wav",
+    kind: str | None = "audio/wav",
+    boundary: str = "wm-test-boundary",
+) -> tuple[bytes, str]:
+    """A multipart/form-data body: ``fields``, then ``audio`` as the part ``name``
+    (``kind`` None: that part has no Content-Type). Returns (body, Content-Type)."""
+    body = b"".join(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
+        for k, v in fields.items()
+    )
+    content_type = "" if kind is None else f"Content-Type: {kind}\r\n"
+    body += (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; '
+        f'filename="{filename}"\r\n{content_type}\r\n'
+    ).encode()
+    body += audio + f"\r\n--{boundary}--\r\n".encode()
+    return body, f"multipart/form-data; boundary={boundary}"

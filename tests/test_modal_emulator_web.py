@@ -16,7 +16,6 @@ import threading
 import time
 import urllib.error
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,12 +26,14 @@ import pytest
 from modal_proto import api_pb2
 
 from tests import speech
+from tests.api_server import multipart
 from tests.emulator.deployed import Deployed, deploy, on_loop, wait_for
 from tests.emulator.proxy import BODY_CHUNK_BYTES, RESULT_PARAM
 from tests.wer import wer
 
 ROOT = Path(__file__).parents[1]
 SAMPLE = ROOT / "examples" / "sample.flac"
+FLAC = {"filename": "sample.flac", "kind": "audio/flac"}  # the sample's own part headers
 KEY = "sk-emulated-web"
 #: what the sample says (tests/test_modal_emulator.py checks the same words)
 WORDS = "weekly planning meeting"
@@ -94,24 +95,6 @@ def call(
         return response.status, headers, response.read()
     finally:
         conn.close()
-
-
-def multipart(
-    fields: dict[str, str], audio: bytes, *, filename: str = "sample.flac", kind: str = "audio/flac"
-) -> tuple[bytes, str]:
-    """A multipart/form-data body with ``fields`` and the audio in ``file``."""
-    boundary = uuid.uuid4().hex
-    out = b""
-    for name, value in fields.items():
-        out += (
-            f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'
-        ).encode()
-    out += (
-        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
-        f'filename="{filename}"\r\nContent-Type: {kind}\r\n\r\n'
-    ).encode()
-    out += audio + f"\r\n--{boundary}--\r\n".encode()
-    return out, f"multipart/form-data; boundary={boundary}"
 
 
 def called_from(web: Deployed, web_call: str) -> list[str]:
@@ -200,7 +183,7 @@ def test_a_request_past_the_cut_gets_a_303_to_its_result_url(web: Deployed, web_
     transcript from the same call (the upload is not sent twice)."""
     emulator = web.emulator
     audio = SAMPLE.read_bytes()
-    body, content_type = multipart({"model": "whisper-1", "response_format": "json"}, audio)
+    body, content_type = multipart({"model": "whisper-1", "response_format": "json"}, audio, **FLAC)
     outcome: dict[str, Any] = {}
 
     def through_the_sdk() -> None:
@@ -255,7 +238,7 @@ def test_a_job_submitted_over_http_reads_pending_then_cancelled(
     it (held back), so it reads pending, and after DELETE cancelled, from other inputs."""
     emulator = web.emulator
     servicer = emulator.servicer
-    body, content_type = multipart({"model": "whisper-1"}, SAMPLE.read_bytes())
+    body, content_type = multipart({"model": "whisper-1"}, SAMPLE.read_bytes(), **FLAC)
     held = ("Transcriber.*", "fanout")
     for name in held:
         emulator.run(servicer.pause(name))

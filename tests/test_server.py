@@ -29,7 +29,7 @@ import webvtt
 
 import whisper_modal as wm
 from tests import speech
-from tests.api_server import ApiServer, ModalWebProxy, ServeProcess
+from tests.api_server import ApiServer, ModalWebProxy, ServeProcess, multipart
 from tests.models_cache import tiny_en_cache
 from tests.servers import WebhookReceiver, moto_server
 from tests.wer import wer
@@ -427,7 +427,7 @@ def test_job_with_webhook_from_python(server: ApiServer, sdk: openai.OpenAI, cli
 def test_a_queued_job_can_be_cancelled(server: ApiServer, clip: bytes) -> None:
     ids = []
     for _ in range(2):  # one engine worker: the second waits behind the first
-        body, ctype = _multipart({"model": "whisper-1"}, clip)
+        body, ctype = multipart({"model": "whisper-1"}, clip)
         request = Request(f"{server.url}/v1/jobs", data=body, method="POST",
                           headers={"Authorization": f"Bearer {KEY}", "Content-Type": ctype})  # fmt: skip
         with urlopen(request, timeout=60) as response:
@@ -513,7 +513,7 @@ def test_a_job_in_flight_survives_a_server_crash(tmp_path: Path, clip: bytes) ->
     try:
         ids = []
         for _ in range(2):  # the second waits behind the first on the one engine worker
-            body, ctype = _multipart({"model": "whisper-1"}, clip)
+            body, ctype = multipart({"model": "whisper-1"}, clip)
             request = Request(f"{first.url}/v1/jobs", data=body, method="POST",
                               headers={"Authorization": f"Bearer {KEY}", "Content-Type": ctype})  # fmt: skip
             with urlopen(request, timeout=60) as response:
@@ -541,19 +541,3 @@ def _wait_job_at(url: str, job_id: str, timeout: float = 300) -> dict[str, Any]:
         if view["status"] in ("succeeded", "failed", "cancelled") or time.monotonic() > deadline:
             return view
         time.sleep(0.2)
-
-
-def _multipart(fields: dict[str, str], audio: bytes) -> tuple[bytes, str]:
-    boundary = "wm-test-boundary"
-    parts = [
-        f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
-        for k, v in fields.items()
-    ]
-    parts.append(
-        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n'
-        "Content-Type: audio/wav\r\n\r\n".encode()
-        + audio
-        + b"\r\n"
-    )
-    parts.append(f"--{boundary}--\r\n".encode())
-    return b"".join(parts), f"multipart/form-data; boundary={boundary}"

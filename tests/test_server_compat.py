@@ -22,7 +22,7 @@ import pytest
 
 import whisper_modal as wm
 from tests import speech
-from tests.api_server import ApiServer
+from tests.api_server import ApiServer, multipart
 from tests.models_cache import tiny_en_cache
 from tests.servers import WebhookReceiver
 from tests.wer import wer
@@ -75,21 +75,6 @@ def _read_until_closed(sock: socket.socket) -> bytes:
     return b"".join(chunks)
 
 
-def _multipart(fields: dict[str, str], audio: bytes, *, name: str = "file",
-               filename: str = "a.wav") -> tuple[bytes, str]:  # fmt: skip
-    boundary = "wm-compat"
-    body = b"".join(
-        f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
-        for k, v in fields.items()
-    )
-    body += (
-        f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; '
-        f'filename="{filename}"\r\nContent-Type: audio/wav\r\n\r\n'
-    ).encode()
-    body += audio + f"\r\n--{boundary}--\r\n".encode()
-    return body, f"multipart/form-data; boundary={boundary}"
-
-
 # ---------------------------------------------------------------------------- stalled bodies
 
 
@@ -127,7 +112,7 @@ def test_a_stalled_body_is_answered_408_and_closed(
 
 def test_a_slow_upload_that_keeps_coming_is_transcribed(server: ApiServer) -> None:
     """Pieces half the timeout apart, for four times the timeout in all: never idle long."""
-    body, content_type = _multipart({"model": "whisper-1", "response_format": "text"}, _clip())
+    body, content_type = multipart({"model": "whisper-1", "response_format": "text"}, _clip())
     pieces = 8
     step = -(-len(body) // pieces)
     with socket.create_connection(("127.0.0.1", server.port), timeout=120) as sock:
@@ -170,7 +155,7 @@ def _error(body: Any) -> dict[str, Any]:
                                   "/v1/jobs"])  # fmt: skip
 def test_the_audio_must_be_the_file_field(server: ApiServer, path: str) -> None:
     """A file part under another name was taken as the audio (OpenAI requires ``file``)."""
-    body, content_type = _multipart({"model": "whisper-1"}, _clip(), name="audio")
+    body, content_type = multipart({"model": "whisper-1"}, _clip(), name="audio")
     status, answer = _post(server, path, body, content_type)
     assert status == 400, answer
     error = _error(answer)
@@ -180,7 +165,7 @@ def test_the_audio_must_be_the_file_field(server: ApiServer, path: str) -> None:
 
 @pytest.mark.parametrize("path", ["/v1/audio/transcriptions", "/v1/audio/translations"])
 def test_openais_endpoints_need_a_model(server: ApiServer, path: str) -> None:
-    body, content_type = _multipart({"response_format": "text"}, _clip())
+    body, content_type = multipart({"response_format": "text"}, _clip())
     status, answer = _post(server, path, body, content_type)
     assert status == 400, answer
     error = _error(answer)
@@ -189,7 +174,7 @@ def test_openais_endpoints_need_a_model(server: ApiServer, path: str) -> None:
 
 def test_a_job_needs_no_model(server: ApiServer) -> None:
     """The jobs API is ours: its model defaults to the deployment's."""
-    body, content_type = _multipart({}, _clip())
+    body, content_type = multipart({}, _clip())
     status, answer = _post(server, "/v1/jobs", body, content_type)
     assert status == 202, answer
 
@@ -216,7 +201,7 @@ def test_a_long_file_name_is_accepted_through_the_openai_sdk(server: ApiServer) 
 
 
 def test_a_part_header_past_the_limit_is_a_clear_400(server: ApiServer) -> None:
-    body, content_type = _multipart({"model": "whisper-1"}, _clip(), filename="a" * 70_000)
+    body, content_type = multipart({"model": "whisper-1"}, _clip(), filename="a" * 70_000)
     status, answer = _post(server, "/v1/audio/transcriptions", body, content_type)
     assert status == 400, answer
     error = _error(answer)
@@ -250,7 +235,7 @@ def test_errors_echo_a_short_piece_of_a_long_name(server: ApiServer) -> None:
     }
     for fields in ({"model": long[:60_000]}, {"model": "whisper-1",
                                                "response_format": long[:60_000]}):  # fmt: skip
-        body, content_type = _multipart(fields, _clip())
+        body, content_type = multipart(fields, _clip())
         answers[f"form {sorted(fields)}"] = _post(
             server, "/v1/audio/transcriptions", body, content_type
         )
@@ -268,7 +253,7 @@ def test_the_webhook_names_the_job_by_its_http_id(server: ApiServer) -> None:
     """The payload's ``job_id`` was the backend's ``local-...`` id, which GET /v1/jobs
     answers 404 for; now it is the id the 202 gave, and so is the transcript's."""
     with WebhookReceiver(SECRET) as receiver:
-        body, content_type = _multipart({"webhook_url": receiver.url}, _clip())
+        body, content_type = multipart({"webhook_url": receiver.url}, _clip())
         status, job = _post(server, "/v1/jobs", body, content_type)
         assert status == 202, job
         (hook,) = receiver.wait_for(1, timeout=300)

@@ -24,7 +24,7 @@ import pytest
 
 import whisper_modal as wm
 from tests import speech
-from tests.api_server import ApiServer, ServeProcess
+from tests.api_server import ApiServer, ServeProcess, multipart
 from tests.models_cache import tiny_en_cache
 from tests.wer import wer
 from whisper_modal.server import create_app
@@ -411,7 +411,7 @@ def test_a_full_jobs_queue_answers_429_with_retry_after(client: wm.Client) -> No
     with ApiServer(create_app(client, max_queued_jobs=1)) as small:
         answers = []
         for _ in range(3):  # back to back: the first is still queued or running
-            body, ctype = _form({"model": "whisper-1"})
+            body, ctype = multipart({"model": "whisper-1"}, _clip(), kind=None)
             request = Request(f"{small.url}/v1/jobs", data=body, method="POST", headers={
                 "Authorization": f"Bearer {KEY}", "Content-Type": ctype})  # fmt: skip
             try:
@@ -426,19 +426,3 @@ def test_a_full_jobs_queue_answers_429_with_retry_after(client: wm.Client) -> No
         assert {k.lower(): v for k, v in refused[0][1].items()}["retry-after"] == "10"
         assert _error(json.loads(refused[0][2]))["code"] == "queue_full"
         assert _wait(small, first, KEY)["status"] == "succeeded"
-
-
-def _form(fields: dict[str, str]) -> tuple[bytes, str]:
-    boundary = "wm-form"
-    body = b"".join(
-        f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
-        for k, v in fields.items()
-    )
-    body += (
-        (
-            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\n'
-        ).encode()
-        + _clip()
-        + f"\r\n--{boundary}--\r\n".encode()
-    )
-    return body, f"multipart/form-data; boundary={boundary}"
