@@ -19,6 +19,7 @@ from whisper_modal.delivery import notify, write_results
 from whisper_modal.engine.transcriber import Engine
 from whisper_modal.errors import (
     ConfigurationError,
+    RemoteExecutionError,
     WhisperModalError,
     map_engine_error,
     outcome_of,
@@ -130,7 +131,9 @@ class Service:
                     if isinstance(outcome, WhisperModalError)
                     else outcome.with_changes(job_id=request.client_job_id)
                 )
-        return [r for r in results if r is not None]  # every entry was set above
+        # every entry is set above; a gap must stay a gap (dropping it would shift the rest)
+        missing = RemoteExecutionError("the engine returned no result")
+        return [r if r is not None else missing for r in results]
 
     def _run(self, request: Request, job_id: str | None) -> Transcript:
         audio = self.fetch_audio(request)
