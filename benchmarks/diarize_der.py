@@ -14,7 +14,7 @@ import resource
 import time
 
 from tests import speakers
-from whisper_modal.engine.diarize import load_diarizer
+from whisper_modal.engine.diarize.pipeline import load_diarizer
 
 
 def main() -> None:

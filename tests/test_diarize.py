@@ -22,14 +22,14 @@ from tests import speakers
 from tests.fakes import fake_client
 from tests.fakes.modal_fake import FakeModal
 from tests.models_cache import tiny_en_cache
-from whisper_modal.engine.diarize import (
+from whisper_modal.engine.diarize.features import fbank
+from whisper_modal.engine.diarize.pipeline import (
     CampPlusDiarizer,
     SpeakerTurn,
     apply_diarization,
     assign_speakers,
     load_diarizer,
 )
-from whisper_modal.engine.diarize.features import fbank
 from whisper_modal.engine.diarize.regions import speech_regions
 from whisper_modal.engine.transcriber import Engine
 from whisper_modal.errors import ConfigurationError
@@ -378,7 +378,7 @@ def test_a_missing_extra_keeps_the_transcript_and_names_the_extra(
 ) -> None:
     import importlib.util
 
-    import whisper_modal.engine.diarize as diarize_pkg
+    import whisper_modal.engine.diarize.pipeline as diarize_pkg
 
     real_find_spec = importlib.util.find_spec
 

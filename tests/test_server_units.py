@@ -21,11 +21,11 @@ import whisper_modal as wm
 from whisper_modal import errors as e
 from whisper_modal.cli import main as cli_main
 from whisper_modal.config import Settings, split_list
+from whisper_modal.http_api.auth import ApiKeys
+from whisper_modal.http_api.errors import ApiError, http_error
+from whisper_modal.http_api.jobs import PersistentJobs
+from whisper_modal.http_api.openai_api import build_options, json_fields
 from whisper_modal.options import DEFAULT_TEMPERATURES
-from whisper_modal.server.auth import ApiKeys
-from whisper_modal.server.errors import ApiError, http_error
-from whisper_modal.server.jobs import PersistentJobs
-from whisper_modal.server.openai_api import build_options, json_fields
 from whisper_modal.webhooks import check_destination
 
 ROOT = Path(__file__).parents[1]

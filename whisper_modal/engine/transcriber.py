@@ -273,7 +273,7 @@ def _with_words(options: TranscribeOptions) -> TranscribeOptions:
 def _diarize(
     transcript: Transcript, samples: np.ndarray, options: TranscribeOptions, device: str
 ) -> Transcript:
-    from whisper_modal.engine.diarize import apply_diarization
+    from whisper_modal.engine.diarize.pipeline import apply_diarization
 
     return apply_diarization(
         transcript,

@@ -28,7 +28,7 @@ import numpy as np
 from whisper_modal.results import Segment, Transcript, Word
 
 if TYPE_CHECKING:
-    from . import SpeakerTurn
+    from whisper_modal.engine.diarize.pipeline import SpeakerTurn
 
 __all__ = ["MIN_RUN", "assign_speakers", "speaker_label"]
 

@@ -21,7 +21,7 @@ from typing import Any
 import attrs
 from starlette.requests import ClientDisconnect, Request
 
-from whisper_modal.server.errors import ApiError, shorten
+from whisper_modal.http_api.errors import ApiError, shorten
 
 __all__ = ["MAX_JSON_DEPTH", "Form", "read_form", "read_json"]
 

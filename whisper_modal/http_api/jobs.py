@@ -31,10 +31,10 @@ import attrs
 from whisper_modal.backends.base import JobStatus, is_in_process_job
 from whisper_modal.client import Client
 from whisper_modal.errors import JobCancelled, JobNotFound, WhisperModalError
+from whisper_modal.http_api.errors import ApiError, shorten
 from whisper_modal.job_book import JobRecord
 from whisper_modal.jobs import Job
 from whisper_modal.results import Transcript
-from whisper_modal.server.errors import ApiError, shorten
 from whisper_modal.wire import Request
 
 __all__ = ["JOB_PREFIX", "DirectJobs", "JobView", "Jobs", "PersistentJobs"]

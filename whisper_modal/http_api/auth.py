@@ -15,7 +15,7 @@ import hashlib
 import hmac
 from collections.abc import Iterable
 
-from whisper_modal.server.errors import ApiError
+from whisper_modal.http_api.errors import ApiError
 
 __all__ = ["ApiKeys", "owner_hash"]
 

@@ -28,13 +28,13 @@ def _require_extra() -> None:
 
 
 def create_app(client: Client, **kwargs: Any) -> FastAPI:
-    """Build the ASGI app; see ``whisper_modal.server.app.create_app`` for the arguments.
+    """Build the ASGI app; see ``whisper_modal.http_api.app.create_app`` for the arguments.
 
     Raises:
         ConfigurationError: the ``[server]`` extra is not installed, or a bad argument.
     """
     _require_extra()
-    from whisper_modal.server.app import create_app as build
+    from whisper_modal.http_api.app import create_app as build
 
     return build(client, **kwargs)
 

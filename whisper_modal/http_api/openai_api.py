@@ -19,9 +19,9 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from whisper_modal.config import Settings, split_list
 from whisper_modal.errors import ConfigurationError
+from whisper_modal.http_api.errors import ApiError, shorten
 from whisper_modal.options import DEFAULT_TEMPERATURES, TranscribeOptions
 from whisper_modal.results import Transcript
-from whisper_modal.server.errors import ApiError, shorten
 
 __all__ = [
     "OPENAI_ALIAS",

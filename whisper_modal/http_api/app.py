@@ -32,11 +32,11 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from whisper_modal.client import Client
 from whisper_modal.config import split_list
 from whisper_modal.errors import ConfigurationError, WhisperModalError
-from whisper_modal.server import openai_api as oa
-from whisper_modal.server.auth import ApiKeys
-from whisper_modal.server.errors import ApiError, http_error, shorten
-from whisper_modal.server.jobs import DirectJobs, Jobs, JobView, PersistentJobs
-from whisper_modal.server.uploads import Form, read_form, read_json
+from whisper_modal.http_api import openai_api as oa
+from whisper_modal.http_api.auth import ApiKeys
+from whisper_modal.http_api.errors import ApiError, http_error, shorten
+from whisper_modal.http_api.jobs import DirectJobs, Jobs, JobView, PersistentJobs
+from whisper_modal.http_api.uploads import Form, read_form, read_json
 from whisper_modal.wire import Request
 
 __all__ = ["create_app"]
