@@ -160,7 +160,7 @@ def test_local_job_is_not_found_in_another_process(client: wm.Client) -> None:
 def test_queued_job_can_be_cancelled(client: wm.Client) -> None:
     first = client.submit(SAMPLE, language="en")
     second = client.submit(SAMPLE, language="en")
-    second.cancel()  # queued behind the first on the single local worker
+    second.cancel()  # queued, or running beside the first: it stops at its next window
     assert second.status() is wm.JobStatus.CANCELLED
     with pytest.raises(wm.JobCancelled):
         second.result(timeout=60)

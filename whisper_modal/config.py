@@ -24,6 +24,7 @@ __all__ = [
     "Settings",
     "default_cache_dir",
     "default_jobs_db",
+    "default_local_workers",
     "gpu_request",
     "split_list",
 ]
@@ -37,6 +38,11 @@ def default_cache_dir() -> Path:
     """openai-whisper's own default (``$XDG_CACHE_HOME/whisper`` or ``~/.cache/whisper``)."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "whisper"
+
+
+def default_local_workers() -> int:
+    """Twice the cores, at least 4: most of these threads wait for a model turn."""
+    return max(4, 2 * (os.cpu_count() or 1))
 
 
 def default_jobs_db() -> Path:
@@ -135,6 +141,9 @@ class Settings:
     cache_dir: Path = attrs.field(factory=default_cache_dir, converter=_path)
     device: str = attrs.field(default="auto", validator=_one_of("auto", "cuda", "cpu"))
     allow_cpu_fallback: bool = False  # may a failed Modal call run on the local CPU?
+    # threads that run blocking local calls (decode audio, then wait for a model turn);
+    # more than the cores, so a short call can queue for a turn beside long ones
+    local_workers: int = attrs.field(factory=default_local_workers, validator=_positive)
     # -- limits
     max_audio_seconds: float = attrs.field(default=4 * 3600.0, validator=_positive)
     max_audio_bytes: int = attrs.field(default=2 * 1024**3, validator=_positive)
@@ -198,6 +207,11 @@ class Settings:
     max_request_bytes: int = attrs.field(default=100 * 1024**2, validator=_positive)  # HTTP body
     # seconds an HTTP body may go without a byte before it is answered 408 and closed
     body_timeout: float = attrs.field(default=30.0, validator=_positive)
+    # seconds a blocking transcription request may run (504, its decode stopped); longer
+    # audio belongs in POST /v1/jobs
+    request_timeout: float = attrs.field(default=600.0, validator=_positive)
+    # blocking transcription requests in flight at once; more get 429 with Retry-After
+    max_concurrent_requests: int = attrs.field(default=32, validator=_positive)
     jobs_db: Path = attrs.field(factory=default_jobs_db, converter=_path)  # local server's jobs
     web_min_containers: int = attrs.field(default=0, validator=_non_negative)  # warm web pool
     web_max_inputs: int = attrs.field(default=100, validator=_positive)  # requests per container

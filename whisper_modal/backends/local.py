@@ -1,11 +1,16 @@
 """The local backend: the same Engine and Service as the container, in this process.
 
-Calls run on a worker thread (torch releases the GIL; the engine serialises inference per
-model anyway), so the event loop that drives the client stays free. Submitted jobs queue
-on this backend's single job thread and get ids ``local-<hex>`` in the process-wide
+Blocking calls run on this backend's call pool (``settings.local_workers`` threads:
+torch releases the GIL), so the event loop that drives the client stays free; submitted
+jobs run on its job pool (two threads) and get ids ``local-<hex>`` in the process-wide
 registry (``backends.registry``), so ``Job.from_id`` works anywhere in the submitting
 process. They cannot be re-attached from another process: a local job is gone when its
 process exits, and ``JobNotFound`` says so.
+
+Every call and job runs as a ``Work`` (``engine.turns``): the model is shared in turns
+between windows, so a short request overtakes a long one; a call's ``timeout``, a
+cancelled awaiting task and ``Job.cancel()`` stop the decode at its next window. Short
+calls that arrive while another runs share one batched pass (``backends.packing``).
 """
 
 from __future__ import annotations
@@ -17,15 +22,21 @@ import uuid
 from collections.abc import Callable
 
 from whisper_modal.backends.base import LOCAL_JOB_PREFIX, Submission
+from whisper_modal.backends.packing import Packer
 from whisper_modal.backends.registry import in_process_jobs
 from whisper_modal.config import Settings
 from whisper_modal.delivery import WebhookQueue
+from whisper_modal.engine.memory import RELEASE_AFTER_SECONDS, release_memory
 from whisper_modal.engine.transcriber import Engine
+from whisper_modal.engine.turns import Work, running
 from whisper_modal.results import Transcript
 from whisper_modal.service import Service
 from whisper_modal.wire import Request
 
-__all__ = ["LocalBackend"]
+__all__ = ["JOB_WORKERS", "LocalBackend"]
+
+#: local jobs decoding at once (a short job can overtake a long one on the model)
+JOB_WORKERS = 2
 
 
 class LocalBackend:
@@ -48,9 +59,12 @@ class LocalBackend:
             backend="local",
         )
         self.service = Service(self.engine, settings)
-        self._executor: cf.ThreadPoolExecutor | None = None
+        self._calls: cf.ThreadPoolExecutor | None = None
+        self._jobs: cf.ThreadPoolExecutor | None = None
         self._webhooks: WebhookQueue | None = None
         self._lock = threading.Lock()
+        self._in_flight = 0  # blocking calls running alone now
+        self._packer = Packer(self.service, lambda run: self._pool("calls").submit(run))
 
     def device(self) -> str:
         """The device this backend would run on ("cuda" or "cpu").
@@ -62,17 +76,53 @@ class LocalBackend:
 
         return resolve_device(self.engine.device)
 
-    def _jobs_executor(self) -> cf.ThreadPoolExecutor:
+    def _pool(self, kind: str) -> cf.ThreadPoolExecutor:
         with self._lock:
-            if self._executor is None:
-                self._executor = cf.ThreadPoolExecutor(
-                    max_workers=1, thread_name_prefix="whisper-modal-local"
+            if kind == "calls":
+                if self._calls is None:
+                    self._calls = cf.ThreadPoolExecutor(
+                        self.settings.local_workers, thread_name_prefix="whisper-modal-call"
+                    )
+                return self._calls
+            if self._jobs is None:
+                self._jobs = cf.ThreadPoolExecutor(
+                    JOB_WORKERS, thread_name_prefix="whisper-modal-job"
                 )
-            return self._executor
+            return self._jobs
+
+    def _run(
+        self,
+        request: Request,
+        work: Work,
+        job_id: str | None,
+        defer_notify: Callable[[Callable[[], None]], None] | None = None,
+    ) -> Transcript:
+        try:
+            with running(work):
+                return self.service.handle(request, job_id=job_id, defer_notify=defer_notify)
+        finally:
+            if work.seconds >= RELEASE_AFTER_SECONDS:
+                release_memory()
 
     async def atranscribe(self, request: Request, *, timeout: float) -> Transcript:
-        """Run on a worker thread; ``timeout`` is not enforced (torch cannot be interrupted)."""
-        return await asyncio.to_thread(self.service.handle, request, job_id=request.client_job_id)
+        """Run on the call pool.
+
+        Past ``timeout`` seconds the decode stops at its next window with ``JobTimeout``;
+        cancelling the awaiting task stops it there too (the model goes to the next
+        request, not to work nobody waits for).
+        """
+        if self._in_flight and Packer.packable(request):  # company: share a batched pass
+            return await self._packer.atranscribe(request, timeout=timeout)
+        work = Work.within(timeout, job_id=request.client_job_id)
+        self._in_flight += 1
+        try:
+            future = self._pool("calls").submit(self._run, request, work, request.client_job_id)
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            work.cancel()
+            raise
+        finally:
+            self._in_flight -= 1
 
     async def asubmit(self, request: Request) -> Submission:
         """Queue the request on the job thread; returns ``local-<hex>``."""
@@ -87,9 +137,8 @@ class LocalBackend:
         """
         job_id = LOCAL_JOB_PREFIX + uuid.uuid4().hex
         deliveries: list[Callable[[], None]] = []
-        future = self._jobs_executor().submit(
-            self.service.handle, request, job_id=job_id, defer_notify=deliveries.append
-        )
+        work = Work(job_id=job_id)
+        future = self._pool("jobs").submit(self._run, request, work, job_id, deliveries.append)
         if request.webhook_url is not None:
             webhooks = self._webhook_queue()
 
@@ -98,7 +147,7 @@ class LocalBackend:
                     webhooks.put(deliver)
 
             future.add_done_callback(send_when_final)
-        in_process_jobs().add(job_id, future, fallback_reason=fallback_reason)
+        in_process_jobs().add(job_id, future, fallback_reason=fallback_reason, stop=work.cancel)
         return Submission(job_id, fallback_reason)
 
     def _webhook_queue(self) -> WebhookQueue:
@@ -108,11 +157,12 @@ class LocalBackend:
             return self._webhooks
 
     def close(self) -> None:
-        """Stop the job thread; queued jobs are cancelled, a running one finishes."""
+        """Stop the pools; queued work is cancelled, running work finishes."""
         with self._lock:
-            executor, self._executor = self._executor, None
+            pools = [p for p in (self._calls, self._jobs) if p is not None]
+            self._calls = self._jobs = None
             webhooks, self._webhooks = self._webhooks, None
-        if executor is not None:
-            executor.shutdown(wait=False, cancel_futures=True)
+        for pool in pools:
+            pool.shutdown(wait=False, cancel_futures=True)
         if webhooks is not None:
             webhooks.close()

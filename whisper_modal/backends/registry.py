@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures as cf
 import threading
+from collections.abc import Callable
 
 import attrs
 
@@ -27,6 +28,8 @@ MAX_FINISHED_JOBS = 10_000  # finished jobs kept for ``result()`` before the old
 class _Entry:
     future: cf.Future[Transcript]
     fallback_reason: str | None = None
+    stop: Callable[[], None] | None = None  # stops a running job at its next window
+    cancelled: bool = False  # cancel() was called: the job reads cancelled from then on
 
 
 class InProcessJobs:
@@ -45,10 +48,11 @@ class InProcessJobs:
         future: cf.Future[Transcript],
         *,
         fallback_reason: str | None = None,
+        stop: Callable[[], None] | None = None,
     ) -> None:
-        """Register a job's future."""
+        """Register a job's future (``stop``: asks the running job to stop)."""
         with self._lock:
-            self._jobs[job_id] = _Entry(future, fallback_reason=fallback_reason)
+            self._jobs[job_id] = _Entry(future, fallback_reason=fallback_reason, stop=stop)
             self._trim()
 
     def _entry(self, job_id: str) -> _Entry:
@@ -72,12 +76,16 @@ class InProcessJobs:
 
     async def astatus(self, job_id: str) -> JobStatus:
         """Pending, running, succeeded, failed or cancelled."""
-        future = self._entry(job_id).future
-        if future.cancelled():
+        entry = self._entry(job_id)
+        future = entry.future
+        if future.cancelled() or entry.cancelled:
             return JobStatus.CANCELLED
         if not future.done():
             return JobStatus.RUNNING if future.running() else JobStatus.PENDING
-        return JobStatus.FAILED if future.exception() is not None else JobStatus.SUCCEEDED
+        error = future.exception()
+        if isinstance(error, JobCancelled):  # stopped between windows
+            return JobStatus.CANCELLED
+        return JobStatus.FAILED if error is not None else JobStatus.SUCCEEDED
 
     async def aresult(self, job_id: str, *, timeout: float | None) -> Transcript:
         """Await the job without blocking the loop; ``timeout=0`` polls.
@@ -87,6 +95,8 @@ class InProcessJobs:
         """
         entry = self._entry(job_id)
         future = entry.future
+        if entry.cancelled:  # stopping, or stopped, at its next window
+            raise JobCancelled(f"job {job_id} was cancelled", job_id=job_id)
         try:
             transcript = await asyncio.wait_for(
                 asyncio.shield(asyncio.wrap_future(future)), timeout
@@ -110,8 +120,14 @@ class InProcessJobs:
         return transcript.with_changes(job_id=job_id)
 
     async def acancel(self, job_id: str) -> None:
-        """Cancel a job that has not started; a running one finishes."""
-        self._entry(job_id).future.cancel()
+        """Cancel a job: one not started never starts, a running one stops at its next
+        window (``JobCancelled``)."""
+        entry = self._entry(job_id)
+        if entry.future.done() and not entry.future.cancelled():
+            return  # finished: its outcome stands
+        entry.cancelled = True
+        if not entry.future.cancel() and entry.stop is not None:
+            entry.stop()
 
     async def aprogress(self, job_id: str) -> tuple[int, int] | None:
         """None: a local job is one run (the engine splits long audio itself)."""

@@ -40,6 +40,7 @@ from .chunking import speech_mask, split_evenly
 from .constants import FRAMES_PER_SECOND, MEL_HOP, SAMPLE_RATE
 from .decode_batch import INPUT_STRIDE, N_FRAMES, decode_with_fallback, is_no_speech
 from .models import LoadedModel
+from .turns import handover_point
 
 __all__ = [
     "default_batch_size",
@@ -279,6 +280,7 @@ def _run(
     tokenizer = _tokenizer(loaded, options, language)
     while active := [s for s in streams if s.seek < s.end and _start_at_sound(s)]:
         for i in range(0, len(active), batch_size):
+            handover_point()  # hand the model over, or stop when cancelled (engine.turns)
             _step(loaded, active[i : i + batch_size], options, language, tokenizer)
 
 
@@ -349,7 +351,7 @@ def transcribe_batched(
     """Transcribe one input as ``batch_size`` streams decoded together.
 
     Args:
-        loaded: the model (``models.load_model``); the caller holds ``loaded.lock``.
+        loaded: the model (``models.load_model``); the caller holds ``loaded.turns``.
         samples: 16 kHz mono float32 audio.
         options: decoding options (``mode`` is ignored: this is the batched mode).
         language: the spoken language (the engine resolves it once per input).
@@ -397,7 +399,7 @@ def transcribe_windows(
     alone, with times relative to that input.
 
     Args:
-        loaded: the model; the caller holds ``loaded.lock``.
+        loaded: the model; the caller holds ``loaded.turns``.
         inputs: 16 kHz mono float32 arrays, any lengths.
         options: decoding options.
         language: the spoken language of all inputs.

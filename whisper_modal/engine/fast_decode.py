@@ -41,6 +41,8 @@ from typing import Any
 
 import numpy as np
 
+from .turns import handover_point
+
 __all__ = ["fast_model", "fast_task_class"]
 
 
@@ -77,6 +79,7 @@ class _FastModel:
         import torch
         from whisper.decoding import DecodingOptions
 
+        handover_point()  # between windows: hand the model over, or stop (engine.turns)
         options = options if options is not None else DecodingOptions()
         if kwargs:
             options = dataclasses.replace(options, **kwargs)
@@ -390,6 +393,7 @@ def fast_task_class() -> Any:
             arange = torch.arange(rows)
             offset = 0
             for i in range(task.sample_len):
+                handover_point()  # between tokens: this loop leaves the model untouched
                 n = self.length - offset
                 first = i == 0 and tokenizer.no_speech is not None
                 positions = [task.sot_index - offset, n - 1] if first else [n - 1]

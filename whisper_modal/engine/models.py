@@ -50,6 +50,7 @@ from whisper_modal.engine.ct2_import import (
     read_ct2_model,
     to_whisper_checkpoint,
 )
+from whisper_modal.engine.turns import ModelTurns
 from whisper_modal.errors import ConfigurationError
 from whisper_modal.options import KNOWN_MODELS, is_known_model
 
@@ -119,17 +120,18 @@ class ModelInfo:
 
 @attrs.frozen
 class LoadedModel:
-    """A model in memory, with the lock that serialises inference on it.
+    """A model in memory, with the turns that serialise inference on it.
 
     openai-whisper installs kv-cache hooks on the module for each decode, so two threads
-    must never decode with the same model object at once.
+    must never decode with the same model object at once; ``turns`` (``engine.turns``)
+    hands it from request to request between windows.
     """
 
     name: str
     device: str
     model: Whisper
     load_seconds: float
-    lock: threading.Lock = attrs.field(factory=threading.Lock, eq=False)
+    turns: ModelTurns = attrs.field(factory=ModelTurns, eq=False)
 
     @property
     def is_multilingual(self) -> bool:
@@ -448,7 +450,7 @@ def load_model(
     with _CACHE_LOCK:
         cached = _CACHE.get(key)
         if cached is not None:
-            return attrs.evolve(cached, load_seconds=0.0, lock=cached.lock)
+            return attrs.evolve(cached, load_seconds=0.0, turns=cached.turns)
         started = time.perf_counter()
         model = _load_checkpoint(path, name, resolved_device)
         loaded = LoadedModel(name, resolved_device, model, time.perf_counter() - started)
@@ -486,7 +488,7 @@ def move_model(
         loaded.model.to(target)  # in place: the CPU entry would now lie, so it goes
         del _CACHE[(str(path), "cpu")]
         moved = attrs.evolve(
-            loaded, device=target, load_seconds=time.perf_counter() - started, lock=loaded.lock
+            loaded, device=target, load_seconds=time.perf_counter() - started, turns=loaded.turns
         )
         _CACHE[(str(path), target)] = moved
         return moved

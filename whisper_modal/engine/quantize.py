@@ -143,7 +143,7 @@ def int8_model(loaded: LoadedModel) -> LoadedModel:
         loaded: a model on the CPU.
 
     Returns:
-        A ``LoadedModel`` with the same name and lock; ``loaded`` itself on CUDA,
+        A ``LoadedModel`` with the same name and turns; ``loaded`` itself on CUDA,
         where int8 dynamic quantisation does not apply (the GPU runs fp16).
 
     Raises:

@@ -120,7 +120,7 @@ class Engine:
         decoded = time.perf_counter()
         loaded = self.load(options.model)
         try:
-            with loaded.lock:
+            with loaded.turns.hold(samples.shape[0] / SAMPLE_RATE):
                 began = time.perf_counter()
                 # diarization splits segments at word times, so it needs words
                 result = run_whisper(loaded, samples, _with_words(options))  # language once
@@ -175,7 +175,7 @@ class Engine:
             decoded = time.perf_counter()
             language = options.language or "en"
             try:
-                with loaded.lock:
+                with loaded.turns.hold(max(s.shape[0] for _, s in short) / SAMPLE_RATE):
                     raw = transcribe_windows(
                         loaded,
                         [s for _, s in short],

@@ -36,6 +36,7 @@ from whisper_modal.http_api import openai_api as oa
 from whisper_modal.http_api.auth import ApiKeys
 from whisper_modal.http_api.errors import ApiError, http_error, shorten
 from whisper_modal.http_api.jobs import DirectJobs, Jobs, JobView, PersistentJobs
+from whisper_modal.http_api.limits import RequestGate
 from whisper_modal.http_api.uploads import Form, read_form, read_json
 from whisper_modal.wire import Request
 
@@ -239,7 +240,13 @@ def create_app(
             """The OpenAPI schema, for callers with a key."""
             return app.openapi()
 
+    gate = RequestGate(settings.max_concurrent_requests, settings.request_timeout)
+
     async def audio_request(request: HttpRequest, task: str) -> Response:
+        with gate.admit():  # before the upload is read: a busy server reads no bodies
+            return await transcribe_form(request, task)
+
+    async def transcribe_form(request: HttpRequest, task: str) -> Response:
         form = await read_form(request, limit, timeout=body_timeout)
         audio = _upload(form, missing="the 'file' field is missing")
         if form.get("model") is None:  # OpenAI requires it; its SDKs always send it
@@ -260,7 +267,7 @@ def create_app(
                 code="invalid_value",
             )
         options = oa.build_options(fields, settings, task=task)
-        transcript = await client.atranscribe(audio, options=options)
+        transcript = await gate.run(request, lambda: client.atranscribe(audio, options=options))
         return oa.render(transcript, fmt, task=task, grains=grains)
 
     @v1.post("/audio/transcriptions")
