@@ -66,16 +66,14 @@ class Api:
 
     def __init__(self, tree: Path, db: Path) -> None:
         env = {
-            "PYTHONPATH": str(tree),
             "WHISPER_MODAL_MODEL": "tiny.en",
             "WHISPER_MODAL_CACHE_DIR": str(tiny_en_cache()),
             "WHISPER_MODAL_DEVICE": "cpu",
             "WHISPER_MODAL_API_KEYS": KEY,
             "WHISPER_MODAL_JOBS_DB": str(db),
         }
-        self.proc = ServeProcess(env)
-        self.proc.env["PYTHONPATH"] = str(tree)  # the tree under test, not this one
-        self.proc.start()
+        self.proc = ServeProcess(env, root=tree).start()  # that tree's code, not this one's
+        print(f"serving {tree}", file=sys.stderr)
         import openai
 
         self.url = self.proc.url

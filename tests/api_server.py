@@ -73,10 +73,11 @@ class ApiServer:
 class ServeProcess:
     """``python -m whisper_modal serve --backend local`` on a free loopback port."""
 
-    def __init__(self, env: dict[str, str], port: int | None = None) -> None:
+    def __init__(self, env: dict[str, str], port: int | None = None, root: Path = ROOT) -> None:
+        self.root = root  # the source tree it serves (a benchmark's baseline checkout)
         self.port = port or free_port()
         self.url = f"http://{LOOPBACK}:{self.port}"
-        self.env = {**os.environ, "PYTHONPATH": str(ROOT), **env}
+        self.env = {**os.environ, "PYTHONPATH": str(root), **env}
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> ServeProcess:
@@ -84,7 +85,7 @@ class ServeProcess:
         cmd = [sys.executable, "-m", "whisper_modal", "serve", "--port", str(self.port),
                "--backend", "local"]  # fmt: skip
         self.proc = subprocess.Popen(
-            cmd, env=self.env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            cmd, env=self.env, cwd=self.root, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )
         try:
             wait_healthy(self.url)
