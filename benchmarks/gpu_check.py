@@ -12,10 +12,12 @@ machine with espeak-ng if the GPU machine has none: ``python benchmarks/run_all.
 speed --minutes 5,30 --runs 1`` makes them).
 
 What it prints, as one Markdown table with the GPU's name:
-* correctness: whisper_modal sequential in fp16 and bf16 on the GPU against fp32 on the
-  CPU, as WER of the GPU text against the CPU text (bound: 2 points; fp16 changes a few
-  arg-max tokens, more is a bug);
-* speed: stock openai-whisper, whisper_modal sequential and batched, and transformers
+* correctness: whisper_modal sequential on the GPU in fp16 (``precision="auto"``, which
+  must resolve to fp16 there), in explicit ``precision="fp32"``, and stock's loop under
+  bf16 autocast, each against fp32 on the CPU, as WER of the GPU text against the CPU text
+  (bound: 2 points; fp16 changes a few arg-max tokens, more is a bug);
+* speed: stock openai-whisper, whisper_modal sequential and batched (auto: fp16) and
+  batched fp32, and transformers
   (``WhisperForConditionalGeneration.generate`` on batches of 30 s chunks in fp16, the
   insanely-fast-whisper approach), each on 5 and 30 minutes: RTF, WER against the
   reference text, peak GPU memory.
@@ -199,6 +201,7 @@ def main() -> int:
     from tests.wer import wer
     from whisper_modal.engine.decoding import run_whisper
     from whisper_modal.engine.models import ModelStore, load_model
+    from whisper_modal.engine.precision import resolve_precision
     from whisper_modal.options import TranscribeOptions
 
     gpu = torch.cuda.get_device_name(0) if device == "cuda" else "CPU (--allow-cpu)"
@@ -223,6 +226,9 @@ def main() -> int:
                 model, s, opts.replace(mode="batched", temperature=(0.0, 0.2, 0.4, 0.6, 0.8, 1.0))
             )["text"]
         ),
+        "whisper_modal batched fp32": lambda s: str(
+            run_whisper(model, s, opts.replace(mode="batched", precision="fp32"))["text"]
+        ),
         f"transformers {'fp16' if device == 'cuda' else 'fp32'} batched chunks": hf_transcriber(
             model.model, device, torch.float16 if device == "cuda" else torch.float32
         ),
@@ -235,16 +241,22 @@ def main() -> int:
         # correctness on the first 2 minutes: GPU half precision against CPU fp32
         head = samples[: 120 * 16000]
         cpu_text = run_whisper(cpu_model, head, opts.replace(mode="sequential"))["text"]
-        for precision in ("fp16", "bf16") if device == "cuda" else ():
-            # fp16: openai-whisper's own half-precision path (what the engine runs on CUDA)
+        for precision in ("fp16", "fp32", "bf16") if device == "cuda" else ():
+            # fp16: precision="auto" on CUDA (openai-whisper's half-precision path); fp32:
+            # the engine's explicit precision="fp32"; bf16: autocast around stock's loop
+            # (the engine refuses bf16 on CUDA: this row says whether it should not)
             gpu_model = load_model("tiny.en", store=ModelStore(tiny_en_cache()), device="cuda")
             try:
-                if precision == "fp16":
-                    text = str(
-                        run_whisper(gpu_model, head, opts.replace(mode="sequential"))["text"]
-                    )
-                else:
+                if precision == "bf16":
                     text = _bf16_text(gpu_model, head)
+                else:
+                    chosen = "auto" if precision == "fp16" else precision
+                    assert resolve_precision(opts.replace(precision=chosen), "cuda") == precision
+                    text = str(
+                        run_whisper(
+                            gpu_model, head, opts.replace(mode="sequential", precision=chosen)
+                        )["text"]
+                    )
                 err = wer(cpu_text, text)
                 ok = err <= WER_BOUND
                 check = (

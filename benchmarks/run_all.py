@@ -36,6 +36,10 @@ VOICES = ("en-us", "en-gb", "en-us+m3", "en-us+f2")
 SPEEDS = (135, 150, 165)
 
 
+#: sentences from ``--text FILE`` (one per line) instead of ``tests.speech.SENTENCES``
+TEXT: list[Path] = []
+
+
 def make_audio(minutes: float) -> tuple[Path, Path]:
     """A clip of ``minutes`` of speech (WAV) and its reference text, cached."""
     import numpy as np
@@ -43,13 +47,18 @@ def make_audio(minutes: float) -> tuple[Path, Path]:
     from tests import speech
 
     AUDIO_DIR.mkdir(exist_ok=True)
-    wav, ref = AUDIO_DIR / f"speech-{minutes:g}min.wav", AUDIO_DIR / f"speech-{minutes:g}min.txt"
+    sentences = speech.SENTENCES
+    stem = f"speech-{minutes:g}min"
+    if TEXT:  # a held-out text: its own clips
+        sentences = tuple(line.strip() for line in TEXT[0].read_text().splitlines() if line.strip())
+        stem = f"{TEXT[0].stem}-{minutes:g}min"
+    wav, ref = AUDIO_DIR / f"{stem}.wav", AUDIO_DIR / f"{stem}.txt"
     if wav.is_file() and ref.is_file():
         return wav, ref
     rng = np.random.default_rng(int(minutes * 1000))
     parts, texts, total, i = [], [], 0.0, 0
     while total < minutes * 60:
-        sentence = speech.SENTENCES[i % len(speech.SENTENCES)]
+        sentence = sentences[i % len(sentences)]
         voice, rate = VOICES[i % len(VOICES)], SPEEDS[i % len(SPEEDS)]
         samples = speech.synthesize(sentence, voice=voice, speed=rate)
         pause = np.zeros(int(rng.uniform(0.3, 1.6) * 16000), dtype=np.float32)
@@ -81,8 +90,9 @@ def _hwm_mb() -> float:
 def _transcriber(engine: str, model: str, device: str, cache: str) -> Any:
     """A function samples -> text for one engine configuration (the model loaded once).
 
-    Engine names: ``openai-whisper``; ``whisper_modal MODE [vad-off] [int8]`` (MODE
-    sequential, batched or auto; ``int8`` sets ``cpu_int8=True``); ``faster-whisper-COMPUTE`` (its sequential loop) and
+    Engine names: ``openai-whisper``; ``whisper_modal MODE [vad-off] [PRECISION]`` (MODE
+    sequential, batched or auto; PRECISION int8, bf16, fp16 or fp32, default ``auto``);
+    ``faster-whisper-COMPUTE`` (its sequential loop) and
     ``faster-whisper-batched-COMPUTE`` (``BatchedInferencePipeline``, batch 8, which
     applies its own Silero VAD as it must); COMPUTE int8 or float32.
     """
@@ -130,7 +140,8 @@ def _transcriber(engine: str, model: str, device: str, cache: str) -> Any:
         language="en",
         mode=words[1],
         vad="vad-off" not in words,  # type: ignore[arg-type]
-        cpu_int8="int8" in words,
+        # a precision word (int8, bf16, fp16, fp32) picks it; none: "auto"
+        precision=next((w for w in words[2:] if w in ("int8", "bf16", "fp16", "fp32")), "auto"),  # type: ignore[arg-type]
     )
 
     def run_ours(samples: Any) -> str:
@@ -182,6 +193,8 @@ SPEED_ENGINES = (
     "whisper_modal auto",
     "whisper_modal sequential int8",
     "whisper_modal auto int8",
+    "whisper_modal sequential bf16",  # only where the CPU has native bf16 (see _engines)
+    "whisper_modal auto bf16",
 )
 FASTER_ENGINES = (
     "faster-whisper-int8",
@@ -195,7 +208,9 @@ ONLY_ENGINES: list[str] = []  # --engines: exact names, in this order
 
 
 def _engines() -> list[str]:
-    engines = list(SPEED_ENGINES)
+    from whisper_modal.engine.precision import bf16_supported
+
+    engines = [e for e in SPEED_ENGINES if "bf16" not in e.split() or bf16_supported()]
     try:
         import faster_whisper  # noqa: F401
 
@@ -412,9 +427,15 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--only", choices=("speed", "hallucination", "decode", "load", "overhead"))
     parser.add_argument("--runs", type=int, default=3, help="fresh processes per engine")
+    parser.add_argument(
+        "--text",
+        type=Path,
+        help="speak these sentences (one per line), e.g. benchmarks/heldout.txt",
+    )
     parser.add_argument("--engines", default="", help="comma-separated engine names (default all)")
     args = parser.parse_args()
     ONLY_ENGINES.extend(e.strip() for e in args.engines.split(",") if e.strip())
+    TEXT.extend([args.text] if args.text else [])
     from tests.models_cache import tiny_en_cache
 
     cache = (

@@ -48,7 +48,8 @@ class CallOptions(TypedDict, total=False):
     initial_prompt: str
     mode: str  # "sequential", "batched" or "auto"
     vad: bool  # decode only the speech Silero VAD finds (default True)
-    cpu_int8: bool  # int8 weights on a CPU (faster; text may differ slightly)
+    precision: str  # "auto", "fp32", "fp16" (CUDA), "bf16" (CPU with native bf16), "int8" (CPU)
+    cpu_int8: bool  # deprecated: precision="int8"
     diarize: bool  # speakers on words and segments (needs the [diarize] extra)
     num_speakers: int  # the number of speakers when known (with diarize=True)
     min_speakers: int  # bounds on the estimated number of speakers
@@ -73,6 +74,10 @@ def build_options(
         ConfigurationError: an unknown field or an invalid value.
     """
     given = {k: v for k, v in fields.items() if v is not None}
+    if given.get("cpu_int8"):
+        from whisper_modal._warnings import warn
+
+        warn("cpu_int8=True is deprecated: pass precision='int8'", DeprecationWarning)
     if options is None:
         given.setdefault("model", default_model)
         try:

@@ -154,6 +154,7 @@ DEFAULT_TEMPERATURES: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 
 Task = Literal["transcribe", "translate"]
 Mode = Literal["sequential", "batched", "auto"]
+Precision = Literal["auto", "fp32", "fp16", "bf16", "int8"]
 
 
 def is_known_model(name: str) -> bool:
@@ -204,6 +205,17 @@ def _check_mode(_: Any, __: Any, value: str) -> None:
         raise ConfigurationError(f"mode must be 'sequential', 'batched' or 'auto', not {value!r}")
 
 
+#: the values of ``TranscribeOptions.precision`` (see ``engine.precision``)
+PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8")
+
+
+def _check_precision(_: Any, __: Any, value: str) -> None:
+    if value not in PRECISIONS:
+        raise ConfigurationError(
+            f"precision must be one of {', '.join(map(repr, PRECISIONS))}, not {value!r}"
+        )
+
+
 def _check_temperature(_: Any, __: Any, value: tuple[float, ...]) -> None:
     if not value or any(not math.isfinite(t) or t < 0.0 or t > 1.0 for t in value):
         raise ConfigurationError("temperature must be one value or a sequence in [0, 1]")
@@ -248,7 +260,7 @@ def _check_min_silence(_: Any, __: Any, value: float) -> None:
 
 #: options newer than the first wire schema: sent only when they differ from the default
 _ADDED_LATER: tuple[str, ...] = (
-    "vad", "vad_threshold", "vad_min_silence_seconds", "cpu_int8",
+    "vad", "vad_threshold", "vad_min_silence_seconds", "cpu_int8", "precision",
     "diarize", "num_speakers", "min_speakers", "max_speakers", "multichannel",
 )  # fmt: skip
 
@@ -331,8 +343,10 @@ class TranscribeOptions:
     vad_threshold: float = attrs.field(default=0.5, validator=_check_vad_threshold)
     # pauses at least this long (seconds) are cut out of the audio Whisper hears
     vad_min_silence_seconds: float = attrs.field(default=2.0, validator=_check_min_silence)
-    # on a CPU, int8 weights for the linear layers and the logits projection (~3x faster
-    # decoding measured on tiny.en; the text may differ slightly from fp32); ignored on CUDA
+    # the number format: "auto" (fp16 on CUDA, fp32 on a CPU), "fp32", "fp16" (CUDA),
+    # "bf16" (the encoder in bfloat16, CPUs with native bf16), "int8" (CPU int8 twin)
+    precision: Precision = attrs.field(default="auto", validator=_check_precision)
+    # deprecated alias of precision="int8" on a CPU (ignored on CUDA, as it always was)
     cpu_int8: bool = attrs.field(default=False, validator=_check_bool)
     # find who spoke when and put SPEAKER_00... on words and segments (turns word
     # timestamps on internally; words stay in the result only if word_timestamps is set)
@@ -354,6 +368,11 @@ class TranscribeOptions:
 
     def __attrs_post_init__(self) -> None:
         _check_speaker_counts(self)
+        if self.cpu_int8 and self.precision not in ("auto", "int8"):
+            raise ConfigurationError(
+                f"cpu_int8=True (deprecated: precision='int8') contradicts "
+                f"precision={self.precision!r}; pass precision alone"
+            )
         if self.model.endswith(".en") and self.language not in (None, "en"):
             raise ConfigurationError(
                 f"{self.model} is English-only; drop language={self.language!r} or use a "

@@ -40,6 +40,7 @@ from .chunking import speech_mask, split_evenly
 from .constants import FRAMES_PER_SECOND, MEL_HOP, SAMPLE_RATE
 from .decode_batch import INPUT_STRIDE, N_FRAMES, decode_with_fallback, is_no_speech
 from .models import LoadedModel
+from .precision import model_for, resolve_precision
 from .turns import handover_point
 
 __all__ = [
@@ -212,7 +213,7 @@ def _step(
     sizes = [min(N_FRAMES, s.frames - s.seek) for s in streams]
     windows = [s.mel[:, s.seek : s.seek + n] for s, n in zip(streams, sizes, strict=True)]
     mels = torch.stack([whisper.pad_or_trim(w, N_FRAMES) for w in windows]).to(model.device)
-    if loaded.device == "cuda":
+    if resolve_precision(options, loaded.device) == "fp16":
         mels = mels.half()
     with torch.no_grad():
         features = model.embed_audio(mels)  # once; fallback decodes reuse it
@@ -415,10 +416,7 @@ def transcribe_windows(
         return []
     from .vad import SpeechMap, VadParameters, detect
 
-    if options.cpu_int8:
-        from .quantize import int8_model
-
-        loaded = int8_model(loaded)
+    loaded = model_for(loaded, resolve_precision(options, loaded.device))
     clips = [np.asarray(x, dtype=np.float32) for x in inputs]
     maps: list[SpeechMap | None] = [None] * len(clips)
     if options.vad:  # each input hears only its own speech, as in ``decoding.run_whisper``

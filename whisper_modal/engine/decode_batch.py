@@ -178,7 +178,7 @@ def _decode(
         beam_size=options.beam_size if temperature == 0 else None,
         best_of=options.best_of if temperature > 0 else None,
         prompt=rows[0] if length else None,
-        fp16=loaded.device == "cuda",
+        fp16=features.dtype == torch.float16,  # as the encoder ran (precision fp16)
     )
     with torch.no_grad():  # whisper.decode() does this; DecodingTask.run() alone does not
         task = _prompted_task()(loaded.model, decode_options, rows, limits)

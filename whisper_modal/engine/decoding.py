@@ -15,6 +15,7 @@ from whisper_modal.options import TranscribeOptions
 
 from .constants import SAMPLE_RATE
 from .models import LoadedModel
+from .precision import model_for, resolve_precision
 
 if TYPE_CHECKING:
     from .vad import SpeechMap
@@ -34,7 +35,12 @@ LOOP_SEGMENTS = 4  # the same segment text this many times in a row is a decodin
 
 
 def whisper_kwargs(options: TranscribeOptions, *, device: str) -> dict[str, Any]:
-    """Map our options to ``whisper.transcribe`` keyword arguments."""
+    """Map our options to ``whisper.transcribe`` keyword arguments (``device``: "cpu" or
+    "cuda"; fp16 is on where the resolved precision is fp16)."""
+    return _whisper_kwargs(options, fp16=resolve_precision(options, device) == "fp16")
+
+
+def _whisper_kwargs(options: TranscribeOptions, *, fp16: bool) -> dict[str, Any]:
     kwargs: dict[str, Any] = {
         "task": options.task,
         "initial_prompt": options.initial_prompt,
@@ -46,8 +52,7 @@ def whisper_kwargs(options: TranscribeOptions, *, device: str) -> dict[str, Any]
         "compression_ratio_threshold": options.compression_ratio_threshold,
         "logprob_threshold": options.logprob_threshold,
         "no_speech_threshold": options.no_speech_threshold,
-        # fp16 only on CUDA: CPU half precision is slow and whisper warns about it.
-        "fp16": device == "cuda",
+        "fp16": fp16,
         "verbose": None,
     }
     if options.beam_size is not None:
@@ -119,10 +124,7 @@ def run_whisper(
     Returns openai-whisper's result dict plus ``language_probability`` and ``mode``.
     """
     mode = choose_mode(options, samples)
-    if options.cpu_int8:
-        from .quantize import int8_model
-
-        loaded = int8_model(loaded)
+    loaded = model_for(loaded, resolve_precision(options, loaded.device))
     if not options.vad:
         return _run(loaded, samples, options, mode)
     from .vad import VadParameters, detect, gate
@@ -152,7 +154,7 @@ def recover_speech(
     samples: np.ndarray,
     speech: SpeechMap,
 ) -> None:
-    """``coverage.recover`` with this model (the int8 twin with ``cpu_int8``): stretches
+    """``coverage.recover`` with this model (its bf16 or int8 twin, by precision): stretches
     decoded alone in ``_run``, their language detected when ``options.language`` is None
     (multilingual models)."""
     from .coverage import recover

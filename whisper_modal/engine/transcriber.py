@@ -258,12 +258,10 @@ class Engine:
 
 
 def _decoder(loaded: LoadedModel, options: TranscribeOptions) -> LoadedModel:
-    """The model that decodes: its int8 twin with ``cpu_int8`` (made once per process)."""
-    if not options.cpu_int8:
-        return loaded
-    from .quantize import int8_model
+    """The model that decodes: ``loaded`` in the options' precision (twins made once)."""
+    from .precision import model_for, resolve_precision
 
-    return int8_model(loaded)
+    return model_for(loaded, resolve_precision(options, loaded.device))
 
 
 def _with_words(options: TranscribeOptions) -> TranscribeOptions:
