@@ -253,13 +253,18 @@ def test_a_caller_who_hangs_up_stops_the_decode(server: ApiServer, turns: ModelT
     print(f"\nthe model was free {seconds:.2f} s after the caller hung up")
 
 
+def _client_like(client: wm.Client, **settings: Any) -> wm.Client:
+    """The module client's settings (and so its cached model) with ``settings`` changed."""
+    return wm.Client(
+        backend="local", model="tiny.en", cache_dir=tiny_en_cache(), device="cpu",
+        api_keys=KEY, jobs_db=client.settings.jobs_db, **settings,
+    )  # fmt: skip
+
+
 def test_a_request_past_the_time_limit_is_a_504_and_frees_the_model(
     client: wm.Client, turns: ModelTurns
 ) -> None:
-    limited = wm.Client(
-        backend="local", model="tiny.en", cache_dir=tiny_en_cache(), device="cpu",
-        api_keys=KEY, jobs_db=client.settings.jobs_db, request_timeout=1.5,
-    )  # fmt: skip
+    limited = _client_like(client, request_timeout=1.5)
     stopped = turns.stopped
     with ApiServer(create_app(limited)) as up:
         started = time.monotonic()
@@ -280,10 +285,7 @@ def test_a_request_past_the_time_limit_is_a_504_and_frees_the_model(
 def test_more_requests_than_the_pool_admits_get_429_with_retry_after(
     client: wm.Client, turns: ModelTurns
 ) -> None:
-    small = wm.Client(
-        backend="local", model="tiny.en", cache_dir=tiny_en_cache(), device="cpu",
-        api_keys=KEY, jobs_db=client.settings.jobs_db, max_concurrent_requests=1,
-    )  # fmt: skip
+    small = _client_like(client, max_concurrent_requests=1)
     with ApiServer(create_app(small)) as up:
         done: dict[str, float] = {}
         long = threading.Thread(target=_transcribe_at, args=(up, long_clip(), done, "long"))

@@ -396,6 +396,10 @@ class TranscribeOptions:
                 del d[name]
         return d
 
+    def pass_key(self) -> str:
+        """Equal for options whose inputs may share one batched pass (the same options)."""
+        return repr(sorted(self.to_dict().items()))
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TranscribeOptions:
         """Build and validate options from a plain dict; unknown keys are an error."""

@@ -120,7 +120,7 @@ class Service:
             if not plain:
                 results[i] = outcome_of(functools.partial(self.handle, request))
                 continue
-            key = repr(sorted(request.options.to_dict().items()))
+            key = request.options.pass_key()
             groups.setdefault(key, []).append((i, request))
         for members in groups.values():
             audios = [r.audio for _, r in members if r.audio is not None]

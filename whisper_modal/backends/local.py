@@ -59,8 +59,7 @@ class LocalBackend:
             backend="local",
         )
         self.service = Service(self.engine, settings)
-        self._calls: cf.ThreadPoolExecutor | None = None
-        self._jobs: cf.ThreadPoolExecutor | None = None
+        self._pools: dict[str, cf.ThreadPoolExecutor] = {}  # "calls", "jobs"
         self._webhooks: WebhookQueue | None = None
         self._lock = threading.Lock()
         self._in_flight = 0  # blocking calls running alone now
@@ -77,18 +76,14 @@ class LocalBackend:
         return resolve_device(self.engine.device)
 
     def _pool(self, kind: str) -> cf.ThreadPoolExecutor:
+        """The "calls" pool (``settings.local_workers``) or the "jobs" pool, made on first use."""
         with self._lock:
-            if kind == "calls":
-                if self._calls is None:
-                    self._calls = cf.ThreadPoolExecutor(
-                        self.settings.local_workers, thread_name_prefix="whisper-modal-call"
-                    )
-                return self._calls
-            if self._jobs is None:
-                self._jobs = cf.ThreadPoolExecutor(
-                    JOB_WORKERS, thread_name_prefix="whisper-modal-job"
-                )
-            return self._jobs
+            pool = self._pools.get(kind)
+            if pool is None:
+                size = self.settings.local_workers if kind == "calls" else JOB_WORKERS
+                pool = cf.ThreadPoolExecutor(size, thread_name_prefix=f"whisper-modal-{kind}")
+                self._pools[kind] = pool
+            return pool
 
     def _run(
         self,
@@ -125,7 +120,7 @@ class LocalBackend:
             self._in_flight -= 1
 
     async def asubmit(self, request: Request) -> Submission:
-        """Queue the request on the job thread; returns ``local-<hex>``."""
+        """Queue the request on the job pool; returns ``local-<hex>``."""
         return self.start(request)
 
     def start(self, request: Request, *, fallback_reason: str | None = None) -> Submission:
@@ -159,8 +154,7 @@ class LocalBackend:
     def close(self) -> None:
         """Stop the pools; queued work is cancelled, running work finishes."""
         with self._lock:
-            pools = [p for p in (self._calls, self._jobs) if p is not None]
-            self._calls = self._jobs = None
+            pools, self._pools = list(self._pools.values()), {}
             webhooks, self._webhooks = self._webhooks, None
         for pool in pools:
             pool.shutdown(wait=False, cancel_futures=True)

@@ -93,7 +93,7 @@ class Packer:
             WhisperModalError: this call's own failure (the others' do not touch it).
         """
         loop = asyncio.get_running_loop()
-        key = (id(loop), repr(sorted(request.options.to_dict().items())))
+        key = (id(loop), request.options.pass_key())
         group = self._open.get(key)
         if group is None:
             group = self._open[key] = _Group(loop)

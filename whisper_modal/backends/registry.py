@@ -82,10 +82,7 @@ class InProcessJobs:
             return JobStatus.CANCELLED
         if not future.done():
             return JobStatus.RUNNING if future.running() else JobStatus.PENDING
-        error = future.exception()
-        if isinstance(error, JobCancelled):  # stopped between windows
-            return JobStatus.CANCELLED
-        return JobStatus.FAILED if error is not None else JobStatus.SUCCEEDED
+        return JobStatus.FAILED if future.exception() is not None else JobStatus.SUCCEEDED
 
     async def aresult(self, job_id: str, *, timeout: float | None) -> Transcript:
         """Await the job without blocking the loop; ``timeout=0`` polls.

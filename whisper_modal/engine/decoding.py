@@ -37,10 +37,6 @@ LOOP_SEGMENTS = 4  # the same segment text this many times in a row is a decodin
 def whisper_kwargs(options: TranscribeOptions, *, device: str) -> dict[str, Any]:
     """Map our options to ``whisper.transcribe`` keyword arguments (``device``: "cpu" or
     "cuda"; fp16 is on where the resolved precision is fp16)."""
-    return _whisper_kwargs(options, fp16=resolve_precision(options, device) == "fp16")
-
-
-def _whisper_kwargs(options: TranscribeOptions, *, fp16: bool) -> dict[str, Any]:
     kwargs: dict[str, Any] = {
         "task": options.task,
         "initial_prompt": options.initial_prompt,
@@ -52,7 +48,7 @@ def _whisper_kwargs(options: TranscribeOptions, *, fp16: bool) -> dict[str, Any]
         "compression_ratio_threshold": options.compression_ratio_threshold,
         "logprob_threshold": options.logprob_threshold,
         "no_speech_threshold": options.no_speech_threshold,
-        "fp16": fp16,
+        "fp16": resolve_precision(options, device) == "fp16",
         "verbose": None,
     }
     if options.beam_size is not None:

@@ -30,6 +30,7 @@ locks) the temporary name + verify + rename still leaves only whole, verified fi
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import http.client
 import json
@@ -38,7 +39,7 @@ import pickle
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -62,11 +63,13 @@ __all__ = [
     "LoadedModel",
     "ModelInfo",
     "ModelStore",
+    "cpu_flags",
     "import_ct2_model",
     "load_model",
     "move_model",
     "require_local_extra",
     "resolve_device",
+    "twin",
 ]
 
 # Official file names (the basename of openai-whisper's download URL) without importing it.
@@ -85,6 +88,15 @@ def require_local_extra() -> None:
         raise ConfigurationError(
             f"the local engine needs {exc.name}: pip install 'whisper-modal[local]'"
         ) from exc
+
+
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """This CPU's feature flags (``/proc/cpuinfo``; empty where there is none)."""
+    try:
+        return frozenset(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return frozenset()
 
 
 def resolve_device(device: str = "auto") -> str:
@@ -456,6 +468,22 @@ def load_model(
         loaded = LoadedModel(name, resolved_device, model, time.perf_counter() - started)
         _CACHE[key] = loaded
         return loaded
+
+
+# (kind, id of the fp32 model) -> (that model, kept alive so the id is never reused; twin)
+_TWINS: dict[tuple[str, int], tuple[Whisper, LoadedModel]] = {}
+
+
+def twin(loaded: LoadedModel, kind: str, make: Callable[[Whisper], Whisper]) -> LoadedModel:
+    """``loaded`` in another format (``kind``: "int8", "bf16"), made by ``make`` once per
+    process and model. The twin keeps the name, device and turns: it is the same model."""
+    key = (kind, id(loaded.model))
+    with _CACHE_LOCK:
+        entry = _TWINS.get(key)
+        if entry is None:
+            entry = (loaded.model, attrs.evolve(loaded, model=make(loaded.model)))
+            _TWINS[key] = entry
+    return entry[1]
 
 
 def move_model(

@@ -20,30 +20,20 @@ from __future__ import annotations
 
 import copy
 import functools
-import threading
-from pathlib import Path
 from typing import Any
-
-import attrs
 
 from whisper_modal.errors import ConfigurationError
 from whisper_modal.options import PRECISIONS, TranscribeOptions
 
-from .models import LoadedModel
+from .models import LoadedModel, cpu_flags, twin
 
 __all__ = ["PRECISIONS", "bf16_supported", "model_for", "resolve_precision"]
-
-_CACHE: dict[int, tuple[Any, LoadedModel]] = {}  # id(fp32 model) -> (it, its bf16 twin)
-_LOCK = threading.Lock()
 
 
 @functools.cache
 def bf16_supported() -> bool:
     """Whether this CPU has native bfloat16 arithmetic (AVX-512 BF16 or AMX)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return False
+    flags = cpu_flags()
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
@@ -83,14 +73,7 @@ def model_for(loaded: LoadedModel, precision: str) -> LoadedModel:
         from .quantize import int8_model
 
         return int8_model(loaded)
-    if precision != "bf16":
-        return loaded
-    with _LOCK:
-        entry = _CACHE.get(id(loaded.model))
-        if entry is None:
-            entry = (loaded.model, attrs.evolve(loaded, model=_bf16_twin(loaded.model)))
-            _CACHE[id(loaded.model)] = entry
-    return entry[1]
+    return twin(loaded, "bf16", _bf16_twin) if precision == "bf16" else loaded
 
 
 def _bf16_twin(model: Any) -> Any:

@@ -20,22 +20,14 @@ from __future__ import annotations
 
 import copy
 import functools
-import threading
 import warnings
-from pathlib import Path
 from typing import Any
-
-import attrs
 
 from whisper_modal.errors import ConfigurationError
 
-from .models import LoadedModel
+from .models import LoadedModel, cpu_flags, twin
 
 __all__ = ["Int8Linear", "full_range", "int8_model"]
-
-# id of the fp32 model -> (that model, kept alive so the id is never reused; its int8 twin)
-_CACHE: dict[int, tuple[Any, LoadedModel]] = {}
-_LOCK = threading.Lock()
 
 
 @functools.cache
@@ -48,10 +40,7 @@ def full_range() -> bool:
     the 30-minute benchmark clip ``mode="auto"`` gave WER 11.4% with 7 bits and 8.2% with
     8 (fp32: 8.6%).
     """
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return False
+    flags = cpu_flags()
     return "avx512_vnni" in flags or "avx_vnni" in flags
 
 
@@ -151,10 +140,4 @@ def int8_model(loaded: LoadedModel) -> LoadedModel:
     """
     if loaded.device != "cpu":
         return loaded
-    with _LOCK:
-        entry = _CACHE.get(id(loaded.model))
-        if entry is None:
-            # the same lock: callers hold the fp32 model's lock while decoding with the twin
-            entry = (loaded.model, attrs.evolve(loaded, model=_quantized(loaded.model)))
-            _CACHE[id(loaded.model)] = entry
-    return entry[1]
+    return twin(loaded, "int8", _quantized)

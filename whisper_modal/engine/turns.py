@@ -160,12 +160,6 @@ class ModelTurns:
         with self._cond:
             return self._holder is not None
 
-    @property
-    def waiting(self) -> int:
-        """Requests waiting for this model now."""
-        with self._cond:
-            return len(self._waiting)
-
     def _handover(self, place: _Place) -> None:
         self._check(place)
         if not self._waiting:  # the common case, read without the lock (a list's length)
