@@ -127,3 +127,24 @@ def deployed() -> Iterator[Any]:
 
     with deploy() as emulated:
         yield emulated
+
+
+@pytest.fixture(scope="session")
+def echo_deployed(deployed: Any) -> Any:
+    """``deployed`` with ``tests.echo_app`` (``whisper-modal-echo``) deployed beside our app."""
+    deployed.deploy_app("tests.echo_app")
+    return deployed
+
+
+@pytest.fixture
+def wire(deployed: Any) -> Iterator[Any]:
+    """The session's emulated deployment; the faults a test injects end with it."""
+    deployed.emulator.servicer.faults.clear()
+    yield deployed
+    deployed.emulator.servicer.faults.clear()
+
+
+@pytest.fixture
+def echo_wire(echo_deployed: Any, wire: Any) -> Any:
+    """``wire`` with the echo app deployed."""
+    return echo_deployed

@@ -10,6 +10,7 @@ session fixture ``deployed``: one deployment for every test file that uses it.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import copy
 import json
@@ -22,15 +23,21 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pytest
+from modal._serialization import deserialize
+
 from tests.emulator import Emulator
 from tests.emulator.servicer import InputState
 from tests.fakes import tiny_model_cache
+from whisper_modal.client import Client
+from whisper_modal.config import Settings
 
 __all__ = [
     "SECRET",
     "Deployed",
     "busy_containers",
     "deploy",
+    "executions",
     "modal_cli",
     "on_loop",
     "pieces_of",
@@ -48,6 +55,34 @@ class Deployed:
     def __init__(self, emulator: Emulator, env: dict[str, str]) -> None:
         self.emulator = emulator
         self.env = env
+        self.apps: set[str] = set()  # other apps deployed (``deploy_app``)
+
+    def use(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Point this test process's ``modal`` at the emulator (undone after the test).
+
+        Modal keeps one client per process (``Client.from_env``); it is made afresh here
+        and dropped at the end, so no other test meets the emulator's."""
+        import modal.client
+
+        for key, value in self.emulator.env().items():
+            monkeypatch.setenv(key, value)
+        monkeypatch.setattr(modal.client._Client, "_client_from_env", None)
+
+    def settings(self, monkeypatch: pytest.MonkeyPatch, **overrides: Any) -> Settings:
+        """Settings of an SDK client in this process that talks to the emulator."""
+        self.use(monkeypatch)
+        base: dict[str, Any] = {"model": "tiny.en", "backend": "modal", "device": "cpu"}
+        return Settings.resolve(**{**base, **overrides})
+
+    def sdk(self, monkeypatch: pytest.MonkeyPatch, **overrides: Any) -> Client:
+        """A ``whisper_modal.Client`` in this process, on unmodified ``modal``, to the emulator."""
+        return Client(self.settings(monkeypatch, **overrides))
+
+    def deploy_app(self, module: str) -> None:
+        """``modal deploy -m MODULE`` of another app into the same emulator (once)."""
+        if module not in self.apps:
+            modal_cli(self.env, "deploy", "-m", module)
+            self.apps.add(module)
 
     def client(
         self, code: str, *, timeout: float = 240, env: dict[str, str] | None = None
@@ -150,3 +185,36 @@ def busy_containers(deployed: Deployed) -> list[str]:
     """Containers with an input in hand."""
     pool = deployed.emulator.pool
     return on_loop(deployed, lambda: [t for t, c in pool.containers.items() if c.running])
+
+
+def executions(
+    deployed: Deployed, cls: str = "Transcriber", app: str = "whisper-modal"
+) -> collections.Counter[Any]:
+    """How many inputs of ``app``'s class ``cls`` reached a container (or a fault standing
+    in for one), per ``client_job_id`` of their request: a run that Modal started."""
+    servicer = deployed.emulator.servicer
+
+    def read() -> collections.Counter[Any]:
+        app_id = servicer.apps[app]
+        wanted = {
+            fid
+            for fid, f in servicer.functions.items()
+            if f.app_id == app_id and f.definition.function_name.split(".")[0] == cls
+        }
+        counts: collections.Counter[Any] = collections.Counter()
+        for function_id, input_ids in servicer.deliveries:
+            if function_id not in wanted:
+                continue
+            for input_id in input_ids:
+                item = servicer.inputs[input_id].item
+                payload = (
+                    servicer.blobs.blobs[item.args_blob_id]
+                    if item.WhichOneof("args_oneof") == "args_blob_id"
+                    else item.args
+                )
+                args, _kwargs = deserialize(payload, None)
+                request = args[0] if args and isinstance(args[0], dict) else {}
+                counts[request.get("client_job_id")] += 1
+        return counts
+
+    return on_loop(deployed, read)

@@ -31,6 +31,7 @@ from modal_proto import api_pb2
 from modal_proto.api_grpc import ModalClientBase
 
 from tests.emulator.blobs import BlobStore
+from tests.emulator.faults import WireFaults
 
 #: Modal's inline payload limit (bigger arguments and results go through blob storage)
 MAX_OBJECT_SIZE_BYTES = 2 * 1024 * 1024
@@ -75,6 +76,8 @@ class InputState:
     tasks: list[str] = field(default_factory=list)  # every container that took it, in order
     queued_at: float = field(default_factory=time.monotonic)  # when it was put in
     finished_at: float = 0.0  # time.monotonic() when its output came
+    held_from: float = 0.0  # a hold (``WireFaults.hold_inputs``) placed then...
+    held_until: float = 0.0  # ... keeps containers from taking it before this
 
 
 @dataclass
@@ -120,6 +123,9 @@ def _reader(method: Callable[..., Any]) -> Callable[[Any, Any], Any]:
     async def handler(self: Any, stream: Any) -> None:
         request = await stream.recv_message()
         self.calls.append(method.__name__)
+        fault = self.faults.rpc_error(method.__name__)
+        if fault is not None:
+            raise fault
         response = await method(self, request)
         await stream.send_message(response)
 
@@ -165,6 +171,8 @@ class Servicer(ModalClientBase):
         self.web: Any = None  # proxy.WebProxy, set by the emulator: it serves the web_urls
         #: function names whose queued inputs no container takes (see ``pause``)
         self.paused: set[str] = set()
+        #: faults a test injects at the wire (``faults.WireFaults``)
+        self.faults = WireFaults()
 
     def new_id(self, prefix: str) -> str:
         return f"{prefix}-{next(self.ids)}"
@@ -624,11 +632,38 @@ class Servicer(ModalClientBase):
 
     async def _enqueue(self, function_id: str, inputs: list[InputState]) -> None:
         state = self.functions[function_id]
+        inputs = [i for i in inputs if self._take_fault(state, i)]
         async with state.queued:
             state.queue.extend(inputs)
             state.queued.notify_all()
         if self.pool is not None:
             await self.pool.demand(function_id)
+
+    def _take_fault(self, function: FunctionState, state: InputState) -> bool:
+        """Apply the test's fault for this input (``WireFaults``); False: it failed already."""
+        fault = self.faults.input_fault(function.definition.function_name)
+        if fault is None:
+            return True
+        if fault.result is None:
+            state.held_from = time.monotonic()
+            state.held_until = state.held_from + fault.hold_seconds
+            return True
+        self.deliveries.append((function.function_id, [state.input_id]))
+        if not self._retry_on_server(state, fault.result):
+            self._finish(
+                state,
+                api_pb2.FunctionGetOutputsItem(
+                    result=fault.result,
+                    idx=state.idx,
+                    input_id=state.input_id,
+                    retry_count=state.retry_count,
+                    data_format=api_pb2.DATA_FORMAT_PICKLE,
+                ),
+            )
+        return False
+
+    def _held(self, state: InputState) -> bool:
+        return state.held_until > time.monotonic() and state.held_from > self.faults.released_at
 
     async def FunctionMap(self, stream: Any) -> None:
         """Create a call and its pipelined inputs; a retried request is answered once.
@@ -639,6 +674,9 @@ class Servicer(ModalClientBase):
         """
         request: api_pb2.FunctionMapRequest = await stream.recv_message()
         self.calls.append("FunctionMap")
+        fault = self.faults.rpc_error("FunctionMap")
+        if fault is not None:
+            raise fault  # before anything was accepted
         key = dict(stream.metadata or {}).get("x-idempotency-key", "")
         response = self.map_answers.get(key) if key else None
         if response is None:
@@ -869,8 +907,11 @@ class Servicer(ModalClientBase):
                 pending = [
                     i
                     for i in state.queue
-                    if i.status == "pending" and not self.is_paused(request.function_id)
+                    if i.status == "pending"
+                    and not self.is_paused(request.function_id)
+                    and not self._held(i)
                 ]
+                holding = any(self._held(i) for i in state.queue)
                 if pending:
                     taken = pending[:batch]
                     if len(taken) < batch and request.batch_linger_ms and not taken[0].leased_at:
@@ -887,6 +928,8 @@ class Servicer(ModalClientBase):
                     wait = deadline - time.monotonic()
                     if wait <= 0:
                         break
+                    if holding:
+                        wait = min(wait, 0.05)  # a hold ends by time or by release()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(state.queued.wait(), wait)
             for i in taken:
