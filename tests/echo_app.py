@@ -4,6 +4,13 @@
 ``whisper-modal-echo``: a ``Transcriber`` class with the real ``transcribe`` wire contract
 (the request is read with ``Request.from_wire``, the job book's claim is the real
 ``run_once`` on the app's own ``modal.Dict``), whose "engine" returns ``"ok <client id>"``.
+
+The audio bytes are the engine's script: ``b"echo sleep=6"`` makes every run of the
+request take 6 s, ``b"echo sleep=6 runs=1"`` only its first run (runs are counted per
+``client_job_id`` in the app's ``-runs`` Dict, so a retry on another container is quick),
+``b"echo fail=ValueError"`` raises that builtin exception; anything else answers at once.
+A run still sleeping when its input is cancelled stops there (Modal's
+``InputCancellation``), as a real transcription would.
 The SDK looks it up with ``Settings(app_name="whisper-modal-echo")``. Throughput and
 fault-pattern tests (1,000 submits, 64 concurrent callers) go through it: real
 ``modal`` clients, the emulator's RPCs and real containers, without a model per input.
@@ -13,6 +20,8 @@ The image is the web image's light package set, so the container imports what it
 
 # No "from __future__ import annotations": modal reads parameter annotations at runtime.
 
+import builtins
+import time
 from typing import Any
 
 import modal
@@ -31,6 +40,15 @@ image = (
 
 app = modal.App(NAME)
 jobs = modal.Dict.from_name(f"{NAME}-jobs", create_if_missing=True)
+runs = modal.Dict.from_name(f"{NAME}-runs", create_if_missing=True)
+
+
+def script(audio: bytes | None) -> dict[str, str]:
+    """``b"echo sleep=6 runs=1"`` -> ``{"sleep": "6", "runs": "1"}`` (else ``{}``)."""
+    words = (audio or b"").decode("latin-1").split()
+    if not words or words[0] != "echo":
+        return {}
+    return dict(w.split("=", 1) for w in words[1:] if "=" in w)
 
 
 def answer(request: dict[str, Any], job_id: str | None) -> dict[str, Any]:
@@ -39,14 +57,21 @@ def answer(request: dict[str, Any], job_id: str | None) -> dict[str, Any]:
     from whisper_modal.wire import Request
 
     parsed = Request.from_wire(request)
+    steps = script(parsed.audio)
+    key = parsed.client_job_id or ""
+    count = int(runs.get(key, 0)) + 1
+    runs.put(key, count)
+    if "fail" in steps:
+        raise getattr(builtins, steps["fail"])(f"echo: scripted {steps['fail']}")
+    if "sleep" in steps and count <= int(steps.get("runs", "0") or 10**9):
+        time.sleep(float(steps["sleep"]))
     return wm.Transcript(
         text=f"ok {parsed.client_job_id}", language="en", duration=1.0,
         model=parsed.options.model, backend="modal", job_id=job_id or parsed.client_job_id,
     ).to_dict()  # fmt: skip
 
 
-@app.cls(image=image, max_containers=3)
-@modal.concurrent(max_inputs=16)
+@app.cls(image=image, max_containers=3)  # one input at a time, as the GPU class
 class Transcriber:
     """The GPU class's wire contract, answered without a model."""
 

@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 import pytest
 from modal._serialization import deserialize
+from modal_proto import api_pb2
 
 from tests.emulator import Emulator
 from tests.emulator.servicer import InputState
@@ -40,6 +41,7 @@ __all__ = [
     "executions",
     "modal_cli",
     "on_loop",
+    "outcomes",
     "pieces_of",
     "wait_for",
 ]
@@ -187,34 +189,76 @@ def busy_containers(deployed: Deployed) -> list[str]:
     return on_loop(deployed, lambda: [t for t, c in pool.containers.items() if c.running])
 
 
+def _requests(deployed: Deployed, cls: str, app: str) -> list[tuple[InputState, dict[str, Any]]]:
+    """Every input of ``app``'s class ``cls`` with the request dict it carried (on the loop)."""
+    servicer = deployed.emulator.servicer
+    app_id = servicer.apps[app]
+    wanted = {
+        fid
+        for fid, f in servicer.functions.items()
+        if f.app_id == app_id and f.definition.function_name.split(".")[0] == cls
+    }
+    out = []
+    for state in servicer.inputs.values():
+        if servicer.function_calls[state.function_call_id].function_id not in wanted:
+            continue
+        item = state.item
+        payload = (
+            servicer.blobs.blobs[item.args_blob_id]
+            if item.WhichOneof("args_oneof") == "args_blob_id"
+            else item.args
+        )
+        args, _kwargs = deserialize(payload, None)
+        out.append((state, args[0] if args and isinstance(args[0], dict) else {}))
+    return out
+
+
 def executions(
     deployed: Deployed, cls: str = "Transcriber", app: str = "whisper-modal"
 ) -> collections.Counter[Any]:
-    """How many inputs of ``app``'s class ``cls`` reached a container (or a fault standing
-    in for one), per ``client_job_id`` of their request: a run that Modal started."""
+    """How many times inputs of ``app``'s class ``cls`` reached a container (or a fault
+    standing in for one), per ``client_job_id`` of their request: runs Modal started."""
     servicer = deployed.emulator.servicer
 
     def read() -> collections.Counter[Any]:
-        app_id = servicer.apps[app]
-        wanted = {
-            fid
-            for fid, f in servicer.functions.items()
-            if f.app_id == app_id and f.definition.function_name.split(".")[0] == cls
-        }
+        delivered = collections.Counter(i for _, ids in servicer.deliveries for i in ids)
         counts: collections.Counter[Any] = collections.Counter()
-        for function_id, input_ids in servicer.deliveries:
-            if function_id not in wanted:
-                continue
-            for input_id in input_ids:
-                item = servicer.inputs[input_id].item
-                payload = (
-                    servicer.blobs.blobs[item.args_blob_id]
-                    if item.WhichOneof("args_oneof") == "args_blob_id"
-                    else item.args
+        for state, request in _requests(deployed, cls, app):
+            counts[request.get("client_job_id")] += delivered[state.input_id]
+        return +counts
+
+    return on_loop(deployed, read)
+
+
+def outcomes(
+    deployed: Deployed, cls: str = "Transcriber", app: str = "whisper-modal"
+) -> dict[Any, collections.Counter[str]]:
+    """Per ``client_job_id``: how its inputs ended. ``completed`` (transcribed),
+    ``deduplicated`` (answered ``duplicate_of``: the claim was another's), ``terminated``
+    (cancelled, running or not), ``failed``, or still ``open``."""
+    servicer = deployed.emulator.servicer
+    status = api_pb2.GenericResult
+
+    def read() -> dict[Any, collections.Counter[str]]:
+        out: dict[Any, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+        for state, request in _requests(deployed, cls, app):
+            output = state.output
+            if output is None:
+                kind = "open"
+            elif output.result.status == status.GENERIC_STATUS_SUCCESS:
+                data = (
+                    servicer.blobs.blobs[output.result.data_blob_id]
+                    if output.result.WhichOneof("data_oneof") == "data_blob_id"
+                    else output.result.data
                 )
-                args, _kwargs = deserialize(payload, None)
-                request = args[0] if args and isinstance(args[0], dict) else {}
-                counts[request.get("client_job_id")] += 1
-        return counts
+                value = deserialize(data, None)
+                dup = isinstance(value, dict) and "duplicate_of" in value
+                kind = "deduplicated" if dup else "completed"
+            elif output.result.status == status.GENERIC_STATUS_TERMINATED:
+                kind = "terminated"
+            else:
+                kind = "failed"
+            out[request.get("client_job_id")][kind] += 1
+        return dict(out)
 
     return on_loop(deployed, read)
