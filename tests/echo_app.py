@@ -8,7 +8,9 @@
 The audio bytes are the engine's script: ``b"echo sleep=6"`` makes every run of the
 request take 6 s, ``b"echo sleep=6 runs=1"`` only its first run (runs are counted per
 ``client_job_id`` in the app's ``-runs`` Dict, so a retry on another container is quick),
-``b"echo fail=ValueError"`` raises that builtin exception; anything else answers at once.
+``b"echo fail=ValueError"`` raises that builtin exception (or that ``whisper_modal.errors``
+class: ``b"echo fail=AudioError reason=not_audio"``), ``b"echo name=x"`` answers ``"ok x"``;
+any other audio answers at once.
 A run still sleeping when its input is cancelled stops there (Modal's
 ``InputCancellation``), as a real transcription would.
 The SDK looks it up with ``Settings(app_name="whisper-modal-echo")``. Throughput and
@@ -62,11 +64,17 @@ def answer(request: dict[str, Any], job_id: str | None) -> dict[str, Any]:
     count = int(runs.get(key, 0)) + 1
     runs.put(key, count)
     if "fail" in steps:
-        raise getattr(builtins, steps["fail"])(f"echo: scripted {steps['fail']}")
-    if "sleep" in steps and count <= int(steps.get("runs", "0") or 10**9):
+        from whisper_modal import errors
+
+        message = f"echo: scripted {steps['fail']}"
+        if hasattr(errors, steps["fail"]):
+            kind = getattr(errors, steps["fail"])
+            raise kind(message, **({"reason": steps["reason"]} if "reason" in steps else {}))
+        raise getattr(builtins, steps["fail"])(message)
+    if "sleep" in steps and count <= int(steps.get("runs") or 10**9):  # no runs=: every run
         time.sleep(float(steps["sleep"]))
     return wm.Transcript(
-        text=f"ok {parsed.client_job_id}", language="en", duration=1.0,
+        text=f"ok {steps.get('name', parsed.client_job_id)}", language="en", duration=1.0,
         model=parsed.options.model, backend="modal", job_id=job_id or parsed.client_job_id,
     ).to_dict()  # fmt: skip
 

@@ -39,10 +39,12 @@ __all__ = [
     "busy_containers",
     "deploy",
     "executions",
+    "max_open_calls",
     "modal_cli",
     "on_loop",
     "outcomes",
     "pieces_of",
+    "requests_of",
     "wait_for",
 ]
 
@@ -213,6 +215,13 @@ def _requests(deployed: Deployed, cls: str, app: str) -> list[tuple[InputState, 
     return out
 
 
+def requests_of(
+    deployed: Deployed, cls: str = "Transcriber", app: str = "whisper-modal"
+) -> list[tuple[InputState, dict[str, Any]]]:
+    """Every input of ``app``'s class ``cls`` with the request dict it carried, in order."""
+    return on_loop(deployed, lambda: _requests(deployed, cls, app))
+
+
 def executions(
     deployed: Deployed, cls: str = "Transcriber", app: str = "whisper-modal"
 ) -> collections.Counter[Any]:
@@ -260,5 +269,25 @@ def outcomes(
                 kind = "failed"
             out[request.get("client_job_id")][kind] += 1
         return dict(out)
+
+    return on_loop(deployed, read)
+
+
+def max_open_calls(
+    deployed: Deployed, cls: str = "Transcriber", app: str = "whisper-modal", since: float = 0.0
+) -> int:
+    """The most inputs of ``app``'s class ``cls`` open at once (put in, no output yet),
+    among those put in after ``since`` (``time.monotonic()``): the caller's concurrency."""
+
+    def read() -> int:
+        edges = []
+        for state, _ in _requests(deployed, cls, app):
+            if state.queued_at >= since:
+                edges += [(state.queued_at, 1), (state.finished_at or float("inf"), -1)]
+        most = open_now = 0
+        for _, step in sorted(edges, key=lambda e: (e[0], e[1])):
+            open_now += step
+            most = max(most, open_now)
+        return most
 
     return on_loop(deployed, read)

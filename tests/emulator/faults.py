@@ -12,6 +12,10 @@
 - ``hold_inputs(function, seconds)``: the function's next inputs wait that long before a
   container may take them (a cold start, a busy pool, a hung GPU); ``release()`` ends
   every hold at once.
+- ``hold_rpc(name, seconds)``: the next answers of one RPC come that late, after the server
+  did the work (a FunctionMap that accepted the call, a FunctionGetOutputs that found the
+  output, a DictContents about to stream): an answer that outlives the caller's deadline.
+  ``hold_rpc_rule(name, decide)`` decides per call; ``release()`` ends these holds too.
 
 ``function`` is a function's name as deployed (``"fanout"``) or a class's
 (``"Transcriber"``, which covers its methods and parameter-bound variants).
@@ -46,7 +50,11 @@ def failure_result(
 ) -> api_pb2.GenericResult:
     """A result as Modal's container (or, for INTERNAL_FAILURE/TIMEOUT, its worker) writes it."""
     if exc is None:
-        return api_pb2.GenericResult(status=status, exception="emulated: worker lost")
+        what = {
+            api_pb2.GenericResult.GENERIC_STATUS_TIMEOUT: "the input hit the function's timeout",
+            api_pb2.GenericResult.GENERIC_STATUS_INTERNAL_FAILURE: "the worker was lost",
+        }.get(status, "the input failed")
+        return api_pb2.GenericResult(status=status, exception=f"emulated: {what}")
     tb = "".join(traceback.format_exception(exc))
     return api_pb2.GenericResult(
         status=status, exception=repr(exc), traceback=tb, data=serialize(exc)
@@ -69,6 +77,10 @@ class WireFaults:
             collections.deque
         )
         self._input_rules: dict[str, Callable[[int], InputFault | None]] = {}
+        self._rpc_holds: dict[str, collections.deque[float]] = collections.defaultdict(
+            collections.deque
+        )
+        self._rpc_hold_rules: dict[str, Callable[[int], float | None]] = {}
         self._counts: collections.Counter[str] = collections.Counter()
         self._lock = threading.Lock()
         self.released_at = 0.0  # holds that began before this have ended
@@ -116,6 +128,16 @@ class WireFaults:
         result = failure_result(exc)
         self.input_rule(function, lambda n: InputFault(result=result) if every(n) else None)
 
+    def hold_rpc(self, rpc: str, seconds: float, times: int = 1) -> None:
+        """The next ``times`` answers of ``rpc`` wait ``seconds`` (``release()`` ends the wait)."""
+        with self._lock:
+            self._rpc_holds[rpc].extend([seconds] * times)
+
+    def hold_rpc_rule(self, rpc: str, decide: Callable[[int], float | None]) -> None:
+        """``decide(n)`` (n counts the answers of ``rpc`` from 1): seconds to hold it, or None."""
+        with self._lock:
+            self._rpc_hold_rules[rpc] = decide
+
     def release(self) -> None:
         """End every hold now."""
         with self._lock:
@@ -128,6 +150,8 @@ class WireFaults:
             self._rpc_rules.clear()
             self._inputs.clear()
             self._input_rules.clear()
+            self._rpc_holds.clear()
+            self._rpc_hold_rules.clear()
         self.release()
 
     # -- taken by the servicer
@@ -143,6 +167,19 @@ class WireFaults:
                 return None
             self.injected.append((rpc, status.name))
         return GRPCError(status, f"emulated fault: {rpc} answered {status.name}")
+
+    def rpc_hold(self, rpc: str) -> float:
+        """How long this answer of ``rpc`` is held (0: not at all)."""
+        with self._lock:
+            self._counts[f"answer:{rpc}"] += 1
+            seconds = self._rpc_holds[rpc].popleft() if self._rpc_holds[rpc] else None
+            rule = self._rpc_hold_rules.get(rpc)
+            if seconds is None and rule is not None:
+                seconds = rule(self._counts[f"answer:{rpc}"])
+            if not seconds:
+                return 0.0
+            self.injected.append((rpc, "hold"))
+        return seconds
 
     def input_fault(self, function_name: str) -> InputFault | None:
         """The fault for this new input of ``function_name``, if any."""

@@ -90,6 +90,7 @@ class CallState:
     inputs: list[InputState] = field(default_factory=list)
     cancelled: bool = False
     cancelled_at: float = 0.0  # time.monotonic() of the first FunctionCallCancel
+    expired: bool = False  # its outputs are past Modal's retention (``Servicer.expire``)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     #: a generator's (or a web input's) data streams, chunks by ``index`` from 1
     data_in: list[api_pb2.DataChunk] = field(default_factory=list)
@@ -122,11 +123,12 @@ def _reader(method: Callable[..., Any]) -> Callable[[Any, Any], Any]:
 
     async def handler(self: Any, stream: Any) -> None:
         request = await stream.recv_message()
-        self.calls.append(method.__name__)
+        self.record(method.__name__)
         fault = self.faults.rpc_error(method.__name__)
         if fault is not None:
             raise fault
         response = await method(self, request)
+        await self.hold_answer(method.__name__)
         await stream.send_message(response)
 
     handler.__name__ = method.__name__
@@ -139,6 +141,7 @@ class Servicer(ModalClientBase):
     def __init__(self, blobs: BlobStore) -> None:
         self.blobs = blobs
         self.calls: list[str] = []
+        self.client_calls: list[str] = []  # the RPCs that came from clients (not containers)
         self.unimplemented: list[str] = []
         self.ids = itertools.count(1)  # shared with every task's view (see ``for_task``)
         self.task_id = ""  # "" on the client socket; a task's own socket serves a view
@@ -173,6 +176,13 @@ class Servicer(ModalClientBase):
         self.paused: set[str] = set()
         #: faults a test injects at the wire (``faults.WireFaults``)
         self.faults = WireFaults()
+        self.lookups: list[tuple[str, str]] = []  # (app name, object tag) per ClassGet/FunctionGet
+
+    def record(self, rpc: str) -> None:
+        """Count one RPC: in ``calls`` (every caller) and ``client_calls`` (not a container's)."""
+        self.calls.append(rpc)
+        if not self.task_id:
+            self.client_calls.append(rpc)
 
     def new_id(self, prefix: str) -> str:
         return f"{prefix}-{next(self.ids)}"
@@ -271,7 +281,7 @@ class Servicer(ModalClientBase):
         in their log files (``ContainerPool.logs``), so the stream carries no entries: it
         says ``app_done`` once the client disconnected, else ends at the request's timeout."""
         request: api_pb2.AppGetLogsRequest = await stream.recv_message()
-        self.calls.append("AppGetLogs")
+        self.record("AppGetLogs")
         done = self.disconnected.setdefault(request.app_id, asyncio.Event())
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(done.wait(), min(request.timeout or 5.0, 5.0))
@@ -334,7 +344,7 @@ class Servicer(ModalClientBase):
 
     async def ImageJoinStreaming(self, stream: Any) -> None:
         await stream.recv_message()
-        self.calls.append("ImageJoinStreaming")
+        self.record("ImageJoinStreaming")
         await stream.send_message(
             api_pb2.ImageJoinStreamingResponse(
                 result=api_pb2.GenericResult(status=api_pb2.GenericResult.GENERIC_STATUS_SUCCESS),
@@ -523,6 +533,7 @@ class Servicer(ModalClientBase):
         return api_pb2.ClassCreateResponse(class_id=class_id)
 
     def lookup(self, app_name: str, tag: str, kind: str) -> str:
+        self.lookups.append((app_name, tag))
         app_id = self.apps.get(app_name)
         if app_id is None:
             raise GRPCError(Status.NOT_FOUND, f"App '{app_name}' not found")
@@ -673,7 +684,7 @@ class Servicer(ModalClientBase):
         ``drop_acks`` makes the server accept the inputs and lose the answer: UNAVAILABLE.
         """
         request: api_pb2.FunctionMapRequest = await stream.recv_message()
-        self.calls.append("FunctionMap")
+        self.record("FunctionMap")
         fault = self.faults.rpc_error("FunctionMap")
         if fault is not None:
             raise fault  # before anything was accepted
@@ -683,6 +694,7 @@ class Servicer(ModalClientBase):
             response = await self._function_map(request)
             if key:
                 self.map_answers[key] = response
+        await self.hold_answer("FunctionMap")  # accepted: the answer may come late
         name = self.functions[request.function_id].definition.function_name
         if self.acks_to_drop.get(name, 0) > 0:
             self.acks_to_drop[name] -= 1
@@ -778,6 +790,8 @@ class Servicer(ModalClientBase):
         if call is None:
             raise GRPCError(Status.NOT_FOUND, f"FunctionCall {request.function_call_id} not found")
         deadline = time.monotonic() + max(0.0, request.timeout)
+        if call.expired:  # nothing left to give and nothing unfinished: Modal's expired call
+            return api_pb2.FunctionGetOutputsResponse(num_unfinished_inputs=0)
         while True:
             wanted = [
                 i
@@ -889,7 +903,7 @@ class Servicer(ModalClientBase):
 
     async def FunctionGetInputs(self, stream: Any) -> None:
         request: api_pb2.FunctionGetInputsRequest = await stream.recv_message()
-        self.calls.append("FunctionGetInputs")
+        self.record("FunctionGetInputs")
         task_id = self.task_id
         state = self.functions[request.function_id]
         batch = max(1, request.batch_max_size)
@@ -1114,12 +1128,12 @@ class Servicer(ModalClientBase):
 
     async def FunctionCallGetDataIn(self, stream: Any) -> None:
         """What the caller streams to an input: a web request's ASGI messages."""
-        self.calls.append("FunctionCallGetDataIn")
+        self.record("FunctionCallGetDataIn")
         await self._serve_data(stream, "data_in")
 
     async def FunctionCallGetDataOut(self, stream: Any) -> None:
         """What a generator (a web function's ASGI app) put out, from ``last_index`` on."""
-        self.calls.append("FunctionCallGetDataOut")
+        self.record("FunctionCallGetDataOut")
         await self._serve_data(stream, "data_out")
 
     @_reader
@@ -1166,6 +1180,18 @@ class Servicer(ModalClientBase):
             api_pb2.DataChunk(data_format=api_pb2.DATA_FORMAT_ASGI, data=data, index=index)
         )
         call.data_changed.notify()
+
+    async def expire(self, function_call_id: str) -> None:
+        """Forget the call's outputs, as Modal does past its output retention (a test's hook)."""
+        self.function_calls[function_call_id].expired = True
+
+    async def hold_answer(self, rpc: str) -> None:
+        """Wait out a hold on this answer of ``rpc`` (``WireFaults.hold_rpc``; ``release()``
+        ends it early)."""
+        seconds = self.faults.rpc_hold(rpc)
+        started = time.monotonic()
+        while time.monotonic() - started < seconds and self.faults.released_at < started:
+            await asyncio.sleep(0.05)
 
     # -- holding a function's inputs back (a test's hook)
     def is_paused(self, function_id: str) -> bool:
@@ -1261,7 +1287,11 @@ class Servicer(ModalClientBase):
 
     async def DictContents(self, stream: Any) -> None:
         request: api_pb2.DictContentsRequest = await stream.recv_message()
-        self.calls.append("DictContents")
+        self.record("DictContents")
+        fault = self.faults.rpc_error("DictContents")
+        if fault is not None:
+            raise fault
+        await self.hold_answer("DictContents")
         for key, value in list(self._dict(request.dict_id).items()):
             await stream.send_message(
                 api_pb2.DictEntry(

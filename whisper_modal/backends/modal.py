@@ -230,8 +230,11 @@ class ModalBackend:
             elif self.fans_out(request):
                 call = await self._start_fanout(request)
             else:
+                # no claim from here: the container claims the client id before it runs
+                # (a duplicate input answers ``duplicate_of``, which ``_get`` follows), so
+                # a blocking call costs Modal's two round trips, not a third for the book
                 method = await self._method(request.options.model, "transcribe")
-                call = await self._start(method, request)
+                call = await self._spawn(method, request)
             try:
                 result = await self._get(call, timeout)
             except BaseException as exc:
