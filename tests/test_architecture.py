@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -193,20 +194,26 @@ def test_float_samples_out_of_range_are_an_audio_error_before_any_backend() -> N
     client.close()
 
 
-def test_an_unknown_model_for_modal_fails_before_any_call(monkeypatch: pytest.MonkeyPatch) -> None:
-    from tests.fakes import fake_backend
-    from tests.fakes.modal_fake import FakeModal
-
-    fake = FakeModal(handler=lambda wire: {})
-    try:
-        client = wm.Client(modal_backend=fake_backend(fake, monkeypatch), backend="modal")
-        for model in ("/does/not/exist.pt", "tiny-but-not-a-model"):
-            with pytest.raises(wm.ConfigurationError, match="known Whisper models"):
-                client.transcribe(b"RIFF", model=model)
-        assert fake.calls["hydrate"] == 0 and fake.calls["run"] == 0
-        client.close()
-    finally:
-        fake.close()
+@pytest.mark.slow
+@pytest.mark.emulator
+def test_an_unknown_model_for_modal_fails_before_any_call(
+    wire: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On unmodified ``modal`` against the emulator of Modal's API: no lookup, no call."""
+    calls = wire.emulator.servicer.calls
+    rpcs = ("ClassGet", "FunctionGet", "FunctionBindParams", "FunctionMap")
+    before = {rpc: calls.count(rpc) for rpc in rpcs}
+    client = wire.sdk(monkeypatch)
+    for model in ("/does/not/exist.pt", "tiny-but-not-a-model"):
+        with pytest.raises(wm.ConfigurationError, match="known Whisper models"):
+            client.transcribe(b"RIFF", model=model)
+    client.close()
+    assert {rpc: calls.count(rpc) for rpc in rpcs} == before
+    # the same client path does reach Modal with a known model (the check above could fail)
+    client = wire.sdk(monkeypatch)
+    assert client.health(backend="modal")["model"] == "tiny.en"
+    client.close()
+    assert calls.count("ClassGet") > before["ClassGet"]
 
 
 def test_a_webhook_to_an_inner_address_is_refused_when_submitting() -> None:

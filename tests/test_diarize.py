@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import Any
 
 import attrs
 import numpy as np
@@ -19,8 +19,6 @@ import pytest
 import webvtt
 
 from tests import speakers
-from tests.fakes import fake_client
-from tests.fakes.modal_fake import FakeModal
 from tests.models_cache import tiny_en_cache
 from whisper_modal.engine.diarize.features import fbank
 from whisper_modal.engine.diarize.pipeline import (
@@ -393,7 +391,7 @@ def test_a_missing_extra_keeps_the_transcript_and_names_the_extra(
     assert t.segments == plain().segments and t.speakers == ()
 
 
-# --- through the engine, locally and through the Modal fake ----------------------------
+# --- through the engine, locally and through Modal (the emulator, tests/emulator) ------
 
 
 def _consistent(t: Transcript, ref: list[speakers.Turn]) -> float:
@@ -425,25 +423,23 @@ def test_engine_diarizes_a_two_speaker_call() -> None:
     assert t.timings.diarize > 0.0
 
 
-@pytest.fixture(scope="module")
-def fake() -> Iterator[FakeModal]:
-    modal_fake = FakeModal()
-    yield modal_fake
-    modal_fake.close()
-
-
 @pytest.mark.slow
-def test_diarize_through_the_modal_fake(fake: FakeModal, monkeypatch: pytest.MonkeyPatch) -> None:
-    clip, _ = speakers.conversation(3, seed=32, turns=6)
-    client = fake_client(fake, monkeypatch)
+@pytest.mark.emulator
+def test_diarize_through_modal(wire: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The container diarizes (the client sends the audio and the option, nothing more)."""
+    clip, ref = speakers.conversation(3, seed=32, turns=6)
+    client = wire.sdk(monkeypatch)
     t = client.transcribe(
         clip,
         sample_rate=16000,
         options=TranscribeOptions(model="tiny.en", language="en", diarize=True),
     )
+    client.close()
     assert t.backend == "modal" and t.diarization_error is None
     assert len(t.speakers) >= 2 and all(s.speaker for s in t.segments)
     assert "<v SPEAKER_00>" in t.to_vtt()
+    assert t.timings.diarize > 0.0  # measured in the container
+    assert _consistent(t, ref) >= 0.8
 
 
 def test_cli_speaker_flags_are_validated(

@@ -1,5 +1,6 @@
-"""Contract: everything the SDK and the fake use exists on the installed ``modal`` package,
-with the parameters we pass, and the fake's surface matches it."""
+"""Contract: everything the SDK and the app use exists on the installed ``modal`` package,
+with the parameters we pass. (What those calls do is tested at the wire, through the
+emulator: ``tests/emulator``.)"""
 
 from __future__ import annotations
 
@@ -7,53 +8,34 @@ import inspect
 
 import modal
 import modal.exception as me
-import pytest
-
-from tests.fakes.modal_fake import FakeCls, FakeFunctionCall, FakeMethod, FakeModal
 
 
 def params(fn: object) -> set[str]:
     return set(inspect.signature(fn).parameters)  # type: ignore[arg-type]
 
 
-def test_lookup_seam_signatures() -> None:
+def test_lookup_signatures() -> None:
     assert {"app_name", "name", "environment_name"} <= params(modal.Cls.from_name)
+    assert {"app_name", "name", "environment_name"} <= params(modal.Function.from_name)
     assert {"function_call_id"} <= params(modal.FunctionCall.from_id)
-    fake = FakeModal()
-    try:
-        assert {"app_name", "name", "environment_name"} <= params(fake.cls_lookup)
-        assert {"function_call_id"} <= params(fake.call_lookup)
-    finally:
-        fake.close()
+    assert {"name", "environment_name", "create_if_missing"} <= params(modal.Dict.from_name)
 
 
 def test_function_call_surface() -> None:
-    import concurrent.futures as cf
-
     assert {"timeout", "index"} <= params(modal.FunctionCall.get)
     assert {"terminate_containers"} <= params(modal.FunctionCall.cancel)
-    future: cf.Future[dict[str, object]] = cf.Future()
-    fake_call = FakeFunctionCall(FakeModal(), "fc-1", future)
     for name in ("get", "cancel", "get_call_graph", "object_id"):
         assert hasattr(modal.FunctionCall, name), name
-        assert hasattr(fake_call, name), name
-    for name in ("get", "cancel", "get_call_graph"):
-        assert hasattr(getattr(fake_call, name), "aio"), name  # the backend only uses .aio
-    assert {"timeout", "index"} <= params(fake_call._get)
-    assert {"terminate_containers"} <= params(fake_call._cancel)
 
 
 def test_cls_and_method_surface() -> None:
-    fake_cls = FakeCls(FakeModal())
     for name in ("hydrate", "with_options"):
-        assert hasattr(modal.Cls, name) and hasattr(fake_cls, name), name
-    assert hasattr(fake_cls.hydrate, "aio")
+        assert hasattr(modal.Cls, name), name
     assert {"gpu", "timeout", "max_containers", "scaledown_window"} <= params(
         modal.Cls.with_options
     )
     for name in ("remote", "spawn", "local"):
         assert hasattr(modal.Function, name), name
-    assert {"remote", "spawn"} <= set(vars(FakeMethod(FakeModal(), "tiny.en", "transcribe")))
 
 
 def test_app_building_blocks() -> None:
@@ -80,42 +62,6 @@ def test_exceptions_the_mapper_knows_exist() -> None:
         assert isinstance(getattr(me, name), type), name
 
 
-# --------------------------------------------------------------- the fake mirrors the package
-
-
-def same_names(fake_fn: object, real_fn: object, *, ignore: frozenset[str] = frozenset()) -> None:
-    """The fake's parameters are the real ones (names and kinds), minus ``ignore``."""
-    real = {
-        n: p.kind
-        for n, p in inspect.signature(real_fn).parameters.items()  # type: ignore[arg-type]
-        if n not in {"self", "cls", "client"} | ignore
-    }
-    fake = {
-        n: p.kind
-        for n, p in inspect.signature(fake_fn).parameters.items()  # type: ignore[arg-type]
-        if n != "self"
-    }
-    assert fake == real, (fake, real)
-
-
-def test_fake_signatures_match_modal() -> None:
-    import concurrent.futures as cf
-
-    fake = FakeModal()
-    try:
-        call = FakeFunctionCall(fake, "fc-1", cf.Future())
-        same_names(call._get, modal.FunctionCall.get)
-        same_names(call._cancel, modal.FunctionCall.cancel)
-        same_names(call._graph, modal.FunctionCall.get_call_graph)
-        method = FakeMethod(fake, "tiny.en", "transcribe")
-        same_names(method._map, modal.Function.map)
-        # from_name: the fake takes what the backend passes (version is never used)
-        same_names(fake.cls_lookup, modal.Cls.from_name, ignore=frozenset({"version"}))
-        same_names(fake.call_lookup, modal.FunctionCall.from_id)
-    finally:
-        fake.close()
-
-
 def test_every_call_the_backend_makes_has_an_aio_twin() -> None:
     # the backend only awaits ``.aio`` forms (its deadlines need coroutines)
     for owner, name in [
@@ -128,13 +74,6 @@ def test_every_call_the_backend_makes_has_an_aio_twin() -> None:
         (modal.FunctionCall, "get_call_graph"),
     ]:
         assert hasattr(getattr(owner, name), "aio"), f"{owner.__name__}.{name}.aio"
-    fake = FakeModal()
-    try:
-        method = FakeMethod(fake, "tiny.en", "transcribe")
-        for name in ("remote", "spawn", "map"):
-            assert hasattr(getattr(method, name), "aio"), name
-    finally:
-        fake.close()
 
 
 def test_map_and_options_parameters_the_sdk_relies_on() -> None:
@@ -156,25 +95,6 @@ def test_old_modal_names_are_gone() -> None:
         assert old not in source, old
     assert "keep_warm" not in params(modal.App.cls)
     assert not hasattr(modal, "Stub")
-
-
-def test_fake_map_behaves_like_modal_map() -> None:
-    def handler(wire: dict[str, object]) -> dict[str, object]:
-        if wire["n"] == 2:
-            raise ValueError("two")
-        return {"n": wire["n"]}
-
-    fake = FakeModal(handler=handler)
-    try:
-        method = FakeMethod(fake, "tiny.en", "transcribe")
-        out = list(method.map([{"n": i} for i in range(4)], return_exceptions=True))
-        assert [o if isinstance(o, dict) else type(o).__name__ for o in out] == [
-            {"n": 0}, {"n": 1}, "ValueError", {"n": 3},
-        ]  # fmt: skip
-        with pytest.raises(ValueError, match="two"):
-            list(method.map([{"n": i} for i in range(4)]))
-    finally:
-        fake.close()
 
 
 # --------------------------------------------------------------- deploy-ready (issue 10)

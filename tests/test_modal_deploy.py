@@ -1,6 +1,13 @@
 """What a real deployment does that sharing the test's process used to hide (issue 10):
 the container's own environment, CUDA required, per-item failures in a packed batch,
-errors that must cross Modal's serialiser, lazy job lookups, snapshot hooks."""
+errors that must cross Modal's serialiser, lazy job lookups, snapshot hooks.
+
+The deployment tests run against the emulator of Modal's API on loopback
+(``tests/emulator``): unmodified ``modal`` in this process, real container processes that
+see only their image's environment and the app's secret. ``gpu_less`` is a deployment of
+its own whose secret leaves the device as the image sets it (CUDA, which this machine
+lacks) and names an S3 endpoint nobody listens on.
+"""
 
 from __future__ import annotations
 
@@ -11,12 +18,20 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import modal
+import modal.exception as me
 import pytest
+from modal._serialization import deserialize, serialize
 
 import whisper_modal.errors as errors
-from tests.fakes import fake_client, tiny_model_cache
-from tests.fakes.modal_fake import FakeModal, wire_exception
+from tests.emulator.containers import image_contents
+from tests.emulator.deployed import Deployed, deploy, on_loop
+from tests.fakes import tiny_model_cache
+from tests.servers import free_port
+from whisper_modal.backends.modal import ModalBackend
+from whisper_modal.client import Client
 from whisper_modal.options import TranscribeOptions
 from whisper_modal.results import Transcript
 from whisper_modal.wire import Request
@@ -40,22 +55,72 @@ ERRORS = [
 ]
 
 
+def serialised_round_trip(exc: BaseException) -> BaseException:
+    """``exc`` as Modal's container serialises it and modal's client reads it back."""
+    return deserialize(serialize(exc), None)
+
+
 @pytest.mark.parametrize("exc", ERRORS, ids=lambda e: type(e).__name__)
 def test_every_error_survives_modals_serialiser(exc: errors.WhisperModalError) -> None:
-    back = wire_exception(exc)  # JobError subclasses came back as ExecutionError before
+    back = serialised_round_trip(exc)  # JobError subclasses came back as ExecutionError before
     assert type(back) is type(exc)
     assert str(back) == str(exc) and vars(back) == vars(exc)
 
 
-def test_an_unpicklable_error_arrives_as_modals_execution_error() -> None:
-    import modal.exception as me
+def transcriber(deployed: Deployed, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The deployed GPU class's tiny.en instance, looked up by unmodified ``modal``."""
+    deployed.use(monkeypatch)
+    return modal.Cls.from_name("whisper-modal", "Transcriber")(model="tiny.en")
 
+
+@pytest.mark.slow
+@pytest.mark.emulator
+def test_every_error_raised_in_a_container_arrives_whole(
+    wire: Deployed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A container's exception is a FAILURE result with the pickled exception, which
+    modal's client raises again (``_process_result``): every one of ours, attributes too."""
+    remote = transcriber(wire, monkeypatch)
+    faults = wire.emulator.servicer.faults
+    for exc in ERRORS:
+        faults.fail_inputs("Transcriber", exc)
+        with pytest.raises(errors.WhisperModalError) as caught:
+            remote.health.remote()
+        assert type(caught.value) is type(exc)
+        assert str(caught.value) == str(exc) and vars(caught.value) == vars(exc)
+    assert faults.injected.count(("Transcriber", "fail")) == len(ERRORS)
+    # ... and the SDK raises it as it came, the reason included
+    faults.fail_inputs("Transcriber", errors.AudioError("too long", reason="too_long"))
+    client = wire.sdk(monkeypatch)
+    with pytest.raises(errors.AudioError) as info:
+        client.transcribe(SAMPLE, language="en")
+    assert info.value.reason == "too_long" and str(info.value) == "too long"
+    client.close()
+
+
+def test_an_unpicklable_error_fails_modals_deserialiser() -> None:
     class Local(Exception):  # defined in a function: cloudpickle sends it by value...
         def __init__(self, a: str, *, b: str) -> None:
             super().__init__(a)
 
-    back = wire_exception(Local("x", b="y"))  # ...but unpickling calls Local("x") -> fails
-    assert isinstance(back, me.ExecutionError) and "deserialize" in str(back)
+    with pytest.raises(me.DeserializationError) as caught:  # ...but unpickling calls
+        serialised_round_trip(Local("x", b="y"))  # Local("x") -> fails
+    assert isinstance(caught.value.__cause__, TypeError)
+
+
+@pytest.mark.slow
+@pytest.mark.emulator
+def test_an_unpicklable_error_from_a_container_is_modals_execution_error(
+    wire: Deployed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class Local(Exception):
+        def __init__(self, a: str, *, b: str) -> None:
+            super().__init__(a)
+
+    wire.emulator.servicer.faults.fail_inputs("Transcriber", Local("x", b="y"))
+    with pytest.raises(me.ExecutionError) as caught:
+        transcriber(wire, monkeypatch).health.remote()
+    assert "deserialize" in str(caught.value) and "Local" in str(caught.value)
 
 
 # ------------------------------------------------------------------ the container's env
@@ -71,70 +136,122 @@ def sample_wire() -> dict[str, object]:
     return Request(options=options, audio=speech.wav_bytes(samples)).to_wire()
 
 
-def _close(fake: FakeModal) -> Iterator[FakeModal]:
-    yield fake
-    fake.close()
+CLOSED_PORT = free_port()
 
 
-@pytest.fixture
-def gpu_less_fake() -> Iterator[FakeModal]:
-    """A container exactly as the image configures it (no device override) on this CPU box."""
-    yield from _close(FakeModal(secret_env={"WHISPER_MODAL_CACHE_DIR": str(tiny_model_cache())}))
+@pytest.fixture(scope="module")
+def gpu_less() -> Iterator[Deployed]:
+    """A deployment whose containers run exactly as the image configures the device
+    (``cuda``: ``deploy()``'s secret says cpu, this one puts the image's value back) on
+    this GPU-less machine, with S3 configured at an endpoint nobody listens on."""
+    secret = {
+        "WHISPER_MODAL_DEVICE": "cuda",
+        "WHISPER_MODAL_S3_ENDPOINT_URL": f"http://127.0.0.1:{CLOSED_PORT}",
+    }
+    with deploy(secret=secret) as deployed:
+        yield deployed
+
+
+def transcriber_image_env(deployed: Deployed) -> dict[str, str]:
+    """The ``ENV`` of the GPU class's image as ``modal deploy`` built it."""
+    servicer = deployed.emulator.servicer
+    app_id = servicer.apps["whisper-modal"]
+
+    def read() -> dict[str, str]:
+        function = servicer.functions[servicer.app_objects[app_id]["Transcriber.*"]]
+        return image_contents(servicer, function.definition.image_id)[0]
+
+    return on_loop(deployed, read)
 
 
 @pytest.mark.slow
+@pytest.mark.emulator
 def test_container_without_cuda_fails_loudly(
-    gpu_less_fake: FakeModal, monkeypatch: pytest.MonkeyPatch
+    gpu_less: Deployed, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Fault 3: the image used to say device=auto, so a broken GPU meant silent CPU."""
-    assert gpu_less_fake.container_env()["WHISPER_MODAL_DEVICE"] == "cuda"
-    client = fake_client(gpu_less_fake, monkeypatch)
+    assert transcriber_image_env(gpu_less)["WHISPER_MODAL_DEVICE"] == "cuda"
+    client = gpu_less.sdk(monkeypatch)
     with pytest.raises(errors.ConfigurationError, match="no CUDA device"):
         client.transcribe(SAMPLE, language="en")
     report = client.health(backend="modal")
-    assert report["failing"] == ["cuda", "model_loaded"]
+    assert report["failing"] == ["cuda", "model_loaded", "s3"]
     assert "no CUDA device" in report["checks"]["model_loaded"]["detail"]
     assert report["checks"]["weights_volume"]["ok"] is True
     assert report["model_loaded"] is False and report["torch"]
+    client.close()
+
+
+def container_environ(deployed: Deployed, task_id: str) -> dict[str, str]:
+    """The environment a running container process has (``/proc/PID/environ``)."""
+    container = deployed.emulator.pool.containers[task_id]
+    raw = Path(f"/proc/{container.process.pid}/environ").read_bytes()
+    return dict(item.split("=", 1) for item in raw.decode().split("\0") if "=" in item)
 
 
 @pytest.mark.slow
-def test_container_does_not_see_the_tests_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.emulator
+def test_container_does_not_see_the_tests_environment(
+    wire: Deployed, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("WHISPER_MODAL_MAX_AUDIO_SECONDS", "1")  # the client's shell only
-    fake = FakeModal()
-    try:
-        assert "WHISPER_MODAL_MAX_AUDIO_SECONDS" not in fake.container_env()
-        t = fake_client(fake, monkeypatch, max_audio_seconds=3600).transcribe(SAMPLE, language="en")
-        assert t.backend == "modal" and t.duration > 1
-    finally:
-        fake.close()
-    # ... while a secret's variable does reach it
-    secret = {**fake.secret_env, "WHISPER_MODAL_MAX_AUDIO_SECONDS": "1"}
-    strict = FakeModal(secret_env=secret)
-    try:
-        client = fake_client(strict, monkeypatch, max_audio_seconds=3600)
-        with pytest.raises(errors.AudioError) as info:
-            client.transcribe(SAMPLE, language="en")
-        assert info.value.reason == "too_long"  # the attribute crossed the wire too
-    finally:
-        strict.close()
+    settings = wire.settings(monkeypatch, max_audio_seconds=3600)
+    # an option variant of the class (its own timeout) is a pool of its own: its container
+    # starts now, after the variable was set, so it would have inherited it
+    backend = ModalBackend(settings, remote_timeout=1799)
+    client = Client(settings, modal_backend=backend)
+    before = set(wire.emulator.pool.containers) | set(wire.emulator.pool.exited)
+    t = client.transcribe(SAMPLE, language="en")
+    assert t.backend == "modal" and t.duration > 1 and t.device == "cpu"
+    job = t.job_id
+    servicer = wire.emulator.servicer
+    tasks = on_loop(wire, lambda: [i.tasks for i in servicer.function_calls[job].inputs])
+    (task,) = tasks[0]
+    assert task not in before  # a container started for this test
+    env = container_environ(wire, task)
+    assert "WHISPER_MODAL_MAX_AUDIO_SECONDS" not in env
+    assert env["WHISPER_MODAL_DEVICE"] == "cpu"  # ... while the secret's variables reach it
+    assert env["WHISPER_MODAL_CACHE_DIR"] == str(tiny_model_cache())
+    client.close()
 
 
-def test_unknown_job_ids_fail_at_get_not_at_lookup(monkeypatch: pytest.MonkeyPatch) -> None:
-    import modal
+@pytest.mark.slow
+@pytest.mark.emulator
+def test_a_secrets_variables_reach_the_container(
+    gpu_less: Deployed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The device and the S3 endpoint above came from the deployment's secret alone."""
+    client = gpu_less.sdk(monkeypatch)
+    report = client.health(backend="modal")
+    assert report["checks"]["cuda"]["ok"] is False  # the secret's cuda, not deploy()'s cpu
+    assert f"127.0.0.1:{CLOSED_PORT}" in report["checks"]["s3"]["detail"]
+    client.close()
 
-    modal.FunctionCall.from_id("fc-doesnotexist000000000000")  # the real one is lazy too
-    fake = FakeModal()
-    try:
-        call = fake.call_lookup("fc-doesnotexist")  # no error yet
-        with pytest.raises(modal.exception.NotFoundError):
-            call.get(timeout=0)
-        backend = fake_client(fake, monkeypatch)._modal_backend()
-        with pytest.raises(errors.JobNotFound) as info:
-            asyncio.run(backend.aresult("fc-doesnotexist", timeout=0))
-        assert info.value.job_id == "fc-doesnotexist"
-    finally:
-        fake.close()
+
+@pytest.mark.slow
+@pytest.mark.emulator
+def test_unknown_job_ids_fail_at_get_not_at_lookup(
+    wire: Deployed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    wire.use(monkeypatch)
+    servicer = wire.emulator.servicer
+
+    def asked() -> int:
+        return sum(
+            servicer.calls.count(rpc) for rpc in ("FunctionCallFromId", "FunctionGetOutputs")
+        )
+
+    before = asked()
+    call = modal.FunctionCall.from_id("fc-doesnotexist")  # lazy: no RPC yet
+    assert asked() == before
+    with pytest.raises(modal.exception.NotFoundError):
+        call.get(timeout=0)
+    assert asked() > before  # the get asked the server, which knows no such call
+    client = wire.sdk(monkeypatch)
+    with pytest.raises(errors.JobNotFound) as info:
+        asyncio.run(client._modal_backend().aresult("fc-doesnotexist", timeout=0))
+    assert info.value.job_id == "fc-doesnotexist"
+    client.close()
 
 
 # ------------------------------------------------------------------ packed batch
@@ -215,32 +332,23 @@ def test_snapshot_loads_on_cpu_then_moves(snapshot: bool) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.emulator
 def test_cli_health_names_the_failing_checks(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    gpu_less: Deployed, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     import whisper_modal as wm
-    from tests.servers import free_port
     from whisper_modal.cli import main
 
-    closed = f"http://127.0.0.1:{free_port()}"
-    fake = FakeModal(
-        secret_env={
-            "WHISPER_MODAL_CACHE_DIR": str(tiny_model_cache()),
-            "WHISPER_MODAL_S3_ENDPOINT_URL": closed,  # S3 configured but unreachable
-        }
-    )
-    try:
-        wm.configure(fake_client(fake, monkeypatch))  # conftest restores the default client
-        assert main(["health"]) == 1
-        out, err = capsys.readouterr()
-        report = json.loads(out)
-        assert report["failing"] == ["cuda", "model_loaded", "s3"]
-        assert report["whisper_modal"] == wm.__version__ and report["modal"]
-        last = err.strip().splitlines()[-1]
-        assert last.startswith("whisper-modal: failing checks: cuda: torch sees no CUDA")
-        assert "s3: 127.0.0.1" in last and "refused" in last and "Traceback" not in err
-    finally:
-        fake.close()
+    wm.configure(gpu_less.sdk(monkeypatch))  # conftest restores the default client
+    assert main(["health"]) == 1
+    out, err = capsys.readouterr()
+    report = json.loads(out)
+    assert report["failing"] == ["cuda", "model_loaded", "s3"]
+    assert report["whisper_modal"] == wm.__version__ and report["modal"] == modal.__version__
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("whisper-modal: failing checks: cuda: torch sees no CUDA")
+    assert f"s3: 127.0.0.1:{CLOSED_PORT}" in last and "refused" in last
+    assert "Traceback" not in err
 
 
 def test_cli_prefetch_local_and_remote_without_credentials(

@@ -4,14 +4,15 @@ The clip is a constructed phone call: an agent (espeak-ng ``en-us+f2``) on the l
 channel, a caller (``en-us+m3``) on the right, talking over each other for most of their
 turns. Mixed to mono (Whisper's way, and ours without the option) the overlap garbles both:
 measured here, tiny.en heard "Thank you for calling me for my internet commensurate ..."
-and lost most of both sentences.
+and lost most of both sentences. Through Modal, the emulator of Modal's API
+(``tests/emulator``) runs the deployed app's container class in a real process.
 """
 
 from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import openai
@@ -22,8 +23,7 @@ import webvtt
 import whisper_modal as wm
 from tests import speech
 from tests.api_server import ApiServer
-from tests.fakes import fake_client
-from tests.fakes.modal_fake import FakeModal
+from tests.emulator.deployed import executions
 from tests.models_cache import tiny_en_cache
 from tests.wer import wer
 from whisper_modal.options import TranscribeOptions
@@ -93,24 +93,22 @@ def test_a_mono_file_with_multichannel_is_one_channel(client: wm.Client) -> None
     assert wer(reference, t.text) <= MAX_WER and all(s.channel is None for s in t.segments)
 
 
-@pytest.fixture(scope="module")
-def fake() -> Iterator[FakeModal]:
-    modal_fake = FakeModal()
-    yield modal_fake
-    modal_fake.close()
-
-
-def test_multichannel_through_the_modal_fake_is_never_split(
-    fake: FakeModal, monkeypatch: pytest.MonkeyPatch, call: bytes
+@pytest.mark.emulator
+def test_multichannel_through_modal_is_never_split(
+    wire: Any, monkeypatch: pytest.MonkeyPatch, call: bytes
 ) -> None:
     """The container transcribes the channels; a long file is not fanned out (its pieces
     would be mixed to mono) even above ``fanout_seconds``."""
-    client = fake_client(fake, monkeypatch, fanout_seconds=3.0, fanout_chunk_seconds=3.0)
-    before = fake.calls["run"]
+    client = wire.sdk(monkeypatch, fanout_seconds=3.0, fanout_chunk_seconds=3.0)
+    before, fanouts = executions(wire), wire.emulator.servicer.calls.count("FunctionMap")
     t = client.transcribe(
         call, options=TranscribeOptions(model="tiny.en", language="en", multichannel=True)
     )
-    assert t.backend == "modal" and fake.calls["run"] == before + 1  # one call
+    client.close()
+    assert t.backend == "modal" and t.duration > 3.0
+    ran = executions(wire) - before
+    assert sorted(ran.values()) == [1]  # one call to the GPU class, run once
+    assert wire.emulator.servicer.calls.count("FunctionMap") == fanouts + 1  # no orchestrator
     _check(t)
 
 

@@ -1,31 +1,32 @@
-"""The HTTP API as a gateway to Modal: the same app over the strict Modal fake.
+"""The HTTP API as a gateway to Modal: the same app over the emulator of Modal's API.
 
-The fake runs the real container class (and the real tiny.en engine) behind the real
-``ModalBackend``, so this is the path the Modal web function takes: OpenAI SDK ->
-server -> Client -> ModalBackend -> "container". Jobs are stateless here (the job id is
-the FunctionCall id), as on the web function.
+The server's ``Client`` runs on unmodified ``modal`` pointed at the emulator on loopback
+(``tests/emulator``): the deployed app's container class (and the real tiny.en engine, on
+CPU) runs each input in a real container process, so this is the path the Modal web
+function takes: OpenAI SDK -> server -> Client -> ModalBackend -> gRPC -> container.
+Jobs are stateless here (the job id is the FunctionCall id), as on the web function.
 """
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import time
 from collections.abc import Iterator
 from typing import Any
 
-import modal.exception as me
+import modal
 import openai
 import pysrt
 import pytest
 
 from tests import speech
 from tests.api_server import ApiServer
-from tests.fakes import fake_client
-from tests.fakes.modal_fake import FakeFunctionCall, FakeModal
+from tests.emulator.deployed import executions, on_loop, outcomes
 from tests.wer import wer
+from whisper_modal.options import TranscribeOptions
 from whisper_modal.server import create_app
+from whisper_modal.wire import Request
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.emulator]
 
 KEY = "sk-modal-gateway"
 OTHER = "sk-modal-other-owner"
@@ -34,18 +35,12 @@ MAX_WER = 0.25
 
 
 @pytest.fixture(scope="module")
-def fake() -> Iterator[FakeModal]:
-    modal_fake = FakeModal()
-    yield modal_fake
-    modal_fake.close()
-
-
-@pytest.fixture(scope="module")
-def server(fake: FakeModal) -> Iterator[ApiServer]:
+def server(deployed: Any) -> Iterator[ApiServer]:
     with pytest.MonkeyPatch.context() as monkeypatch:
-        client = fake_client(fake, monkeypatch, api_keys=f"{KEY},other:{OTHER}", backend="modal")
+        client = deployed.sdk(monkeypatch, api_keys=f"{KEY},other:{OTHER}")
         with ApiServer(create_app(client, jobs="direct")) as running:
             yield running
+        client.close()
 
 
 @pytest.fixture(scope="module")
@@ -54,24 +49,32 @@ def clip() -> bytes:
 
 
 @pytest.fixture
-def sdk(server: ApiServer) -> openai.OpenAI:
+def sdk(server: ApiServer, wire: Any) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{server.url}/v1", api_key=KEY, max_retries=0, timeout=300)
 
 
 def test_transcription_through_the_modal_backend(
-    sdk: openai.OpenAI, fake: FakeModal, clip: bytes
+    sdk: openai.OpenAI, wire: Any, clip: bytes
 ) -> None:
-    before = fake.calls["run"]
+    before, packed_before = executions(wire), executions(wire, "PackedTranscriber")
     text = sdk.audio.transcriptions.create(
         file=("clip.wav", clip), model="whisper-1", response_format="text"
     )
     assert wer(SENTENCE, text) <= MAX_WER, text
-    assert fake.calls["run"] == before + 1  # one container call, no local fallback
+    ran = executions(wire) - before
+    assert sorted(ran.values()) == [1]  # one container run of one request, no retry
+    (client_job_id,) = ran
+    assert outcomes(wire)[client_job_id] == {"completed": 1}
+    assert executions(wire, "PackedTranscriber") == packed_before  # not the batched class
 
 
-def test_engine_failure_is_a_500_with_a_request_id(sdk: openai.OpenAI, fake: FakeModal,
+def test_engine_failure_is_a_500_with_a_request_id(sdk: openai.OpenAI, wire: Any,
                                                   clip: bytes) -> None:  # fmt: skip
-    fake.faults.fail_next("run", me.RemoteError("CUDA error: an illegal memory access"))
+    # the container's exception, serialised by Modal's container code, read by modal's client
+    wire.emulator.servicer.faults.fail_inputs(
+        "Transcriber", RuntimeError("CUDA error: an illegal memory access")
+    )
+    before = executions(wire)
     with pytest.raises(openai.InternalServerError) as caught:
         sdk.audio.transcriptions.create(file=("clip.wav", clip), model="whisper-1")
     error = caught.value
@@ -79,10 +82,15 @@ def test_engine_failure_is_a_500_with_a_request_id(sdk: openai.OpenAI, fake: Fak
     request_id = error.response.headers["x-request-id"]
     body: Any = error.body
     assert request_id in body["message"] and body["code"] == "engine_failed"
-    assert "Traceback" not in error.response.text
+    assert "Traceback" not in error.response.text  # the remote traceback stays in the logs
+    assert "RuntimeError: CUDA error" in body["message"]  # the container's own exception
+    assert ("Transcriber", "fail") in wire.emulator.servicer.faults.injected
+    ran = executions(wire) - before
+    assert sorted(ran.values()) == [1]  # the failure was the answer: not run again
+    assert outcomes(wire)[next(iter(ran))] == {"failed": 1}
 
 
-def test_jobs_are_modal_function_calls(server: ApiServer, sdk: openai.OpenAI,
+def test_jobs_are_modal_function_calls(server: ApiServer, sdk: openai.OpenAI, wire: Any,
                                        clip: bytes) -> None:  # fmt: skip
     job: Any = sdk.post(
         "/jobs",
@@ -92,6 +100,7 @@ def test_jobs_are_modal_function_calls(server: ApiServer, sdk: openai.OpenAI,
         body={"model": "whisper-1"},
     )
     assert job["id"].startswith("fc-")  # stateless: any web container can answer for it
+    assert job["id"] in wire.emulator.servicer.function_calls  # Modal's own call id
     # another owner's key: the job book's record names the submitter's owner, not theirs
     other = openai.OpenAI(base_url=f"{sdk.base_url}", api_key=OTHER, max_retries=0)
     with pytest.raises(openai.NotFoundError):
@@ -105,6 +114,7 @@ def test_jobs_are_modal_function_calls(server: ApiServer, sdk: openai.OpenAI,
             break
         time.sleep(0.2)
     assert view["status"] == "succeeded", view
+    assert not wire.emulator.servicer.function_calls[job["id"]].cancelled  # not by OTHER
     srt = sdk.get(
         f"/jobs/{job['id']}", cast_to=str, options={"params": {"format": "srt"}}
     )  # the SDK's generic GET, text answer
@@ -114,17 +124,28 @@ def test_jobs_are_modal_function_calls(server: ApiServer, sdk: openai.OpenAI,
 
 
 def test_jobs_of_other_apps_are_not_found_and_not_cancelled(
-    sdk: openai.OpenAI, fake: FakeModal
+    sdk: openai.OpenAI, echo_wire: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Any FunctionCall id of the workspace would do otherwise: the job book has no record
     of one this app never ran, so the stateless jobs API answers 404 and touches nothing."""
-    foreign = FakeFunctionCall(fake, "fc-another-apps-call", cf.Future())  # still queued
-    fake.register(foreign)
-    cancels = fake.calls["cancel"]
+    servicer = echo_wire.emulator.servicer
+    servicer.faults.hold_inputs("Transcriber", 300)  # still queued while the API is asked
+    echo_wire.use(monkeypatch)
+    echo = modal.Cls.from_name("whisper-modal-echo", "Transcriber")(model="tiny.en")
+    request = Request(options=TranscribeOptions(model="tiny.en"), audio=b"echo",
+                      client_job_id="another-apps-job")  # fmt: skip
+    foreign = echo.transcribe.spawn(request.to_wire())
+    call_id = str(foreign.object_id)
+    assert call_id.startswith("fc-") and ("Transcriber", "hold") in servicer.faults.injected
+    cancels = servicer.calls.count("FunctionCallCancel")
     with pytest.raises(openai.NotFoundError) as caught:
-        sdk.get(f"/jobs/{foreign.object_id}", cast_to=object)
+        sdk.get(f"/jobs/{call_id}", cast_to=object)
     body: Any = caught.value.body
-    assert body["code"] == "job_not_found" and foreign.object_id in body["message"]
+    assert body["code"] == "job_not_found" and call_id in body["message"]
     with pytest.raises(openai.NotFoundError):
-        sdk.delete(f"/jobs/{foreign.object_id}", cast_to=object)
-    assert not foreign.cancelled and fake.calls["cancel"] == cancels
+        sdk.delete(f"/jobs/{call_id}", cast_to=object)
+    call = servicer.function_calls[call_id]
+    assert on_loop(echo_wire, lambda: [i.status for i in call.inputs]) == ["pending"]
+    assert not call.cancelled and servicer.calls.count("FunctionCallCancel") == cancels
+    servicer.faults.release()  # the other app's job goes on, untouched
+    assert foreign.get(timeout=120)["text"] == "ok another-apps-job"

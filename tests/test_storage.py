@@ -1,6 +1,7 @@
 """S3 inputs and outputs against real servers on 127.0.0.1: moto's S3, and a faulty S3.
 
-No boto3 or HTTP call is mocked: every request goes over a loopback socket.
+No boto3 or HTTP call is mocked: every request goes over a loopback socket. The Modal
+path runs on the emulator of Modal's API (``tests/emulator``), in real container processes.
 """
 
 from __future__ import annotations
@@ -391,16 +392,29 @@ def test_s3_in_and_out_through_the_local_backend(s3: S3Server) -> None:
         client.transcribe("s3://calls/missing.wav")
 
 
-@pytest.mark.slow
-def test_s3_key_through_the_modal_fake(s3: S3Server, monkeypatch: pytest.MonkeyPatch) -> None:
-    from tests.fakes import fake_client
-    from tests.fakes.modal_fake import FakeModal
+@pytest.fixture(scope="module")
+def s3_deployed(s3: S3Server) -> Iterator[Any]:
+    """The app on the emulator of Modal's API (``tests/emulator``), with the object store
+    in its secret: its containers read S3 with their own settings and credentials."""
+    from tests.emulator.deployed import deploy
 
-    monkeypatch.setenv("WHISPER_MODAL_S3_ENDPOINT_URL", s3.endpoint)  # the container's setting
-    fake = FakeModal()
-    try:
-        client = fake_client(fake, monkeypatch)
-        t = client.transcribe("s3:/" + SAMPLE_PATH, language="en")
-        assert t.backend == "modal" and wer(REFERENCE, t.text) <= 0.10
-    finally:
-        fake.close()
+    with deploy(secret={**FAKE_AWS_ENV, "WHISPER_MODAL_S3_ENDPOINT_URL": s3.endpoint}) as d:
+        yield d
+
+
+@pytest.mark.slow
+@pytest.mark.emulator
+def test_s3_key_through_modal_is_read_by_the_container(
+    s3: S3Server, s3_deployed: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.emulator.deployed import requests_of
+
+    monkeypatch.delenv("WHISPER_MODAL_S3_ENDPOINT_URL", raising=False)  # the client has none
+    client = s3_deployed.sdk(monkeypatch)
+    gets = s3.requests_for(SAMPLE_PATH).count("GET")
+    t = client.transcribe("s3:/" + SAMPLE_PATH, language="en")
+    client.close()
+    assert t.backend == "modal" and wer(REFERENCE, t.text) <= 0.10
+    assert s3.requests_for(SAMPLE_PATH).count("GET") > gets  # the container fetched it
+    sent = [w for _, w in requests_of(s3_deployed) if w.get("s3_uri")]
+    assert sent and sent[-1]["s3_uri"] == "s3:/" + SAMPLE_PATH and not sent[-1].get("audio")
