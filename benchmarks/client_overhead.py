@@ -42,10 +42,8 @@ def timed(call: Callable[[], Any]) -> float:
     return time.perf_counter() - started
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--calls", type=int, default=200)
-    args = parser.parse_args()
+def report(calls: int = 200) -> None:
+    """Print the overhead table and ``transcribe_many``'s efficiency (see the module doc)."""
     with deploy() as deployed:
         deployed.deploy_app("tests.echo_app")
         os.environ.update(deployed.emulator.env())
@@ -71,12 +69,19 @@ def main() -> None:
             client.transcribe(audio)
             sdk_rpcs = rpcs[mark:]
             direct, sync, aio = [], [], []
-            for _ in range(args.calls):
+            for _ in range(calls):
                 direct.append(timed(raw))
                 sync.append(timed(lambda: client.transcribe(audio)))
                 aio.append(timed(lambda: asyncio.run(client.atranscribe(audio))))
+            # transcribe_many against its ideal: n runs of `latency` s over 3 containers
+            n, latency, width = 30, 0.2, 3
+            wall = timed(
+                lambda: client.transcribe_many(
+                    [f"echo sleep={latency}".encode()] * n, concurrency=width, progress=False
+                )
+            )
     base = statistics.median(direct)
-    print(f"# client overhead per call over modal's own .remote, median of {args.calls} (ms)")
+    print(f"# client overhead per call over modal's own .remote, median of {calls} (ms)")
     print("| path | call | modal .remote | overhead | ratio |")
     print("|---|---:|---:|---:|---:|")
     print(
@@ -89,6 +94,18 @@ def main() -> None:
             f"| {name} | {median * 1e3:.2f} | {base * 1e3:.2f} | {(median - base) * 1e3:.2f} "
             f"| {median / base:.2f}x |"
         )
+
+    ideal = n / width * latency
+    print(
+        f"\ntranscribe_many: {n} runs of {latency * 1000:.0f} ms at concurrency {width}: "
+        f"{wall:.2f} s against an ideal {ideal:.2f} s ({wall / ideal:.2f}x)"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=200)
+    report(parser.parse_args().calls)
 
 
 if __name__ == "__main__":

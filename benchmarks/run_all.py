@@ -372,46 +372,12 @@ def load_table(model: str, device: str, cache: str) -> None:
 
 
 def overhead_table() -> None:
-    import pytest
+    """The client's cost per call over modal's own ``.remote``, at the wire (emulator)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from client_overhead import report
 
-    from tests.fakes import fake_client
-    from tests.fakes.modal_fake import FakeModal
-    from tests.test_fault_injection import fast_handler
-    from whisper_modal.options import TranscribeOptions
-    from whisper_modal.wire import Request
-
-    print("\n## Client overhead through the Modal fake (fast handler, no model)\n")
-    fake = FakeModal(handler=fast_handler, workers=32)
-    mp = pytest.MonkeyPatch()
-    try:
-        client = fake_client(fake, mp, backend="modal")
-        audio = b"RIFF" + b"\0" * 64_000  # 64 kB of "audio": the handler does not decode
-        client.transcribe(audio)
-        wire = Request(options=TranscribeOptions(model="tiny.en"), audio=audio).to_wire()
-        direct, through = [], []
-        for _ in range(200):
-            t = time.perf_counter()
-            fast_handler(wire)
-            direct.append(time.perf_counter() - t)
-            t = time.perf_counter()
-            client.transcribe(audio)
-            through.append(time.perf_counter() - t)
-        d, c = statistics.median(direct), statistics.median(through)
-        print(f"median per call: handler alone {d * 1000:.2f} ms, through the client {c * 1000:.2f} ms, "
-              f"overhead {(c - d) * 1000:.2f} ms")  # fmt: skip
-
-        latency = 0.05
-        fake.handler = lambda w: (time.sleep(latency), fast_handler(w))[1]
-        n, conc = 200, 16
-        t = time.perf_counter()
-        client.transcribe_many([audio] * n, concurrency=conc, progress=False)
-        wall = time.perf_counter() - t
-        ideal = n / conc * latency
-        print(f"transcribe_many: {n} inputs x {latency * 1000:.0f} ms at concurrency {conc}: "
-              f"{wall:.2f} s vs ideal {ideal:.2f} s = {wall / ideal:.2f}x")  # fmt: skip
-    finally:
-        fake.close()
-        mp.undo()
+    print("\n## Client overhead at the wire (the emulator and its echo app, no model)\n")
+    report(calls=200)
 
 
 def main() -> None:
