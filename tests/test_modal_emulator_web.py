@@ -60,8 +60,12 @@ def web() -> Iterator[Deployed]:
 
 @pytest.fixture(scope="module")
 def web_url(web: Deployed) -> str:
+    return url_of(web)
+
+
+def url_of(deployed: Deployed) -> str:
     """The web function's URL, as a client process reads it from Modal."""
-    out = web.client(
+    out = deployed.client(
         """
         import json, modal
         fn = modal.Function.from_name("whisper-modal", "web")
@@ -77,12 +81,12 @@ def sdk(web_url: str, key: str = KEY) -> openai.OpenAI:
 
 def call(
     url: str, method: str = "GET", *, key: str | None = KEY, body: bytes | None = None,
-    content_type: str | None = None, timeout: float = 300,
+    content_type: str | None = None, timeout: float = 300, extra: dict[str, str] | None = None,
 ) -> tuple[int, dict[str, str], bytes]:  # fmt: skip
     """One HTTP request, redirects not followed: (status, headers by lower-case name, body)."""
     parts = urlsplit(url)
     conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=timeout)
-    headers = {}
+    headers = dict(extra or {})
     if key is not None:
         headers["Authorization"] = f"Bearer {key}"
     if content_type is not None:
@@ -312,3 +316,37 @@ def test_a_long_upload_as_a_job_fans_out_to_its_transcript(web: Deployed, web_ur
     assert code == 200 and headers["content-type"].startswith("text/plain"), text
     assert wer(reference, text.decode()) <= 0.12, text
     assert called_from(web, post) == ["fanout"]  # the job, spawned by the POST
+
+
+def test_proxy_auth_turns_callers_without_a_token_away_before_any_container() -> None:
+    """``WHISPER_MODAL_WEB_PROXY_AUTH=1``: our app asks no bearer key because Modal's proxy
+    asks for a proxy auth token; a request without one (or with a wrong one) is Modal's
+    401 and never becomes an input, and one with the token reaches the app."""
+    token = {"Modal-Key": "wk-emulated", "Modal-Secret": "ws-emulated"}
+    with deploy(
+        secret={"WHISPER_MODAL_MODEL": "tiny.en"}, settings={"WHISPER_MODAL_WEB_PROXY_AUTH": "1"}
+    ) as guarded:
+        guarded.emulator.web.tokens[token["Modal-Key"]] = token["Modal-Secret"]
+        url = url_of(guarded)
+        refused = [
+            {},
+            {"Modal-Key": token["Modal-Key"]},
+            {"Modal-Key": token["Modal-Key"], "Modal-Secret": "ws-wrong"},
+            {"Modal-Key": "wk-unknown", "Modal-Secret": token["Modal-Secret"]},
+        ]
+        for headers in refused:
+            status, _, body = call(f"{url}/v1/models", key=None, extra=headers)
+            assert status == 401 and body.startswith(b"modal-http: "), (headers, body)
+        status, _, body = call(f"{url}/v1/models", key=None)
+        assert body == b"modal-http: missing credentials for proxy authorization"  # Modal's
+        assert web_calls(guarded) == []  # nothing reached a container
+        client = openai.OpenAI(
+            base_url=f"{url}/v1", api_key="unused", default_headers=token, max_retries=0,
+            timeout=300,
+        )  # fmt: skip
+        with SAMPLE.open("rb") as audio:
+            text = client.audio.transcriptions.create(
+                file=audio, model="whisper-1", response_format="text"
+            )
+        assert WORDS in text.lower(), text
+        assert len(web_calls(guarded)) == 1

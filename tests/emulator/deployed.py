@@ -122,10 +122,14 @@ def modal_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[st
 
 
 @contextlib.contextmanager
-def deploy(secret: dict[str, str] | None = None) -> Iterator[Deployed]:
+def deploy(
+    secret: dict[str, str] | None = None, settings: dict[str, str] | None = None
+) -> Iterator[Deployed]:
     """An emulator with a secret and ``modal deploy -m whisper_modal.app`` done, by Modal's CLI.
 
-    ``secret``: more variables for the app's secret (every container's environment)."""
+    ``secret``: more variables for the app's secret (every container's environment).
+    ``settings``: ``WHISPER_MODAL_*`` variables in the deploying shell (deploy settings,
+    baked into the app as ``whisper-modal deploy`` would)."""
     with Emulator() as emulator:
         env = {
             **{
@@ -147,7 +151,7 @@ def deploy(secret: dict[str, str] | None = None) -> Iterator[Deployed]:
             "WHISPER_MODAL_DEVICE=cpu",
             *(f"{k}={v}" for k, v in (secret or {}).items()),
         )
-        modal_cli(env, "deploy", "-m", "whisper_modal.app")
+        modal_cli({**env, **(settings or {})}, "deploy", "-m", "whisper_modal.app")
         yield Deployed(emulator, env)
 
 

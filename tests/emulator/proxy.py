@@ -15,14 +15,22 @@ which waits for that call's response (again up to the cut) and gives it; the fun
 not called again. ``cut_seconds`` makes the cut short; ``result_cut_seconds`` is the
 result URL's wait (the same as the cut unless set).
 
-Not emulated: Modal's proxy auth (``requires_proxy_auth``), websockets, custom domains,
-the request's ``https`` scheme (the loopback URL is ``http``).
+Proxy auth: a function deployed with ``requires_proxy_auth=True`` answers only requests
+carrying the ``Modal-Key`` and ``Modal-Secret`` headers of a proxy auth token of the
+workspace (``WebProxy.tokens``, which tests fill as a workspace admin would in Modal's
+dashboard); any other request is a ``401`` with Modal's body ``modal-http: missing
+credentials for proxy authorization`` and never becomes an input. (For a wrong token the
+body wording is this emulator's; Modal documents only the missing case.)
+
+Not emulated: websockets, custom domains, the request's ``https`` scheme (the loopback
+URL is ``http``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -53,6 +61,8 @@ class WebProxy:
         self.urls: dict[str, str] = {}  # function id -> its web URL
         self.calls: dict[str, CallState] = {}  # function call id -> a web request's call
         self.redirects = 0  # 303s answered
+        self.tokens: dict[str, str] = {}  # the workspace's proxy auth tokens: key -> secret
+        self.refused = 0  # requests the proxy auth turned away
         self._runners: list[web.AppRunner] = []
 
     @contextlib.contextmanager
@@ -90,6 +100,10 @@ class WebProxy:
         self._runners.clear()
 
     async def _handle(self, function_id: str, request: web.Request) -> web.StreamResponse:
+        refusal = self._proxy_auth(function_id, request)
+        if refusal is not None:
+            self.refused += 1
+            return web.Response(status=401, text=refusal)
         ticket = request.query.get(RESULT_PARAM)
         if ticket is not None:  # the result URL: the same call's answer, no new input
             call = self.calls.get(ticket)
@@ -107,6 +121,19 @@ class WebProxy:
             chunk, more = await _read_chunk(request)
             self.servicer.put_data_in(call, _body_message(chunk, more))
         return await self._answer(request, call, cut)
+
+    def _proxy_auth(self, function_id: str, request: web.Request) -> str | None:
+        """Why Modal's proxy refuses ``request`` (None: it may pass)."""
+        definition = self.servicer.functions[function_id].definition
+        if not definition.webhook_config.requires_proxy_auth:
+            return None
+        key, secret = request.headers.get("Modal-Key"), request.headers.get("Modal-Secret")
+        if not key or not secret:
+            return "modal-http: missing credentials for proxy authorization"
+        known = self.tokens.get(key)
+        if known is None or not secrets.compare_digest(known, secret):
+            return "modal-http: invalid credentials for proxy authorization"
+        return None
 
     async def _answer(
         self, request: web.Request, call: CallState, wait: float
