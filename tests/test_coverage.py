@@ -237,7 +237,7 @@ def test_a_covered_file_is_decoded_once_and_unchanged(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """All speech has text: nothing is decoded again and the segments carry no language."""
-    from tests.fakes import tiny_model_cache
+    from tests.models_cache import tiny_model_cache
 
     retries: list[str] = []
     recover = coverage.recover
@@ -262,7 +262,7 @@ def test_a_covered_file_is_decoded_once_and_unchanged(
 def test_speech_left_uncovered_warns_the_caller(monkeypatch: pytest.MonkeyPatch) -> None:
     """The plumbing from the engine to the caller: a stretch the decoder never covers
     (forced here: real Whisper covers this clip) is in the transcript and the warning."""
-    from tests.fakes import tiny_model_cache
+    from tests.models_cache import tiny_model_cache
 
     monkeypatch.setattr(coverage, "uncovered", lambda *args: [(SR, 3 * SR)])
     clip, _ = speech.make_clip(speech.SENTENCES[:2])
@@ -278,7 +278,7 @@ def test_speech_left_uncovered_warns_the_caller(monkeypatch: pytest.MonkeyPatch)
 @pytest.mark.slow
 def test_packed_inputs_report_uncovered_speech(monkeypatch: pytest.MonkeyPatch) -> None:
     """``transcribe_packed`` (many short inputs in shared passes) runs the same recovery."""
-    from tests.fakes import tiny_model_cache
+    from tests.models_cache import tiny_model_cache
     from whisper_modal.engine.transcriber import Engine
 
     monkeypatch.setattr(coverage, "uncovered", lambda *args: [(SR, 3 * SR)])

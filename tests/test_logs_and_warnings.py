@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fakes import tiny_model_cache
+from tests.models_cache import tiny_model_cache
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = str(ROOT / "examples" / "sample.flac")

@@ -1,295 +1,336 @@
 """No orphaned GPU work: an expired deadline or a caller that gives up cancels the remote input.
 
-Through the Modal fake, whose spawned inputs end either ``completed`` (ran to the end) or
-``terminated`` (cancelled while running, as Modal's ``InputCancellation`` would stop them).
-Each test counts runs per ``client_job_id``: however many deadlines expire, retries run or
-fallbacks happen, exactly one run completes.
+Through the emulator of Modal's API (``tests/emulator``): the SDK runs in this process on
+unmodified ``modal``, and every input runs in a real ``python -m modal._container_entrypoint``
+process. Most tests call the echo app (``tests/echo_app.py``, the GPU class's wire contract
+and real job-book claim without a model), whose audio bytes are a script: ``b"echo
+sleep=60"`` keeps a run busy until Modal's ``InputCancellation`` stops it (its input then
+ends ``terminated``), ``runs=1`` makes only the first run of a ``client_job_id`` slow. The
+packed-call test uses the deployed app's batched class and the pieces test its fan-out
+orchestrator and GPU class (tiny.en on CPU).
+
+Each test reads how the inputs of each ``client_job_id`` ended (``outcomes``: completed,
+terminated, failed...) and how many reached a container (``executions``): however many
+deadlines expire, retries run or fallbacks happen, exactly one run completes. Deadlines are
+seconds long and an echo run takes milliseconds, so a loaded machine cannot turn one into
+the other.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import threading
-import time
-from pathlib import Path
+import uuid
 from typing import Any
 
-import modal.exception as me
+import modal
 import pytest
+from modal_proto import api_pb2
 
 import whisper_modal as wm
-from tests.fakes import fake_backend
-from tests.fakes.modal_fake import FakeModal, Fault, wait_until
+from tests.emulator.deployed import Deployed, executions, on_loop, outcomes, wait_for
+from tests.emulator.faults import InputFault, failure_result
+from tests.models_cache import tiny_model_cache
+from whisper_modal.job_book import JobBook
 from whisper_modal.resilience import RetryPolicy
-from whisper_modal.wire import Request
 
-SAMPLE = Path(__file__).parents[1] / "examples" / "sample.flac"
+ECHO = "whisper-modal-echo"  # tests/echo_app.py's app
+SLOW = b"echo sleep=60"  # busy until cancelled
+SLOW_FIRST = b"echo sleep=60 runs=1"  # the first run of its client id only
+TERMINATED = api_pb2.GenericResult.GENERIC_STATUS_TERMINATED
+INTERNAL_FAILURE = api_pb2.GenericResult.GENERIC_STATUS_INTERNAL_FAILURE
+
+pytestmark = [pytest.mark.slow, pytest.mark.emulator]
 
 
 async def _no_wait(_: float) -> None:
     return None
 
 
-class SlowFirstRuns:
-    """A container stand-in: answers ``ok``; the first run (every run, with ``always``) of
-    every ``every``-th job takes ``slow`` seconds.
-
-    A run that outlives its caller's deadline is cancelled by the client: the fake then
-    counts it as terminated, not completed. Deadlines in these tests are seconds long and
-    normal runs take milliseconds, so a loaded machine cannot turn one into the other.
-    """
-
-    def __init__(self, slow: float = 6.0, every: int = 1, *, always: bool = False) -> None:
-        self.slow, self.every, self.always = slow, every, always
-        self.runs: collections.Counter[str] = collections.Counter()
-        self.order: dict[str, int] = {}
-        self.lock = threading.Lock()
-
-    def __call__(self, wire: dict[str, Any]) -> dict[str, Any]:
-        request = Request.from_wire(wire)
-        job = request.client_job_id or ""
-        with self.lock:
-            self.runs[job] += 1
-            first = self.runs[job] == 1
-            index = self.order.setdefault(job, len(self.order))
-        if (first or self.always) and index % self.every == 0:
-            time.sleep(self.slow)
-        return wm.Transcript(
-            text=f"ok {job}", language="en", duration=1.0, model=request.options.model,
-            backend="modal", job_id=job,
-        ).to_dict()  # fmt: skip
-
-
-def client_for(fake: FakeModal, monkeypatch: pytest.MonkeyPatch, **settings: Any) -> wm.Client:
-    backend = fake_backend(fake, monkeypatch, **settings)
+def client_for(
+    wire: Deployed, monkeypatch: pytest.MonkeyPatch, *, app: str = ECHO, **settings: Any
+) -> wm.Client:
+    """An SDK client in this process on the emulated ``app``; retries do not sleep."""
+    resolved = wire.settings(monkeypatch, app_name=app, **settings)
     retry = RetryPolicy(
-        max_attempts=backend.settings.max_attempts,
-        max_seconds=backend.settings.retry_max_seconds,
-        asleep=_no_wait,
+        max_attempts=resolved.max_attempts, max_seconds=resolved.retry_max_seconds, asleep=_no_wait
     )
-    return wm.Client(backend.settings, modal_backend=backend, retry=retry)
+    return wm.Client(resolved, retry=retry)
 
 
-def settle(fake: FakeModal) -> None:
-    """Wait until no input runs in the fake (terminated ones finish their sleep first)."""
-    assert wait_until(lambda: fake.in_flight == 0, timeout=60)
+def rpc_mark(wire: Deployed) -> int:
+    """Where the emulator's RPC log stands now (for ``rpcs_since``)."""
+    servicer = wire.emulator.servicer
+    return on_loop(wire, lambda: len(servicer.calls))
+
+
+def rpcs_since(wire: Deployed, mark: int) -> collections.Counter[str]:
+    """RPCs the emulator served since ``mark``, by name (clients' and containers')."""
+    servicer = wire.emulator.servicer
+    return collections.Counter(on_loop(wire, lambda: servicer.calls[mark:]))
+
+
+def settle(
+    wire: Deployed, app: str = ECHO, cls: str = "Transcriber"
+) -> dict[Any, collections.Counter[str]]:
+    """Wait until no input of the app's class is open (cancelled ones end as their container
+    stops them); then how each ``client_job_id``'s inputs ended."""
+    assert wait_for(lambda: not any(o["open"] for o in outcomes(wire, cls, app).values()), 60)
+    return outcomes(wire, cls, app)
+
+
+def running_new_job(wire: Deployed, before: set[Any], app: str = ECHO) -> str | None:
+    """The ``client_job_id`` not in ``before`` whose input a container took, if any."""
+    ran = executions(wire, app=app)
+    opened = outcomes(wire, app=app)
+    new = [k for k in ran if k not in before and opened.get(k, {}).get("open")]
+    return new[0] if new else None
 
 
 def test_an_expired_deadline_cancels_the_input_before_the_retry(
-    monkeypatch: pytest.MonkeyPatch,
+    echo_wire: Deployed, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    fake = FakeModal(handler=SlowFirstRuns(), workers=8)
-    try:
-        client = client_for(fake, monkeypatch, backend="modal", max_attempts=3)
-        t = client.transcribe(b"RIFF-one", timeout=2.0)
-        assert t.text.startswith("ok wm-")
-        settle(fake)
-        job = t.text.removeprefix("ok ")
-        # the first run timed out and was cancelled; the retry is the one completed run
-        assert (fake.completed[job], fake.terminated[job]) == (1, 1)
-        assert fake.calls["cancel"] == 1 and client.stats().retried_calls == 1
-        client.close()
-    finally:
-        fake.close()
+    client = client_for(echo_wire, monkeypatch, max_attempts=3)
+    mark = rpc_mark(echo_wire)
+    t = client.transcribe(SLOW_FIRST, timeout=4.0)
+    assert t.text.startswith("ok wm-")
+    job = t.text.removeprefix("ok ")
+    ended = settle(echo_wire)
+    # the first run timed out and was cancelled in its container; the retry is the one
+    # completed run
+    assert ended[job] == {"terminated": 1, "completed": 1}
+    assert executions(echo_wire, app=ECHO)[job] == 2  # both reached a container
+    assert rpcs_since(echo_wire, mark)["FunctionCallCancel"] == 1
+    assert client.stats().retried_calls == 1
+    client.close()
 
 
 def test_a_result_that_lands_as_the_deadline_passes_is_used_not_run_again(
-    monkeypatch: pytest.MonkeyPatch,
+    echo_wire: Deployed, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    fake = FakeModal(handler=SlowFirstRuns(slow=0.0), workers=4)
-    # the first get says "not finished" (the builtin TimeoutError) once the input has in
-    # fact completed: the deadline's cancel then comes too late to stop it
-    finished = lambda: wait_until(lambda: sum(fake.completed.values()) == 1)  # noqa: E731
-    fake.faults.queue("get", Fault(raises=TimeoutError(), before=finished))
-    try:
-        client = client_for(fake, monkeypatch, backend="modal", max_attempts=3)
-        t = client.transcribe(b"RIFF-late", timeout=2.0)
-        settle(fake)
-        job = t.text.removeprefix("ok ")
-        assert (fake.completed[job], fake.terminated[job]) == (1, 0)
-        # the late result was taken: no second spawn, no retry, the claim kept
-        assert fake.calls["spawn"] == 1 and client.stats().retried_calls == 0
-        client.close()
-    finally:
-        fake.close()
+    """The input completes, but the answer of ``FunctionGetOutputs`` that carries its result
+    is held past the call's deadline: the deadline's cancel comes too late to stop it, and
+    the result, read once more after the cancel, is used."""
+    client = client_for(echo_wire, monkeypatch, max_attempts=3, connect_timeout=2)
+    faults = echo_wire.emulator.servicer.faults
+    faults.hold_rpc("FunctionGetOutputs", 60)  # one answer, held until the test ends
+    mark, seen = rpc_mark(echo_wire), len(faults.injected)
+    t = client.transcribe(b"echo", timeout=2.0)
+    job = t.text.removeprefix("ok ")
+    assert faults.injected[seen:] == [("FunctionGetOutputs", "hold")]
+    assert settle(echo_wire)[job] == {"completed": 1}
+    rpcs = rpcs_since(echo_wire, mark)
+    assert rpcs["FunctionCallCancel"] == 1  # the deadline did pass, and cancelled
+    # the late result was taken: no second spawn, no retry, the claim kept by the call
+    assert rpcs["FunctionMap"] == 1 and client.stats().retried_calls == 0
+    jobs_dict = modal.Dict.from_name(f"{ECHO}-jobs")
+    assert jobs_dict.get(f"claim:{job}") == t.job_id and str(t.job_id).startswith("fc-")
+    client.close()
 
 
-def test_a_fallback_leaves_no_modal_run_alive(monkeypatch: pytest.MonkeyPatch) -> None:
-    fake = FakeModal(handler=SlowFirstRuns(always=True), workers=8)
-    try:
-        client = client_for(
-            fake, monkeypatch, backend="auto", max_attempts=2, allow_cpu_fallback=True
-        )
-        with pytest.warns(RuntimeWarning, match="local CPU"):
-            t = client.transcribe(SAMPLE, language="en", timeout=2.0)
-        assert t.backend == "local" and "BackendUnavailable" in str(t.fallback_reason)
-        settle(fake)
-        # both Modal attempts were cancelled: the local run is the only one that completed
-        assert sum(fake.completed.values()) == 0
-        assert sum(fake.terminated.values()) == 2 == fake.calls["cancel"]
-        client.close()
-    finally:
-        fake.close()
+def test_a_fallback_leaves_no_modal_run_alive(
+    echo_wire: Deployed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both Modal attempts wait for a container (held, as on a busy pool) past their
+    deadlines; each is cancelled before the next attempt, then the local CPU runs it (a
+    short clip: the local run has the same deadline)."""
+    from tests import speech
+
+    monkeypatch.setenv("WHISPER_MODAL_CACHE_DIR", str(tiny_model_cache()))  # the local model
+    client = client_for(
+        echo_wire, monkeypatch, backend="auto", max_attempts=2, allow_cpu_fallback=True
+    )
+    faults = echo_wire.emulator.servicer.faults
+    faults.hold_inputs("Transcriber", 120, times=2)
+    clip = speech.wav_bytes(speech.synthesize(speech.SENTENCES[1]))
+    before = set(outcomes(echo_wire, app=ECHO))
+    mark = rpc_mark(echo_wire)
+    with pytest.warns(RuntimeWarning, match="local CPU"):
+        t = client.transcribe(clip, language="en", timeout=8.0)
+    assert t.backend == "local" and "BackendUnavailable" in str(t.fallback_reason)
+    assert "budget" in t.text.lower()
+    ended = settle(echo_wire)
+    (job,) = set(ended) - before  # one client id, two attempts
+    # both Modal attempts were cancelled before any container took them: the local run is
+    # the only one that ran
+    assert ended[job] == {"terminated": 2}
+    assert executions(echo_wire, app=ECHO)[job] == 0
+    assert rpcs_since(echo_wire, mark)["FunctionCallCancel"] == 2
+    client.close()
 
 
 def test_a_packed_call_past_its_deadline_is_cancelled_before_the_retry(
-    monkeypatch: pytest.MonkeyPatch,
+    wire: Deployed, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``pack=True`` used ``.remote``, which sends no cancellation: the retry ran beside a
-    first input that ran on to the end (two GPU runs for one item)."""
+    first input that ran on to the end (two GPU runs for one item). The first input is
+    held past its deadline here (a hung GPU): it is cancelled, never runs, and the retry on
+    the deployed batched class (tiny.en) is the one run."""
     from tests import speech
 
-    fake = FakeModal(workers=4)
-    gate = threading.Event()
-    fake.faults.queue("transcribe_packed.run", Fault(before=lambda: gate.wait(60)))
-    try:
-        client = client_for(fake, monkeypatch, backend="modal", max_attempts=3)
-        fake.instance("tiny.en", "PackedTranscriber")  # the model loads before the clock runs
-        clip = speech.wav_bytes(speech.synthesize(speech.SENTENCES[0]))
-        [t] = client.transcribe_many([clip], pack=True, timeout=8.0, language="en")
-        assert isinstance(t, wm.Transcript) and t.mode == "batched" and t.text
-        assert fake.calls["cancel"] == 1  # the held input was cancelled at its deadline
-        gate.set()  # the first input, cancelled while it was held, may now end
-        assert wait_until(lambda: sum(fake.terminated.values()) == 1, timeout=60)
-        settle(fake)
-        assert fake.calls["transcribe_packed.run"] == 2
-        assert (sum(fake.completed.values()), sum(fake.terminated.values())) == (1, 1)
-        assert client.stats().retried_calls == 1
-        client.close()
-    finally:
-        gate.set()
-        fake.close()
+    client = client_for(wire, monkeypatch, app="whisper-modal", max_attempts=3)
+    faults = wire.emulator.servicer.faults
+    faults.hold_inputs("PackedTranscriber", 120, times=1)
+    clip = speech.wav_bytes(speech.synthesize(speech.SENTENCES[0]))
+    before = set(outcomes(wire, "PackedTranscriber"))
+    mark, seen = rpc_mark(wire), len(faults.injected)
+    # the deadline also covers the class's cold start (its container starts during the hold)
+    [t] = client.transcribe_many([clip], pack=True, timeout=15.0, language="en")
+    assert isinstance(t, wm.Transcript) and t.mode == "batched" and t.text
+    assert faults.injected[seen:] == [("PackedTranscriber", "hold")]
+    ended = settle(wire, app="whisper-modal", cls="PackedTranscriber")
+    (job,) = set(ended) - before
+    assert ended[job] == {"terminated": 1, "completed": 1}
+    assert executions(wire, "PackedTranscriber")[job] == 1  # the held input never ran
+    assert rpcs_since(wire, mark)["FunctionCallCancel"] == 1  # cancelled at its deadline
+    assert client.stats().retried_calls == 1
+    client.close()
 
 
 async def test_a_caller_that_gives_up_cancels_the_remote_input(
-    monkeypatch: pytest.MonkeyPatch,
+    echo_wire: Deployed, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    fake = FakeModal(handler=SlowFirstRuns(), workers=4)
-    try:
-        client = client_for(fake, monkeypatch, backend="modal")
-        task = asyncio.create_task(client.atranscribe(b"RIFF-x", timeout=60))
-        assert await asyncio.to_thread(wait_until, lambda: fake.in_flight == 1)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        await asyncio.to_thread(settle, fake)
-        assert sum(fake.completed.values()) == 0 and sum(fake.terminated.values()) == 1
-        client.close()
-    finally:
-        fake.close()
+    client = client_for(echo_wire, monkeypatch)
+    before = set(outcomes(echo_wire, app=ECHO))
+    task = asyncio.create_task(client.atranscribe(SLOW, timeout=60))
+    found: list[str] = []
+
+    def running() -> bool:
+        job = running_new_job(echo_wire, before)
+        found.extend([job] if job else [])
+        return job is not None
+
+    assert await asyncio.to_thread(wait_for, running, 60)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    ended = await asyncio.to_thread(settle, echo_wire)
+    assert ended[found[0]] == {"terminated": 1}  # stopped in its container, not run on
+    assert executions(echo_wire, app=ECHO)[found[0]] == 1
+    client.close()
 
 
 def test_a_job_cancelled_elsewhere_is_job_cancelled_from_structured_status(
-    monkeypatch: pytest.MonkeyPatch,
+    echo_wire: Deployed, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    gate = threading.Event()
-
-    def held(wire: dict[str, Any]) -> dict[str, Any]:
-        gate.wait(30)
-        return SlowFirstRuns(slow=0.0)(wire)
-
-    fake = FakeModal(handler=held, workers=2)
-    try:
-        client = client_for(fake, monkeypatch, backend="modal")
-        job = client.submit(b"RIFF-j")
-        assert wait_until(lambda: fake.in_flight == 1)
-        # another process cancels it by id
-        other = client_for(fake, monkeypatch, backend="modal")
-        wm.Job.from_id(job.id, client=other).cancel()
-        gate.set()
-        with pytest.raises(wm.JobCancelled) as info:
-            job.result(timeout=10)
-        assert info.value.job_id == job.id
-        assert job.status() is wm.JobStatus.CANCELLED
-        settle(fake)
-        assert sum(fake.completed.values()) == 0 and sum(fake.terminated.values()) == 1
-        client.close()
-        other.close()
-    finally:
-        gate.set()
-        fake.close()
+    client = client_for(echo_wire, monkeypatch)
+    before = set(outcomes(echo_wire, app=ECHO))
+    job = client.submit(SLOW)
+    assert wait_for(lambda: running_new_job(echo_wire, before) is not None, 60)
+    assert job.status() is wm.JobStatus.RUNNING
+    # another process cancels it by id
+    other = client_for(echo_wire, monkeypatch)
+    wm.Job.from_id(job.id, client=other).cancel()
+    with pytest.raises(wm.JobCancelled) as info:  # once the container stopped the run
+        job.result(timeout=60)
+    assert info.value.job_id == job.id
+    assert job.status() is wm.JobStatus.CANCELLED
+    ended = settle(echo_wire)
+    (client_job_id,) = set(ended) - before
+    assert ended[client_job_id] == {"terminated": 1}
+    servicer = echo_wire.emulator.servicer
+    (state,) = on_loop(echo_wire, lambda: list(servicer.function_calls[job.id].inputs))
+    assert state.output is not None and state.output.result.status == TERMINATED
+    client.close()
+    other.close()
 
 
 def test_200_calls_with_faults_and_expiries_complete_exactly_once(
-    monkeypatch: pytest.MonkeyPatch,
+    echo_wire: Deployed, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """10% of runs fail with a transient error, 5% of jobs hit their deadline once."""
-    handler = SlowFirstRuns(every=20)  # jobs 0, 20, 40...: 5% of 200
-    fake = FakeModal(handler=handler, workers=32)
-    fake.faults.rule(
-        "run", lambda n: Fault(raises=me.ConnectionError("reset")) if n % 10 == 3 else None
-    )
+    """10% of inputs fail as a lost worker would (a transient error), 5% of jobs hit their
+    deadline once."""
+    faults = echo_wire.emulator.servicer.faults
+    # Modal's word for a lost worker: INTERNAL_FAILURE, which the SDK retries
+    lost = InputFault(result=failure_result(status=INTERNAL_FAILURE))
+    faults.input_rule("Transcriber", lambda n: lost if n % 10 == 3 else None)
+    before = set(outcomes(echo_wire, app=ECHO))
+    mark = rpc_mark(echo_wire)
     try:
         # 10 attempts: a call whose runs all fail at 10% is then a 1e-10 event, not 1e-5
-        client = client_for(fake, monkeypatch, backend="modal", max_attempts=10)
-        audio = [f"RIFF-{i}".encode() for i in range(200)]
-        results = client.transcribe_many(audio, concurrency=16, timeout=3.0)
-        settle(fake)
-        jobs = [r.text.removeprefix("ok ") for r in results]  # type: ignore[union-attr]
-        assert len(set(jobs)) == 200
-        duplicates = [j for j in jobs if fake.completed[j] != 1]
-        orphans = sum(fake.completed.values()) - 200  # completed runs nobody collected
-        print(
-            f"\n200 calls: completed {sum(fake.completed[j] == 1 for j in jobs)}, duplicate "
-            f"runs {len(duplicates)}, orphaned runs {orphans}, terminated "
-            f"{sum(fake.terminated.values())}, transient faults {fake.calls['run'] // 10}, "
-            f"cancels {fake.calls['cancel']}"
+        # every fault is transient and spread out: a breaker opening on them would only
+        # test the breaker (its own tests do), so it is set out of reach
+        client = client_for(
+            echo_wire, monkeypatch, max_attempts=10, breaker_failure_threshold=10_000
         )
-        assert duplicates == [] and orphans == 0
-        assert sum(fake.terminated.values()) >= 10  # each expiry cancelled its run
-        client.close()
+        # jobs 0, 20, 40...: 5% of 200 sleep in their first run; every audio is its own
+        audio = [(SLOW_FIRST if i % 20 == 0 else b"echo") + f" i={i}".encode() for i in range(200)]
+        results = client.transcribe_many(audio, concurrency=16, timeout=4.0)
     finally:
-        fake.close()
+        faults.clear()
+    ended = settle(echo_wire)
+    jobs = [r.text.removeprefix("ok ") for r in results]  # type: ignore[union-attr]
+    assert len(set(jobs)) == 200 and set(jobs) == set(ended) - before
+    totals = sum((ended[j] for j in jobs), collections.Counter())
+    duplicates = [j for j in jobs if ended[j]["completed"] != 1]
+    orphans = totals["completed"] - 200  # completed runs nobody collected
+    seen = rpcs_since(echo_wire, mark)
+    print(
+        f"\n200 calls: completed {sum(ended[j]['completed'] == 1 for j in jobs)}, duplicate "
+        f"runs {len(duplicates)}, orphaned runs {orphans}, terminated {totals['terminated']}, "
+        f"lost workers {totals['failed']}, cancels {seen['FunctionCallCancel']}"
+    )
+    assert duplicates == [] and orphans == 0
+    assert totals["failed"] >= 20  # the faults did fail runs (10% of 200 and more)...
+    assert totals["terminated"] >= 10  # ...and each expiry cancelled its run
+    assert client.stats().retried_calls >= 20
+    client.close()
 
 
-@pytest.mark.parametrize("parent_retained", [True, False], ids=["nested", "parent-gone"])
-def test_jobs_spawned_inside_a_container_read_pending_then_cancelled(
-    monkeypatch: pytest.MonkeyPatch, parent_retained: bool
+def test_pieces_spawned_inside_a_container_read_pending_then_cancelled(
+    wire: Deployed, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The web function's jobs API spawns inside its own input: Modal's call graph nests
-    those calls under the request's input (or drops them with it), so status comes from
-    the job book: a queued job reads PENDING, not RUNNING, and a job cancelled while
-    queued reads CANCELLED, not FAILED."""
-    gate = threading.Event()
+    """The app's orchestrator spawns a job's pieces inside its own input: Modal's call graph
+    nests those calls under it, and the job book has no "pending" record of them. A queued
+    piece reads PENDING, not RUNNING; one cancelled while queued reads CANCELLED, not
+    FAILED, and stays so while the orchestrator runs that piece again and the job succeeds."""
+    from tests import speech
+    from tests.emulator.deployed import pieces_of
+    from whisper_modal.job_book import CHUNK_MARK
 
-    def held(wire: dict[str, Any]) -> dict[str, Any]:
-        gate.wait(30)
-        return SlowFirstRuns(slow=0.0)(wire)
+    samples, _ = speech.make_clip(speech.SENTENCES[:12], gap_seconds=0.7)  # 3 pieces
+    client = client_for(
+        wire, monkeypatch, app="whisper-modal", fanout_seconds=30, fanout_chunk_seconds=25
+    )
+    faults = wire.emulator.servicer.faults
+    faults.hold_inputs("Transcriber", 300, times=3)  # every piece's first attempt waits
+    job = client.submit(samples, sample_rate=16000, language="en")
+    assert wait_for(lambda: (job.progress() or (0, 0))[1] >= 3, 120)
+    total = (job.progress() or (0, 0))[1]
+    assert wait_for(lambda: len(pieces_of(wire, job.id)) == total, 60)
+    assert job.status() is wm.JobStatus.RUNNING
+    servicer = wire.emulator.servicer
+    (parent,) = on_loop(wire, lambda: [i.input_id for i in servicer.function_calls[job.id].inputs])
+    pieces = pieces_of(wire, job.id)
+    calls = on_loop(wire, lambda: [servicer.function_calls[p.function_call_id] for p in pieces])
+    assert {c.parent_input_id for c in calls} == {parent}  # nested under the job's input
+    queued = [wm.Job.from_id(p.function_call_id, client=client) for p in pieces]
+    assert [q.status() for q in queued] == [wm.JobStatus.PENDING] * total
+    victim = queued[0]
+    victim.cancel()
+    assert victim.status() is wm.JobStatus.CANCELLED
+    faults.release()
+    assert job.result(timeout=240).text
+    assert job.status() is wm.JobStatus.SUCCEEDED
+    assert victim.status() is wm.JobStatus.CANCELLED
+    with pytest.raises(wm.JobCancelled):
+        victim.result(timeout=10)
+    # the cancelled piece never ran; the orchestrator's second attempt transcribed it
+    ended = outcomes(wire)
+    mine = {k: v for k, v in ended.items() if str(k).startswith(job.id + CHUNK_MARK)}
+    assert sum(v["completed"] for v in mine.values()) == total
+    assert sum(v["terminated"] for v in mine.values()) == 1 and len(mine) == total + 1
+    client.close()
 
-    fake = FakeModal(handler=held, workers=1)  # one container: the second job queues
-    fake.spawn_parent, fake.parent_retained = "fc-web-request", parent_retained
-    try:
-        client = client_for(fake, monkeypatch, backend="modal")
-        first = client.submit(b"RIFF-a")
-        assert wait_until(lambda: fake.in_flight == 1)
-        queued = client.submit(b"RIFF-b")
-        assert first.status() is wm.JobStatus.RUNNING
-        assert queued.status() is wm.JobStatus.PENDING
-        queued.cancel()
-        assert queued.status() is wm.JobStatus.CANCELLED
-        gate.set()
-        assert first.result(timeout=10).text.startswith("ok ")
-        assert first.status() is wm.JobStatus.SUCCEEDED
-        assert queued.status() is wm.JobStatus.CANCELLED
-        settle(fake)
-        assert sum(fake.completed.values()) == 1
-        client.close()
-    finally:
-        gate.set()
-        fake.close()
 
-
-def test_a_cancelled_record_stays_cancelled_when_its_container_starts_late() -> None:
+def test_a_cancelled_record_stays_cancelled_when_its_container_starts_late(
+    wire: Deployed, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The canceller writes "cancelled" while the input's container is only starting: the
-    container's "running" and its outcome must not undo the caller's cancel."""
-    from whisper_modal.job_book import JobBook
-
-    fake = FakeModal()
-    try:
-        book = JobBook(fake.dict_lookup("jobs"))
-    finally:
-        fake.close()
+    container's "running" and its outcome must not undo the caller's cancel (the job book
+    on a ``modal.Dict`` of the emulator's, through Modal's client)."""
+    wire.use(monkeypatch)
+    book = JobBook(modal.Dict.from_name(f"book-{uuid.uuid4().hex}", create_if_missing=True))
     assert book.submitted("fc-1", kind="single", client_job_id="c-1")
     assert book.cancelled("fc-1").status == "cancelled"
     assert book.start("fc-1", kind="single", client_job_id="c-1").status == "cancelled"
@@ -303,36 +344,25 @@ def test_a_cancelled_record_stays_cancelled_when_its_container_starts_late() -> 
 
 
 def test_a_job_cancelled_while_its_container_runs_on_reads_cancelled(
-    monkeypatch: pytest.MonkeyPatch,
+    echo_wire: Deployed, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A cancel whose container starts late and writes "running": the job's status is
-    CANCELLED from the canceller's record (Modal's call graph, nesting the call under a
-    request input that is gone, has no node for it), never FAILED or RUNNING."""
-    from whisper_modal.job_book import JobBook
-
-    gate = threading.Event()
-
-    def stubborn(wire: dict[str, Any]) -> dict[str, Any]:
-        gate.wait(30)  # blocks its event loop: the fake's cancel lands only afterwards
-        return SlowFirstRuns(slow=0.0)(wire)
-
-    fake = FakeModal(handler=stubborn)
-    # spawned inside the web function's input, which is gone: the call graph cannot tell
-    fake.spawn_parent, fake.parent_retained = "fc-web-request", False
-    try:
-        client = client_for(fake, monkeypatch, backend="modal")
-        job = client.submit(b"RIFF-a")
-        assert wait_until(lambda: fake.in_flight == 1)
-        job.cancel()
-        book = JobBook(fake.platform.job_store())
-        book.start(job.id, kind="single", client_job_id=None)  # a container starting late
-        assert job.status() is wm.JobStatus.CANCELLED
-        gate.set()
-        settle(fake)
-        assert job.status() is wm.JobStatus.CANCELLED
-        with pytest.raises(wm.JobCancelled):
-            job.result(timeout=10)
-        client.close()
-    finally:
-        gate.set()
-        fake.close()
+    """A cancel whose container then writes "running" (one that started late, through the
+    app's job book): the job's status is CANCELLED from the canceller's record, never
+    FAILED or RUNNING, before and after its container stops."""
+    client = client_for(echo_wire, monkeypatch)
+    before = set(outcomes(echo_wire, app=ECHO))
+    job = client.submit(SLOW)
+    assert wait_for(lambda: running_new_job(echo_wire, before) is not None, 60)
+    job.cancel()
+    book = JobBook(modal.Dict.from_name(f"{ECHO}-jobs"))
+    book.start(job.id, kind="single", client_job_id=None)  # a container starting late
+    assert job.status() is wm.JobStatus.CANCELLED
+    record = book.get(job.id)
+    assert record is not None and record.status == "cancelled"
+    ended = settle(echo_wire)
+    (client_job_id,) = set(ended) - before
+    assert ended[client_job_id] == {"terminated": 1}
+    assert job.status() is wm.JobStatus.CANCELLED
+    with pytest.raises(wm.JobCancelled):
+        job.result(timeout=10)
+    client.close()

@@ -143,7 +143,7 @@ def test_client_unreachable_server_hits_the_connect_deadline(mode: str) -> None:
 def test_unreachable_modal_falls_back_to_the_local_engine(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from tests.fakes import tiny_model_cache
+    from tests.models_cache import tiny_model_cache
 
     monkeypatch.setenv("WHISPER_MODAL_CACHE_DIR", str(tiny_model_cache()))
     sample = (ROOT / "examples" / "sample.flac").read_bytes()

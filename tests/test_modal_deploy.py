@@ -28,7 +28,7 @@ from modal._serialization import deserialize, serialize
 import whisper_modal.errors as errors
 from tests.emulator.containers import image_contents
 from tests.emulator.deployed import Deployed, deploy, on_loop
-from tests.fakes import tiny_model_cache
+from tests.models_cache import tiny_model_cache
 from tests.servers import free_port
 from whisper_modal.backends.modal import ModalBackend
 from whisper_modal.client import Client

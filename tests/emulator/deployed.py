@@ -29,7 +29,7 @@ from modal_proto import api_pb2
 
 from tests.emulator import Emulator
 from tests.emulator.servicer import InputState
-from tests.fakes import tiny_model_cache
+from tests.models_cache import tiny_model_cache
 from whisper_modal.client import Client
 from whisper_modal.config import Settings
 

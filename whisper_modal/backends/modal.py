@@ -281,7 +281,11 @@ class ModalBackend:
             extra={"event": "submit_deduplicated", "job_id": owner},
         )
         await self._cancel_quietly(call)
-        return self._call_lookup(str(owner))
+        first = self._call_lookup(str(owner))
+        # ``FunctionCall.from_id`` is lazy: its ``object_id`` (the job id a submit returns)
+        # exists once hydrated, which for a call id needs no RPC
+        await first.hydrate.aio()
+        return first
 
     async def _start_fanout(self, request: Request) -> Any:
         """Spawn the app's orchestrator (``fanout``) for long audio; see ``_start``."""

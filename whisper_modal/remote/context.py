@@ -1,8 +1,7 @@
 """What container code asks of Modal at run time, and the environment it reads.
 
-``whisper_modal.app`` installs the real ``Platform`` once its classes exist; the in-process
-test fake (``tests/fakes/modal_fake.py``) swaps in its own and sets ``environ`` to the
-image's environment plus its secrets, because it shares the test's process.
+``whisper_modal.app`` installs the real ``Platform`` once its classes exist; another app
+built from the same container code (the test suite's echo app) installs its own.
 """
 
 from __future__ import annotations

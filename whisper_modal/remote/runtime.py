@@ -41,7 +41,7 @@ __all__ = [
 #: wherever the process's logging sends them, so they never mix into a CLI's output.
 request_log = logging.getLogger("whisper_modal.requests")
 
-#: ``@modal.enter`` runs in this process: 1 per real container (the fake makes one per model)
+#: ``@modal.enter`` runs in this process: 1 per real container (``.local()`` makes one per instance)
 _cold_starts = 0
 
 
