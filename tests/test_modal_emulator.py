@@ -165,7 +165,8 @@ def test_cancelling_a_fanned_out_job_stops_its_pieces(
     # (every 15 s) or ends on its own before that: no piece runs on past it
     late = [p for p in pieces if p.finished_at > cancelled_at + HEARTBEAT_INTERVAL + 3]
     assert not late, f"{len(late)} piece(s) ran on past a heartbeat after the cancel"
-    assert any(p.output.result.status == TERMINATED for p in pieces)
+    # (with warm containers every running piece may end on its own inside that window, so
+    # no piece is required to read TERMINATED: the bound above is what the cancel promises)
     # the job reads cancelled from any process, and no container is left working on it
     seen = deployed.client(
         f"""
