@@ -42,6 +42,7 @@ from tests.emulator.deployed import (
     on_loop,
     outcomes,
     pieces_of,
+    request_of,
     wait_for,
 )
 from tests.emulator.faults import InputFault, failure_result
@@ -190,15 +191,7 @@ def newest_request(servicer: Servicer) -> dict[str, Any]:
     """The request of the input being put in now. An input rule (``WireFaults.input_rule``)
     is asked as a FunctionMap's input is queued, right after it was made: it is the newest
     input (run on the emulator's loop, where the rule runs)."""
-    state = next(reversed(servicer.inputs.values()))
-    item = state.item
-    payload = (
-        servicer.blobs.blobs[item.args_blob_id]
-        if item.WhichOneof("args_oneof") == "args_blob_id"
-        else item.args
-    )
-    args, _ = deserialize(payload, None)
-    return args[0] if args and isinstance(args[0], dict) else {}
+    return request_of(servicer, next(reversed(servicer.inputs.values())))
 
 
 def fail_piece(wire: Deployed, piece: int, result: api_pb2.GenericResult, *, attempts: str) -> None:

@@ -44,6 +44,7 @@ __all__ = [
     "on_loop",
     "outcomes",
     "pieces_of",
+    "request_of",
     "requests_of",
     "wait_for",
 ]
@@ -208,15 +209,20 @@ def _requests(deployed: Deployed, cls: str, app: str) -> list[tuple[InputState, 
     for state in servicer.inputs.values():
         if servicer.function_calls[state.function_call_id].function_id not in wanted:
             continue
-        item = state.item
-        payload = (
-            servicer.blobs.blobs[item.args_blob_id]
-            if item.WhichOneof("args_oneof") == "args_blob_id"
-            else item.args
-        )
-        args, _kwargs = deserialize(payload, None)
-        out.append((state, args[0] if args and isinstance(args[0], dict) else {}))
+        out.append((state, request_of(servicer, state)))
     return out
+
+
+def request_of(servicer: Any, state: InputState) -> dict[str, Any]:
+    """The request dict an input carried (inline or as a blob); ``{}`` for other arguments."""
+    item = state.item
+    payload = (
+        servicer.blobs.blobs[item.args_blob_id]
+        if item.WhichOneof("args_oneof") == "args_blob_id"
+        else item.args
+    )
+    args, _kwargs = deserialize(payload, None)
+    return args[0] if args and isinstance(args[0], dict) else {}
 
 
 def requests_of(
