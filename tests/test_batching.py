@@ -24,7 +24,8 @@ from whisper_modal.engine.decoding import run_whisper
 from whisper_modal.engine.models import LoadedModel, ModelStore, load_model
 from whisper_modal.options import TranscribeOptions
 
-OPTS = TranscribeOptions(model="tiny.en", language="en")
+# fp32: these tests compare with openai-whisper itself, text for text
+OPTS = TranscribeOptions(model="tiny.en", language="en", precision="fp32")
 
 
 @pytest.fixture(scope="module")

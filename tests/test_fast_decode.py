@@ -90,7 +90,9 @@ def test_word_timestamps_match_stock(loaded: LoadedModel, short_clip: np.ndarray
 
 
 def test_sequential_vad_off_is_stock(loaded: LoadedModel, short_clip: np.ndarray) -> None:
-    options = TranscribeOptions(model="tiny.en", language="en", mode="sequential", vad=False)
+    options = TranscribeOptions(
+        model="tiny.en", language="en", mode="sequential", vad=False, precision="fp32"
+    )
     result = run_whisper(loaded, short_clip, options)
     assert_same(result, transcribe(loaded.model, short_clip))
 

@@ -27,7 +27,15 @@ from whisper_modal.errors import ConfigurationError
 
 from .models import LoadedModel, cpu_flags, twin
 
-__all__ = ["Int8Linear", "full_range", "int8_model"]
+__all__ = ["Int8Linear", "full_range", "has_kernels", "int8_model"]
+
+
+@functools.cache
+def has_kernels() -> bool:
+    """Whether this torch has fbgemm's quantized CPU kernels (x86 builds do)."""
+    import torch
+
+    return "fbgemm" in torch.backends.quantized.supported_engines
 
 
 @functools.cache
@@ -100,7 +108,12 @@ def _quantized(model: Any) -> Any:
     """The int8 twin: a copy of ``model`` with every ``Linear`` and the projection int8."""
     from whisper.model import Linear
 
-    q = copy.deepcopy(model)
+    # a copy of the module tree only: every parameter and buffer is shared with ``model``
+    # (the memo hands deepcopy each tensor as its own copy). The twin replaces its linear
+    # layers and mutates no tensor, so sharing is safe, and the token embedding, layer
+    # norms and convolutions are not held twice (80 MB for tiny.en, 265 MB for large-v3).
+    shared = {id(t): t for t in (*model.parameters(), *model.buffers())}
+    q = copy.deepcopy(model, shared)
     for parent in list(q.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, Linear):
