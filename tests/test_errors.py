@@ -68,3 +68,28 @@ def test_outcome_of_returns_the_value_or_the_typed_error_of_one_item() -> None:
 @pytest.mark.parametrize("exc", [ValueError(""), KeyError("k")])
 def test_mapping_never_returns_foreign_types(exc: Exception) -> None:
     assert isinstance(map_engine_error(exc), WhisperModalError)
+
+
+def test_a_failed_jobs_error_survives_its_record_as_the_same_typed_error() -> None:
+    # a fan-out job's record keeps error_to_dict(error); Modal's re-run raises it again
+    from whisper_modal.job_book import JobRecord
+
+    chunk = errors.ChunkFailed(
+        "chunk 2 of 3 (25.0-50.0 s) failed twice", chunk=1, start=25.0, end=50.0,
+        remote_type="AudioError",
+    )  # fmt: skip
+    deadline = errors.RemoteExecutionError("past its deadline", remote_type="FanoutDeadline")
+    audio = errors.AudioError("not audio", reason="not_audio")
+    for original in (chunk, deadline, audio):
+        record = JobRecord(
+            "fc-1", "fanout", "failed", 1.0, 2.0, failure=errors.error_to_dict(original)
+        )
+        back = errors.error_from_dict(JobRecord.from_dict(record.to_dict()).failure or {})
+        assert type(back) is type(original) and str(back) == str(original)
+        assert getattr(back, "remote_type", None) == getattr(original, "remote_type", None)
+    rebuilt = errors.error_from_dict(errors.error_to_dict(chunk))
+    assert isinstance(rebuilt, errors.ChunkFailed)
+    assert (rebuilt.chunk, rebuilt.start, rebuilt.end) == (1, 25.0, 50.0)
+    # a record written before the field existed still reads
+    assert JobRecord.from_dict({"job_id": "x", "kind": "single", "status": "failed",
+                                "created": 1.0, "updated": 1.0}).failure is None  # fmt: skip

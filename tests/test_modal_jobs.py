@@ -59,11 +59,6 @@ SUCCESS = api_pb2.GenericResult.GENERIC_STATUS_SUCCESS
 FAILURE = api_pb2.GenericResult.GENERIC_STATUS_FAILURE
 TERMINATED = api_pb2.GenericResult.GENERIC_STATUS_TERMINATED
 INTERNAL_FAILURE = api_pb2.GenericResult.GENERIC_STATUS_INTERNAL_FAILURE
-#: product bug (reported): the orchestrator's ``retries=1`` makes Modal run a failed job's
-#: input again, and the re-run's refusal ("failed already ...; not run again") is the only
-#: output a caller ever sees: the first run's error (ChunkFailed naming the chunk, the
-#: FanoutDeadline) never reaches it
-RERUN_HIDES_THE_ERROR = "failed already"
 
 pytestmark = [pytest.mark.slow, pytest.mark.emulator]
 
@@ -300,10 +295,10 @@ def test_a_chunk_failing_twice_fails_the_job_naming_it(
     assert state.output is not None and state.output.result.status == FAILURE
     # the first run's error, in its container's log
     assert f"failed twice; last error AudioError: {corrupt}" in wire.emulator.container_logs()
+    # ...and the caller's: Modal's re-run of the failed input (retries=1) raises the first
+    # run's error from the job's record (it used to raise only "failed already")
     err = failed.value
-    if RERUN_HIDES_THE_ERROR in str(err):
-        pytest.xfail(f"product bug, reported: {err}")
-    assert isinstance(err, wm.ChunkFailed)
+    assert isinstance(err, wm.ChunkFailed), err
     assert err.chunk == 1 and err.remote_type == "AudioError" and 0 < err.start < err.end
     assert "chunk 2 of" in str(err) and "failed twice" in str(err)
 
@@ -591,13 +586,13 @@ def test_an_orchestrator_past_its_deadline_cancels_its_pieces_and_is_not_rerun(
         "failed",
         "RemoteExecutionError",
     )
+    assert record.failure is not None and record.failure["remote_type"] == "FanoutDeadline"
     # the claim is released: a new call claiming the id gets it
     assert book.claim(str(record.client_job_id), "fc-after") == "fc-after"
     # the first run's error, in its container's log
     assert f"{job.id} ran past its deadline of 7.2 s" in wire.emulator.container_logs()
-    err = info.value
-    if RERUN_HIDES_THE_ERROR in str(err):
-        pytest.xfail(f"product bug, reported: {err}")
+    err = info.value  # the first run's, raised again by Modal's re-run
+    assert "failed already" not in str(err)
     assert "past its deadline of 7.2 s" in str(err) and err.remote_type == "FanoutDeadline"
 
 

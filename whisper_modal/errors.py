@@ -372,20 +372,34 @@ def map_boto_error(exc: BaseException, *, uri: str = "") -> WhisperModalError:
     return StorageError(f"object store error{where}: {name}: {exc}")
 
 
-def error_to_dict(exc: BaseException) -> dict[str, str | None]:
-    """A plain-dict form of an error, for per-item failures in batched results."""
-    return {
+def error_to_dict(exc: BaseException) -> dict[str, Any]:
+    """A plain-dict form of an error (per-item failures in batched results, a failed job's
+    record): its type, message and reason, and a remote error's ``remote_type`` and a
+    ``ChunkFailed``'s chunk and span, so ``error_from_dict`` rebuilds the same error."""
+    data: dict[str, Any] = {
         "type": type(exc).__name__,
         "message": str(exc),
         "reason": getattr(exc, "reason", None),
     }
+    if isinstance(exc, RemoteExecutionError):
+        data["remote_type"] = exc.remote_type
+    if isinstance(exc, ChunkFailed):
+        data.update(chunk=exc.chunk, start=exc.start, end=exc.end)
+    return data
 
 
-def error_from_dict(data: dict[str, str | None]) -> WhisperModalError:
+def error_from_dict(data: dict[str, Any]) -> WhisperModalError:
     """Rebuild a typed error from ``error_to_dict`` output (unknown types: remote failure)."""
     kind, message = data.get("type") or "", data.get("message") or ""
     if kind == "AudioError":
         return AudioError(message, reason=data.get("reason") or "invalid")
+    if kind == "ChunkFailed" and isinstance(data.get("chunk"), int):
+        return ChunkFailed(
+            message, chunk=data["chunk"], start=float(data.get("start") or 0.0),
+            end=float(data.get("end") or 0.0), remote_type=data.get("remote_type"),
+        )  # fmt: skip
+    if kind == "RemoteExecutionError" and "remote_type" in data:
+        return RemoteExecutionError(message, remote_type=data["remote_type"])
     simple: dict[str, type[WhisperModalError]] = {
         "ConfigurationError": ConfigurationError,
         "StorageNotFound": StorageNotFound,

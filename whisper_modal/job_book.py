@@ -84,6 +84,8 @@ class JobRecord:
     done: int = 0  # chunks finished (fan-out)
     total: int = 0  # chunks planned (fan-out; 0 until the audio is split)
     error: str | None = None  # the error's class name, for a failed job
+    # the error itself (``errors.error_to_dict``): a run Modal repeats raises it again
+    failure: dict[str, Any] | None = None
 
     @property
     def final(self) -> bool:

@@ -37,6 +37,7 @@ from whisper_modal.delivery import notify
 from whisper_modal.errors import (
     ChunkFailed,
     RemoteExecutionError,
+    error_from_dict,
     error_to_dict,
     map_engine_error,
 )
@@ -64,7 +65,7 @@ async def run_fanout(
     """The app's ``fanout`` function: one submitted job, once per ``client_job_id``.
 
     Its FunctionCall id is the job id. A duplicate input (a retried submit) answers
-    ``duplicate_of``; Modal's retry of a job that already failed is refused. Returns the
+    ``duplicate_of``; Modal's retry of a job that already failed raises its first error. Returns the
     merged ``Transcript.to_dict()``.
     """
     from whisper_modal.remote import context
@@ -76,7 +77,11 @@ async def run_fanout(
     book = job_book()
     earlier = await asyncio.to_thread(best_effort, lambda: book.get(job_id), "read")
     if earlier is not None and earlier.status == "failed":
-        # Modal's retry after the job failed (retries cover exceptions too): not run again
+        # Modal's retry after the job failed (retries cover exceptions too): not run
+        # again, and the caller gets the first run's error (a ChunkFailed naming the
+        # chunk, the deadline), not word of the refusal
+        if earlier.failure is not None:
+            raise error_from_dict(earlier.failure)
         raise RemoteExecutionError(
             f"fan-out job {job_id} failed already ({earlier.error}); not run again",
             remote_type=earlier.error,
@@ -152,7 +157,10 @@ async def orchestrate(
         raise
     except Exception as exc:
         error = map_engine_error(exc)
-        await record(lambda b: b.update(job_id, status="failed", error=type(error).__name__))
+        failure = error_to_dict(error)
+        await record(
+            lambda b: b.update(job_id, status="failed", error=type(error).__name__, failure=failure)
+        )
         await asyncio.to_thread(notify, service.settings, request, job_id, started, error=error)
         if error is exc:
             raise
