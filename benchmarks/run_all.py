@@ -40,8 +40,11 @@ SPEEDS = (135, 150, 165)
 TEXT: list[Path] = []
 
 
-def make_audio(minutes: float) -> tuple[Path, Path]:
-    """A clip of ``minutes`` of speech (WAV) and its reference text, cached."""
+def make_audio(minutes: float, text: Path | None = None) -> tuple[Path, Path]:
+    """A clip of ``minutes`` of speech (WAV) and its reference text, cached.
+
+    The sentences are ``tests.speech.SENTENCES``, or ``text``'s lines (default ``--text``).
+    """
     import numpy as np
 
     from tests import speech
@@ -49,9 +52,10 @@ def make_audio(minutes: float) -> tuple[Path, Path]:
     AUDIO_DIR.mkdir(exist_ok=True)
     sentences = speech.SENTENCES
     stem = f"speech-{minutes:g}min"
-    if TEXT:  # a held-out text: its own clips
-        sentences = tuple(line.strip() for line in TEXT[0].read_text().splitlines() if line.strip())
-        stem = f"{TEXT[0].stem}-{minutes:g}min"
+    text = text or (TEXT[0] if TEXT else None)
+    if text is not None:  # a held-out text: its own clips
+        sentences = tuple(line.strip() for line in text.read_text().splitlines() if line.strip())
+        stem = f"{text.stem}-{minutes:g}min"
     wav, ref = AUDIO_DIR / f"{stem}.wav", AUDIO_DIR / f"{stem}.txt"
     if wav.is_file() and ref.is_file():
         return wav, ref
@@ -186,11 +190,13 @@ def run_worker(
 
 SPEED_ENGINES = (
     "openai-whisper",
-    "whisper_modal sequential vad-off",
+    "whisper_modal sequential vad-off fp32",  # must give exactly stock's text
+    "whisper_modal sequential fp32",
     "whisper_modal sequential",
     "whisper_modal batched vad-off",
     "whisper_modal batched",
-    "whisper_modal auto",
+    "whisper_modal auto fp32",
+    "whisper_modal auto",  # the defaults: precision "auto" too (printed per table)
     "whisper_modal sequential int8",
     "whisper_modal auto int8",
     "whisper_modal sequential bf16",  # only where the CPU has native bf16 (see _engines)
@@ -220,27 +226,49 @@ def _engines() -> list[str]:
     return [e for e in ONLY_ENGINES if e in engines] if ONLY_ENGINES else engines
 
 
-def speed_table(minutes: list[float], model: str, device: str, cache: str, runs: int) -> None:
-    """RTF and WER per engine: ``runs`` fresh processes each, medians printed."""
-    from tests.wer import wer
+HELDOUT = Path(__file__).parent / "heldout.txt"
+POOL_SEQUENTIAL = "faster-whisper-int8"  # the WER bar of #23: this engine's + 1 point
+POOL_BATCHED = "faster-whisper-batched-int8"  # the speed bar: this engine's
 
-    for m in minutes:
-        wav, ref = make_audio(m)
+
+def speed_table(
+    clips: list[tuple[float, Path | None]], model: str, device: str, cache: str, runs: int
+) -> None:
+    """RTF and WER per engine and clip: ``runs`` fresh processes each, medians printed.
+
+    With more than one clip, a pooled table follows: WER over all the clips' words and
+    speed over all their audio, against faster-whisper's sequential loop (WER) and its
+    batched pipeline (speed). One clip's WER moves by a point when one window decodes
+    differently; the pool is what a precision or mode is judged by.
+    """
+    import jiwer
+
+    from tests.wer import _NORMALIZE
+
+    pooled: dict[str, list[float]] = {}  # engine -> [errors, words, audio s, wall s, peak]
+    for m, text in clips:
+        wav, ref = make_audio(m, text)
         audio_s = m * 60
-        print(f"\n## {m:g}-minute clip, {model} on {device}, median of {runs} runs\n")
+        name = f"{m:g}-minute clip" + (f" of {text.name}" if text else "")
+        print(f"\n## {name}, {model} on {device}, median of {runs} runs\n")
+        print(f"Precision `auto` is {_auto_precision(model, device)} here.\n")
         print("| engine | RTF (x real time) | vs stock | WER | text = stock | peak MB | load s |")
         print("|---|---:|---:|---:|---|---:|---:|")
         base = None
-        stock_text = None  # "whisper_modal sequential vad-off" must give exactly this
+        stock_text = None  # "whisper_modal sequential vad-off fp32" must give exactly this
+        reference = _NORMALIZE(ref.read_text())
         for engine in _engines():
             results = [run_worker(engine, [wav], model, device, cache) for _ in range(runs)]
             ok = [r for r in results if "error" not in r]
             if not ok:
                 print(f"| {engine} | failed: {results[0]['error'][:60]} | | | | | |")
                 continue
-            rtf = audio_s / statistics.median(r["walls"][0] for r in ok)
+            wall = statistics.median(r["walls"][0] for r in ok)
+            rtf = audio_s / wall
             base = base or rtf
-            w = statistics.median(wer(ref.read_text(), r["texts"][0]) for r in ok)
+            counts = [jiwer.process_words(reference, _NORMALIZE(r["texts"][0])) for r in ok]
+            w = statistics.median(c.wer for c in counts)
+            errors = statistics.median(c.substitutions + c.deletions + c.insertions for c in counts)
             peak = statistics.median(r["peak_mb"] for r in ok)
             load = statistics.median(r["load"] for r in ok)
             if engine == "openai-whisper":
@@ -251,6 +279,40 @@ def speed_table(minutes: list[float], model: str, device: str, cache: str, runs:
             print(
                 f"| {engine} | {rtf:.1f} | {rtf / base:.2f}x | {w * 100:.1f}% | {same} | {peak:.0f} | {load:.2f} |"
             )
+            total = pooled.setdefault(engine, [0.0, 0.0, 0.0, 0.0, 0.0])
+            words = len(reference.split())
+            total[:4] = [total[0] + errors, total[1] + words, total[2] + audio_s, total[3] + wall]
+            total[4] = max(total[4], peak)
+    if len(clips) > 1 and pooled:
+        _pooled_table(pooled, len(clips))
+
+
+def _auto_precision(model: str, device: str) -> str:
+    from whisper_modal.engine.precision import resolve_precision
+    from whisper_modal.options import TranscribeOptions
+
+    return resolve_precision(TranscribeOptions(model=model), device)
+
+
+def _pooled_table(pooled: dict[str, list[float]], count: int) -> None:
+    def wer_of(engine: str) -> float | None:
+        t = pooled.get(engine)
+        return t[0] / t[1] * 100 if t else None
+
+    def rtf_of(engine: str) -> float | None:
+        t = pooled.get(engine)
+        return t[2] / t[3] if t else None
+
+    bar_wer, bar_rtf = wer_of(POOL_SEQUENTIAL), rtf_of(POOL_BATCHED)
+    words = int(next(iter(pooled.values()))[1])
+    print(f"\n## The {count} clips pooled ({words} words)\n")
+    print(f"| engine | WER | vs {POOL_SEQUENTIAL} | RTF | vs {POOL_BATCHED} | peak MB |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for engine, t in pooled.items():
+        w, r = wer_of(engine) or 0.0, rtf_of(engine) or 0.0
+        dw = f"{w - bar_wer:+.2f} pt" if bar_wer is not None else ""
+        dr = f"{r / bar_rtf:.2f}x" if bar_rtf else ""
+        print(f"| {engine} | {w:.2f}% | {dw} | {r:.1f} | {dr} | {t[4]:.0f} |")
 
 
 def _hallucination_audio() -> list[tuple[str, Path, str]]:
@@ -398,6 +460,12 @@ def main() -> None:
         type=Path,
         help="speak these sentences (one per line), e.g. benchmarks/heldout.txt",
     )
+    parser.add_argument(
+        "--heldout",
+        default="",
+        help="also clips of benchmarks/heldout.txt of these minutes (e.g. 5); with more "
+        "than one clip a pooled table follows",
+    )
     parser.add_argument("--engines", default="", help="comma-separated engine names (default all)")
     args = parser.parse_args()
     ONLY_ENGINES.extend(e.strip() for e in args.engines.split(",") if e.strip())
@@ -408,10 +476,12 @@ def main() -> None:
         str(tiny_en_cache()) if args.model == "tiny.en" else str(Path.home() / ".cache" / "whisper")
     )
     minutes = [1.0] if args.quick else [float(m) for m in args.minutes.split(",")]
+    clips: list[tuple[float, Path | None]] = [(m, None) for m in minutes]
+    clips += [(float(m), HELDOUT) for m in args.heldout.split(",") if m.strip()]
     print(f"# whisper_modal benchmarks — {time.strftime('%Y-%m-%d')}, {platform.machine()}, "
           f"{os.cpu_count()} CPUs, Python {platform.python_version()}")  # fmt: skip
     if args.only in (None, "speed"):
-        speed_table(minutes, args.model, args.device, cache, max(1, args.runs))
+        speed_table(clips, args.model, args.device, cache, max(1, args.runs))
     if args.only in (None, "hallucination"):
         hallucination_table(args.model, args.device, cache)
     if args.only in (None, "decode"):

@@ -352,3 +352,22 @@ def test_cpu_int8_transcribes_like_fp32(
         opts = OPTS.replace(vad=False, mode=mode, cpu_int8=True)
         result = _run(engine, samples, opts, sample_rate=SR)
         assert wer(text, result["text"]) <= wer(text, bare["text"]) + 0.03, mode
+
+
+def test_the_detectors_input_is_built_a_block_at_a_time_as_it_was_whole() -> None:
+    # the rows once made for the whole audio at once (250 MB for 30 minutes), as reference
+    from whisper_modal.engine.vad import BLOCK_FRAMES, CONTEXT, VAD_FRAME, _block_inputs
+
+    audio = np.random.default_rng(3).normal(0, 0.1, 3 * BLOCK_FRAMES * VAD_FRAME + 700)
+    audio = audio.astype(np.float32)
+    count = -(-audio.shape[0] // VAD_FRAME)
+    frames = np.zeros((count, VAD_FRAME), dtype=np.float32)
+    frames.reshape(-1)[: audio.shape[0]] = audio
+    contexts = np.zeros((count, CONTEXT), dtype=np.float32)
+    contexts[1:] = frames[:-1, -CONTEXT:]
+    whole = np.concatenate((contexts, frames), axis=1)
+    blocks = [
+        _block_inputs(audio, first, min(BLOCK_FRAMES, count - first))
+        for first in range(0, count, BLOCK_FRAMES)
+    ]
+    assert len(blocks) == 4 and np.array_equal(np.concatenate(blocks), whole)

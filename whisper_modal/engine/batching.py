@@ -303,7 +303,9 @@ def _source(samples: np.ndarray, n_mels: int, mask: np.ndarray) -> tuple[Any, np
     """(log-mel with 30 s of padding as openai-whisper computes it, speech mask, frames)."""
     import whisper
 
-    mel = whisper.log_mel_spectrogram(samples, n_mels, padding=whisper.audio.N_SAMPLES)
+    from .mel import log_mel
+
+    mel = log_mel(samples, n_mels, padding=whisper.audio.N_SAMPLES)  # chunked: less memory
     frames = int(mel.shape[-1]) - N_FRAMES
     mask = np.pad(mask, (0, max(0, frames - mask.shape[0])))[:frames]
     return mel, mask, frames

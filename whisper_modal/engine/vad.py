@@ -146,25 +146,35 @@ def speech_probabilities(samples: np.ndarray) -> np.ndarray:
     count = -(-audio.shape[0] // VAD_FRAME)
     if count == 0:
         return np.zeros(0, dtype=np.float32)
-    frames = np.zeros((count, VAD_FRAME), dtype=np.float32)
-    frames.reshape(-1)[: audio.shape[0]] = audio
-    # each frame is preceded by the last 64 samples of the previous one (zeros at the start),
-    # as the streaming model keeps them internally
-    contexts = np.zeros((count, CONTEXT), dtype=np.float32)
-    contexts[1:] = frames[:-1, -CONTEXT:]
-    inputs = np.concatenate((contexts, frames), axis=1)
     session, lock = _session()
     hidden = np.zeros((1, 1, 128), dtype=np.float32)
     cell = np.zeros((1, 1, 128), dtype=np.float32)
     out = []
     with lock:  # the LSTM state is threaded through the calls in order
         for first in range(0, count, BLOCK_FRAMES):
+            inputs = _block_inputs(audio, first, min(BLOCK_FRAMES, count - first))
             probs, hidden, cell = session.run(
-                ["speech_probs", "hn", "cn"],
-                {"input": inputs[first : first + BLOCK_FRAMES], "h": hidden, "c": cell},
+                ["speech_probs", "hn", "cn"], {"input": inputs, "h": hidden, "c": cell}
             )
             out.append(np.asarray(probs, dtype=np.float32).reshape(-1))
     return np.concatenate(out)
+
+
+def _block_inputs(audio: np.ndarray, first: int, count: int) -> np.ndarray:
+    """The detector's input rows for frames ``[first, first + count)``: each frame's
+    ``VAD_FRAME`` samples preceded by the last ``CONTEXT`` samples of the frame before
+    (zeros before the audio's start and after its end), as the streaming model keeps them.
+    Built one block at a time, so long audio is never copied whole (for 30 minutes the
+    rows of every frame at once were 250 MB)."""
+    start = first * VAD_FRAME - CONTEXT  # the audio sample at the block's column 0
+    span = np.zeros(count * VAD_FRAME + CONTEXT, dtype=np.float32)
+    lo, hi = max(start, 0), min(start + span.shape[0], audio.shape[0])
+    if hi > lo:
+        span[lo - start : hi - start] = audio[lo:hi]
+    rows = np.lib.stride_tricks.as_strided(
+        span, shape=(count, CONTEXT + VAD_FRAME), strides=(VAD_FRAME * 4, 4), writeable=False
+    )
+    return np.ascontiguousarray(rows)
 
 
 def _regions_from_probs(
