@@ -241,9 +241,8 @@ def main() -> int:
         # correctness on the first 2 minutes: GPU half precision against CPU fp32
         head = samples[: 120 * 16000]
         # fp32 named: precision "auto" runs tiny.en in int8 on a CPU with VNNI
-        cpu_text = run_whisper(cpu_model, head, opts.replace(mode="sequential", precision="fp32"))[
-            "text"
-        ]
+        cpu_opts = opts.replace(mode="sequential", precision="fp32")
+        cpu_text = run_whisper(cpu_model, head, cpu_opts)["text"]
         for precision in ("fp16", "fp32", "bf16") if device == "cuda" else ():
             # fp16: precision="auto" on CUDA (openai-whisper's half-precision path); fp32:
             # the engine's explicit precision="fp32"; bf16: autocast around stock's loop

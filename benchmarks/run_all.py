@@ -241,9 +241,7 @@ def speed_table(
     batched pipeline (speed). One clip's WER moves by a point when one window decodes
     differently; the pool is what a precision or mode is judged by.
     """
-    import jiwer
-
-    from tests.wer import _NORMALIZE
+    from tests.wer import word_errors
 
     pooled: dict[str, list[float]] = {}  # engine -> [errors, words, audio s, wall s, peak]
     for m, text in clips:
@@ -256,7 +254,7 @@ def speed_table(
         print("|---|---:|---:|---:|---|---:|---:|")
         base = None
         stock_text = None  # "whisper_modal sequential vad-off fp32" must give exactly this
-        reference = _NORMALIZE(ref.read_text())
+        reference = ref.read_text()
         for engine in _engines():
             results = [run_worker(engine, [wav], model, device, cache) for _ in range(runs)]
             ok = [r for r in results if "error" not in r]
@@ -266,9 +264,10 @@ def speed_table(
             wall = statistics.median(r["walls"][0] for r in ok)
             rtf = audio_s / wall
             base = base or rtf
-            counts = [jiwer.process_words(reference, _NORMALIZE(r["texts"][0])) for r in ok]
-            w = statistics.median(c.wer for c in counts)
-            errors = statistics.median(c.substitutions + c.deletions + c.insertions for c in counts)
+            counts = [word_errors(reference, r["texts"][0]) for r in ok]
+            errors = statistics.median(e for e, _ in counts)
+            words = counts[0][1]
+            w = errors / words
             peak = statistics.median(r["peak_mb"] for r in ok)
             load = statistics.median(r["load"] for r in ok)
             if engine == "openai-whisper":
@@ -280,7 +279,6 @@ def speed_table(
                 f"| {engine} | {rtf:.1f} | {rtf / base:.2f}x | {w * 100:.1f}% | {same} | {peak:.0f} | {load:.2f} |"
             )
             total = pooled.setdefault(engine, [0.0, 0.0, 0.0, 0.0, 0.0])
-            words = len(reference.split())
             total[:4] = [total[0] + errors, total[1] + words, total[2] + audio_s, total[3] + wall]
             total[4] = max(total[4], peak)
     if len(clips) > 1 and pooled:

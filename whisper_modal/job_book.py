@@ -107,7 +107,7 @@ class JobBook:
     """Claims and records over one Dict; see the module docstring.
 
     Args:
-        store: a ``modal.Dict`` (or anything with its sync methods), used through its sync methods.
+        store: a ``modal.Dict``, or anything with its sync methods (which are what is used).
         now: the clock for timestamps (tests pass a fake one).
     """
 

@@ -367,6 +367,11 @@ class TranscribeOptions:
         channels that pieces (mixed to mono) would lose."""
         return not (self.diarize or self.multichannel)
 
+    @property
+    def english_only(self) -> bool:
+        """Whether ``model`` names an English-only model (``tiny.en``, ...; a path: no)."""
+        return self.model.endswith(".en")
+
     def __attrs_post_init__(self) -> None:
         _check_speaker_counts(self)
         if self.cpu_int8 and self.precision not in ("auto", "int8"):
@@ -374,12 +379,12 @@ class TranscribeOptions:
                 f"cpu_int8=True (deprecated: precision='int8') contradicts "
                 f"precision={self.precision!r}; pass precision alone"
             )
-        if self.model.endswith(".en") and self.language not in (None, "en"):
+        if self.english_only and self.language not in (None, "en"):
             raise ConfigurationError(
                 f"{self.model} is English-only; drop language={self.language!r} or use a "
                 "multilingual model"
             )
-        if self.model.endswith(".en") and self.task == "translate":
+        if self.english_only and self.task == "translate":
             raise ConfigurationError(f"{self.model} is English-only and cannot translate")
 
     def to_dict(self) -> dict[str, Any]:

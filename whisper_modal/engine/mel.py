@@ -57,12 +57,17 @@ def _centred(samples: np.ndarray, length: int, lo: int, hi: int) -> np.ndarray:
     """Samples ``[lo, hi)`` of the signal as ``torch.stft(center=True)`` sees it.
 
     That signal is ``samples`` followed by zeros up to ``length``, reflected by
-    ``N_FFT // 2`` samples at both ends (``pad_mode="reflect"``).
+    ``N_FFT // 2`` samples at both ends (``pad_mode="reflect"``): index ``i`` holds the
+    padded signal's ``i - N_FFT // 2``. Only the first and last chunks reach the reflected
+    ends, ``N_FFT // 2`` samples each; the rest is a plain slice.
     """
-    index = np.arange(lo, hi) - N_FFT // 2
-    index = np.where(index < 0, -index, index)
-    index = np.where(index >= length, 2 * (length - 1) - index, index)
-    inside = index < samples.shape[0]
+    half = N_FFT // 2
     out = np.zeros(hi - lo, dtype=np.float32)
-    out[inside] = samples[index[inside]]
+    inner_lo, inner_hi = max(lo, half), min(hi, half + samples.shape[0])
+    if inner_hi > inner_lo:
+        out[inner_lo - lo : inner_hi - lo] = samples[inner_lo - half : inner_hi - half]
+    for i in (*range(lo, min(hi, half)), *range(max(lo, half + length), hi)):
+        j = abs(i - half)  # the start's reflection...
+        j = 2 * (length - 1) - j if j >= length else j  # ...and the end's
+        out[i - lo] = samples[j] if j < samples.shape[0] else 0.0
     return out

@@ -13,8 +13,8 @@
 =========  ==========================================================================
 
 Why ``auto`` picks int8 on VNNI CPUs (docs/speed-and-benchmarks.md, "Precision"): over
-three clips pooled (the 5- and 30-minute benchmark clips and a held-out text, about 5,900
-words) the batched loop's WER was 10.22% in int8 and 10.24% in fp32, at 1.5-2x the speed,
+three clips pooled (the 5- and 30-minute benchmark clips and a held-out text, 4,816
+words) the batched loop's WER was 10.22% in int8 and 10.24% in fp32, at 1.3-1.6x the speed,
 and within 1 point of faster-whisper's int8 sequential loop (9.28%). With 7-bit
 activations (AVX2 without VNNI) int8 lost 3 points on the 30-minute clip, so there ``auto``
 stays fp32. bf16 is never picked: where a CPU has native bf16 it also has VNNI, and int8
@@ -68,8 +68,7 @@ def resolve_precision(options: TranscribeOptions, device: str) -> str:
             return "fp16"
         from . import quantize
 
-        english_only = options.model.endswith(".en")  # a path or a multilingual name: no
-        int8 = english_only and quantize.full_range() and quantize.has_kernels()
+        int8 = options.english_only and quantize.full_range() and quantize.has_kernels()
         return "int8" if int8 else "fp32"
     if asked == "fp16" and device != "cuda":
         raise ConfigurationError("precision='fp16' needs CUDA; on a CPU use fp32, bf16 or int8")

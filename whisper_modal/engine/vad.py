@@ -171,9 +171,7 @@ def _block_inputs(audio: np.ndarray, first: int, count: int) -> np.ndarray:
     lo, hi = max(start, 0), min(start + span.shape[0], audio.shape[0])
     if hi > lo:
         span[lo - start : hi - start] = audio[lo:hi]
-    rows = np.lib.stride_tricks.as_strided(
-        span, shape=(count, CONTEXT + VAD_FRAME), strides=(VAD_FRAME * 4, 4), writeable=False
-    )
+    rows = np.lib.stride_tricks.sliding_window_view(span, CONTEXT + VAD_FRAME)[::VAD_FRAME]
     return np.ascontiguousarray(rows)
 
 

@@ -65,8 +65,8 @@ async def run_fanout(
     """The app's ``fanout`` function: one submitted job, once per ``client_job_id``.
 
     Its FunctionCall id is the job id. A duplicate input (a retried submit) answers
-    ``duplicate_of``; Modal's retry of a job that already failed raises its first error. Returns the
-    merged ``Transcript.to_dict()``.
+    ``duplicate_of``; Modal's retry of a job that already failed raises its first error.
+    Returns the merged ``Transcript.to_dict()``.
     """
     from whisper_modal.remote import context
     from whisper_modal.remote.deployment import fanout_deadline
