@@ -29,9 +29,14 @@ EXIT_LIMIT = 15.0  # the probe process must also *exit* promptly: no thread bloc
 
 
 def run_probe(
-    module: str, mode: str, *extra: str, audio: bytes = b"", connect: float = CONNECT
+    module: str,
+    mode: str,
+    *extra: str,
+    audio: bytes = b"",
+    connect: float = CONNECT,
+    call: float = CALL,
 ) -> dict[str, Any]:
-    args = [sys.executable, "-m", module, mode, str(connect), str(CALL), *extra]
+    args = [sys.executable, "-m", module, mode, str(connect), str(call), *extra]
     started = time.monotonic()
     done = subprocess.run(args, cwd=ROOT, input=audio, capture_output=True, timeout=120)
     assert done.returncode == 0, done.stderr.decode()[-2000:]
@@ -147,12 +152,22 @@ def test_unreachable_modal_falls_back_to_the_local_engine(
 
     monkeypatch.setenv("WHISPER_MODAL_CACHE_DIR", str(tiny_model_cache()))
     sample = (ROOT / "examples" / "sample.flac").read_bytes()
-    # a lookup deadline far above the run: falling back must not wait for it
-    out = run_probe("tests.modal_probe", "closed", "--fallback", audio=sample, connect=LONG_CONNECT)
+    # a lookup deadline far above the run: falling back must not wait for it. The call
+    # deadline also bounds the local decode (model load included), so it is sized for a
+    # 20 s clip on a loaded 2-core CPU, not the 3 s the remote-only probes use
+    out = run_probe(
+        "tests.modal_probe",
+        "closed",
+        "--fallback",
+        audio=sample,
+        connect=LONG_CONNECT,
+        call=LONG_CONNECT,
+    )
     assert out["ok"] is True and out["backend"] == "local", out
     assert "BackendUnavailable" in str(out["fallback_reason"])
     assert "refused" in str(out["fallback_reason"])
     assert "weekly planning meeting" in str(out["text"]).lower()
+    assert float(out["seconds"]) < LONG_CONNECT, out  # it did not wait out the lookup
 
 
 async def test_the_transport_deadline_fires_on_time_and_maps_to_the_given_error() -> None:

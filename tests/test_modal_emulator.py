@@ -8,6 +8,7 @@ environment only (``tests/emulator``). Nothing in our package is patched or swap
 
 from __future__ import annotations
 
+import itertools
 import json
 import pickle
 import subprocess
@@ -27,6 +28,7 @@ from tests.emulator.deployed import (
     pieces_of,
     wait_for,
 )
+from tests.emulator.faults import InputFault
 from tests.emulator.servicer import InputState
 from tests.wer import wer
 
@@ -132,16 +134,19 @@ def test_a_long_submit_fans_out_over_containers_and_reattaches_from_another_proc
 
 
 def test_cancelling_a_fanned_out_job_stops_its_pieces(
-    deployed: Deployed, longer_wav: tuple[Path, str, float]
+    wire: Deployed, longer_wav: tuple[Path, str, float]
 ) -> None:
-    path = longer_wav[0]
+    deployed, path = wire, longer_wav[0]
+    # pieces after the third wait in the queue (held far past the test), so the cancel
+    # always lands on a job with running and queued pieces, however fast the pieces run
+    taken = itertools.count(1)
+    deployed.emulator.servicer.faults.input_rule(
+        "Transcriber", lambda _: InputFault(hold_seconds=300) if next(taken) > 3 else None
+    )
     out = deployed.client(
         f"""
         import json, time, whisper_modal as wm
-        # fp32: with auto's int8 every piece could finish before the cancel landed (the
-        # job then read "succeeded"; seen once in CI)
-        job = wm.submit({str(path)!r}, backend="modal", model="tiny.en", language="en",
-                        precision="fp32")
+        job = wm.submit({str(path)!r}, backend="modal", model="tiny.en", language="en")
         deadline = time.monotonic() + 120
         while (job.progress() is None) and time.monotonic() < deadline:
             time.sleep(0.2)  # until the orchestrator has split the audio and spawned pieces
@@ -168,6 +173,9 @@ def test_cancelling_a_fanned_out_job_stops_its_pieces(
     # (every 15 s) or ends on its own before that: no piece runs on past it
     late = [p for p in pieces if p.finished_at > cancelled_at + HEARTBEAT_INTERVAL + 3]
     assert not late, f"{len(late)} piece(s) ran on past a heartbeat after the cancel"
+    queued = [p for p in pieces if p.held_from > 0]
+    assert len(queued) == len(pieces) - 3 >= 2
+    assert not any(p.tasks for p in queued), "a piece queued at the cancel reached a container"
     # (with warm containers every running piece may end on its own inside that window, so
     # no piece is required to read TERMINATED: the bound above is what the cancel promises)
     # the job reads cancelled from any process, and no container is left working on it

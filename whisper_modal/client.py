@@ -230,7 +230,8 @@ class Client:
             audio: bytes, a path, a binary file, a numpy array (with ``sample_rate``), an
                 ``s3://bucket/key`` URI or an ``S3Object``.
             backend: "modal", "local" or "auto" (default from settings).
-            timeout: seconds for each remote attempt (default ``settings.call_timeout``).
+            timeout: seconds for each attempt, remote or the local fallback's (default
+                ``settings.call_timeout``).
             **kwargs: see ``CallOptions``: ``model``, ``language``, ``task``,
                 ``word_timestamps``, ``initial_prompt``, ``mode``, any other
                 ``TranscribeOptions`` field, or a whole ``options=TranscribeOptions(...)``;
