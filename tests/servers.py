@@ -140,6 +140,11 @@ class S3Server:
         options.update(kwargs)
         return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1", **options)
 
+    def sdk_environment(self) -> dict[str, str]:
+        """What a process (a container's secret, a subprocess) needs to reach this store
+        with the SDK's own settings: fake AWS credentials and the endpoint."""
+        return {**FAKE_AWS_ENV, "WHISPER_MODAL_S3_ENDPOINT_URL": self.endpoint}
+
     def requests_for(self, path: str) -> list[str]:
         """The methods of every logged request whose path (without query) is ``path``."""
         with self._lock:

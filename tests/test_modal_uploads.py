@@ -18,7 +18,7 @@ import pytest
 
 import whisper_modal.backends.modal as modal_backend
 from tests.emulator.deployed import deploy, requests_of
-from tests.servers import FAKE_AWS_ENV, S3Server, moto_server
+from tests.servers import S3Server, moto_server
 from whisper_modal.backends.modal import ModalBackend
 from whisper_modal.backends.modal_transport import (
     MIN_UPLOAD_BYTES_PER_SECOND,
@@ -135,7 +135,7 @@ def s3() -> Iterator[S3Server]:
 def s3_deployed(s3: S3Server) -> Iterator[Any]:
     """The app deployed with the object store in its secret, as an account's would carry
     it: the container reads S3 with its own settings and credentials, not the test's."""
-    with deploy(secret={**FAKE_AWS_ENV, "WHISPER_MODAL_S3_ENDPOINT_URL": s3.endpoint}) as d:
+    with deploy(secret=s3.sdk_environment()) as d:
         yield d
 
 

@@ -398,7 +398,7 @@ def s3_deployed(s3: S3Server) -> Iterator[Any]:
     in its secret: its containers read S3 with their own settings and credentials."""
     from tests.emulator.deployed import deploy
 
-    with deploy(secret={**FAKE_AWS_ENV, "WHISPER_MODAL_S3_ENDPOINT_URL": s3.endpoint}) as d:
+    with deploy(secret=s3.sdk_environment()) as d:
         yield d
 
 

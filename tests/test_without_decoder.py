@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from tests import speech
-from tests.servers import FAKE_AWS_ENV, moto_server
+from tests.servers import moto_server
 from whisper_modal.audio_header import header_seconds
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -173,7 +173,7 @@ def test_the_web_image_can_stage_what_its_http_limit_lets_in() -> None:
         s3.client().create_bucket(Bucket="stage")
         env = {
             "PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT), "HOME": str(ROOT),
-            **FAKE_AWS_ENV, **variables, "WHISPER_MODAL_S3_ENDPOINT_URL": s3.endpoint,
+            **variables, **s3.sdk_environment(),
         }  # fmt: skip
         script = f"MISSING = {missing!r}\n" + GUARD + textwrap.dedent(STAGE)
         done = subprocess.run(

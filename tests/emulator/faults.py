@@ -29,12 +29,15 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from grpclib import GRPCError, Status
 from modal._serialization import serialize
 from modal_proto import api_pb2
 
 __all__ = ["InputFault", "WireFaults"]
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -158,11 +161,7 @@ class WireFaults:
     def rpc_error(self, rpc: str) -> GRPCError | None:
         """The error this call of ``rpc`` answers, if any (counted either way)."""
         with self._lock:
-            self._counts[rpc] += 1
-            status = self._rpc[rpc].popleft() if self._rpc[rpc] else None
-            rule = self._rpc_rules.get(rpc)
-            if status is None and rule is not None:
-                status = rule(self._counts[rpc])
+            status = self._take(self._rpc, self._rpc_rules, rpc, rpc)
             if status is None:
                 return None
             self.injected.append((rpc, status.name))
@@ -171,11 +170,7 @@ class WireFaults:
     def rpc_hold(self, rpc: str) -> float:
         """How long this answer of ``rpc`` is held (0: not at all)."""
         with self._lock:
-            self._counts[f"answer:{rpc}"] += 1
-            seconds = self._rpc_holds[rpc].popleft() if self._rpc_holds[rpc] else None
-            rule = self._rpc_hold_rules.get(rpc)
-            if seconds is None and rule is not None:
-                seconds = rule(self._counts[f"answer:{rpc}"])
+            seconds = self._take(self._rpc_holds, self._rpc_hold_rules, rpc, f"answer:{rpc}")
             if not seconds:
                 return 0.0
             self.injected.append((rpc, "hold"))
@@ -185,11 +180,23 @@ class WireFaults:
         """The fault for this new input of ``function_name``, if any."""
         key = owner(function_name)
         with self._lock:
-            self._counts[f"input:{key}"] += 1
-            fault = self._inputs[key].popleft() if self._inputs[key] else None
-            rule = self._input_rules.get(key)
-            if fault is None and rule is not None:
-                fault = rule(self._counts[f"input:{key}"])
+            fault = self._take(self._inputs, self._input_rules, key, f"input:{key}")
             if fault is not None:
                 self.injected.append((key, "hold" if fault.result is None else "fail"))
+        return fault
+
+    def _take(
+        self,
+        queued: dict[str, collections.deque[T]],
+        rules: dict[str, Callable[[int], T | None]],
+        key: str,
+        counter: str,
+    ) -> T | None:
+        """Count one more ``counter``; the next fault queued for ``key``, else its rule's
+        answer for that count (the caller holds the lock)."""
+        self._counts[counter] += 1
+        fault = queued[key].popleft() if queued[key] else None
+        rule = rules.get(key)
+        if fault is None and rule is not None:
+            fault = rule(self._counts[counter])
         return fault

@@ -660,17 +660,7 @@ class Servicer(ModalClientBase):
             state.held_until = state.held_from + fault.hold_seconds
             return True
         self.deliveries.append((function.function_id, [state.input_id]))
-        if not self._retry_on_server(state, fault.result):
-            self._finish(
-                state,
-                api_pb2.FunctionGetOutputsItem(
-                    result=fault.result,
-                    idx=state.idx,
-                    input_id=state.input_id,
-                    retry_count=state.retry_count,
-                    data_format=api_pb2.DATA_FORMAT_PICKLE,
-                ),
-            )
+        self._fail(state, fault.result)
         return False
 
     def _held(self, state: InputState) -> bool:
@@ -1019,17 +1009,24 @@ class Servicer(ModalClientBase):
                     status=api_pb2.GenericResult.GENERIC_STATUS_INTERNAL_FAILURE,
                     exception=reason,
                 )
-                if self._retry_on_server(state, result):
-                    continue
-                self._finish(
-                    state,
-                    api_pb2.FunctionGetOutputsItem(
-                        result=result,
-                        idx=state.idx,
-                        input_id=state.input_id,
-                        retry_count=state.retry_count,
-                    ),
-                )
+                self._fail(state, result)
+
+    def _fail(self, state: InputState, result: api_pb2.GenericResult) -> None:
+        """``state`` failed with ``result`` outside a container's output (a fault, a lost
+        container): Modal runs it again where its retry policy allows, else that is its
+        output."""
+        if self._retry_on_server(state, result):
+            return
+        self._finish(
+            state,
+            api_pb2.FunctionGetOutputsItem(
+                result=result,
+                idx=state.idx,
+                input_id=state.input_id,
+                retry_count=state.retry_count,
+                data_format=api_pb2.DATA_FORMAT_PICKLE,
+            ),
+        )
 
     def _retry_on_server(self, state: InputState, result: api_pb2.GenericResult) -> bool:
         """Modal's own retries for spawned inputs (a ``.remote`` call's client retries them).

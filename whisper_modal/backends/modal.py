@@ -98,10 +98,6 @@ class ModalBackend:
     Args:
         settings: app/class/environment names and deadlines (``connect_timeout`` bounds the
             first lookup; each call gets its own ``timeout``).
-        cls_lookup: ``modal.Cls.from_name`` or a fake with the same signature.
-        call_lookup: ``modal.FunctionCall.from_id`` or a fake.
-        function_lookup: ``modal.Function.from_name`` or a fake.
-        dict_lookup: ``modal.Dict.from_name`` or a fake.
         gpu: run on this GPU instead of the deployed one (``Cls.with_options``). Modal
             autoscales every option variant as a separate pool, so only pass it to override.
         remote_timeout: container-side timeout in seconds instead of the deployed one.
@@ -113,10 +109,6 @@ class ModalBackend:
         self,
         settings: Settings,
         *,
-        cls_lookup: Callable[..., Any] | None = None,
-        call_lookup: Callable[[str], Any] | None = None,
-        function_lookup: Callable[..., Any] | None = None,
-        dict_lookup: Callable[..., Any] | None = None,
         gpu: str | None = None,
         remote_timeout: int | None = None,
     ) -> None:
@@ -124,12 +116,6 @@ class ModalBackend:
         self._overrides: dict[str, Any] = {
             k: v for k, v in (("gpu", gpu), ("timeout", remote_timeout)) if v is not None
         }
-        # only the real client has a server to probe (a fake lookup never touches one)
-        self._probe_server = cls_lookup is None
-        self._cls_lookup = cls_lookup or modal.Cls.from_name
-        self._call_lookup = call_lookup or modal.FunctionCall.from_id
-        self._function_lookup = function_lookup or modal.Function.from_name
-        self._dict_lookup = dict_lookup or modal.Dict.from_name
         self._book: JobBook | None = None
         self._lock = threading.Lock()
         self._handles: dict[str, Any] = {}
@@ -144,13 +130,16 @@ class ModalBackend:
         with self._lock:
             if name not in self._handles:
                 s = self.settings
+                handle: Any
                 if name.startswith(FUNCTION_KEY):
-                    handle = self._function_lookup(
+                    handle = modal.Function.from_name(
                         s.app_name, name.removeprefix(FUNCTION_KEY),
                         environment_name=s.environment_name,
                     )  # fmt: skip
                 else:
-                    handle = self._cls_lookup(s.app_name, name, environment_name=s.environment_name)
+                    handle = modal.Cls.from_name(
+                        s.app_name, name, environment_name=s.environment_name
+                    )
                     # with_options is lazy too: still no network until the first call
                     if self._overrides:
                         handle = handle.with_options(**self._overrides)
@@ -162,11 +151,8 @@ class ModalBackend:
         if name not in self._hydrated:
             # Modal's client is still retrying behind an expired lookup: retrying it again
             # would only multiply the wait, so report "unavailable" (falls back in auto mode).
-            lookup = (
-                fail_fast(handle.hydrate.aio, server_urls(), self.settings.connect_timeout)
-                if self._probe_server  # a refused port or failed DNS answers in milliseconds
-                else handle.hydrate.aio()
-            )
+            # a refused port or failed DNS answers in milliseconds, not after modal's retries
+            lookup = fail_fast(handle.hydrate.aio, server_urls(), self.settings.connect_timeout)
             await _within(
                 lookup,
                 self.settings.connect_timeout,
@@ -281,7 +267,7 @@ class ModalBackend:
             extra={"event": "submit_deduplicated", "job_id": owner},
         )
         await self._cancel_quietly(call)
-        first = self._call_lookup(str(owner))
+        first = modal.FunctionCall.from_id(str(owner))
         # ``FunctionCall.from_id`` is lazy: its ``object_id`` (the job id a submit returns)
         # exists once hydrated, which for a call id needs no RPC
         await first.hydrate.aio()
@@ -305,7 +291,7 @@ class ModalBackend:
         with self._lock:
             if self._book is None:
                 s = self.settings
-                store = self._dict_lookup(
+                store = modal.Dict.from_name(
                     s.jobs_dict_name, environment_name=s.environment_name, create_if_missing=True
                 )
                 self._book = JobBook(store)
@@ -382,7 +368,9 @@ class ModalBackend:
                 lambda: TransientError(f"no result from Modal within {timeout:g} s"),
             )
             if "duplicate_of" in result:  # this input did not run: another call owns its id
-                return await self._get(self._call_lookup(str(result["duplicate_of"])), timeout)
+                return await self._get(
+                    modal.FunctionCall.from_id(str(result["duplicate_of"])), timeout
+                )
         except TimeoutError as exc:
             if type(exc) is not TimeoutError:  # a subclass means something else: map it
                 raise
@@ -497,7 +485,7 @@ class ModalBackend:
             return cached
 
         async def work() -> Transcript:
-            call = self._call_lookup(job_id)
+            call = modal.FunctionCall.from_id(job_id)
             try:
                 result = await self._get(call, timeout)
             except _NotFinished as exc:
@@ -536,7 +524,9 @@ class ModalBackend:
             return JobStatus.CANCELLED
         if record is not None and record.status == "running":
             return JobStatus.RUNNING
-        node = await self._graph_node(self._call_lookup(job_id))  # "pending" is cross-checked
+        node = await self._graph_node(
+            modal.FunctionCall.from_id(job_id)
+        )  # "pending" is cross-checked
         # a container took the input when its task id is set; without a node: pending
         return JobStatus.RUNNING if getattr(node, "task_id", "") else JobStatus.PENDING
 
@@ -544,7 +534,7 @@ class ModalBackend:
         """Cancel the job's input (a finished job is left alone)."""
 
         async def work() -> None:
-            call = self._call_lookup(job_id)
+            call = modal.FunctionCall.from_id(job_id)
             await _within(
                 call.cancel.aio(),
                 self.settings.connect_timeout,
