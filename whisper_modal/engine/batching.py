@@ -39,6 +39,7 @@ from whisper_modal.options import TranscribeOptions
 from .chunking import speech_mask, split_evenly
 from .constants import FRAMES_PER_SECOND, MEL_HOP, SAMPLE_RATE
 from .decode_batch import INPUT_STRIDE, N_FRAMES, decode_with_fallback, is_no_speech
+from .memory import trim_heap
 from .models import LoadedModel
 from .precision import model_for, resolve_precision
 from .turns import handover_point
@@ -279,10 +280,15 @@ def _run(
 ) -> None:
     """Advance all streams in lockstep, ``batch_size`` windows per forward pass."""
     tokenizer = _tokenizer(loaded, options, language)
+    cpu = loaded.device == "cpu"
+    if cpu:
+        trim_heap()  # what the VAD and the log-mel freed, before the steps build on it
     while active := [s for s in streams if s.seek < s.end and _start_at_sound(s)]:
         for i in range(0, len(active), batch_size):
             handover_point()  # hand the model over, or stop when cancelled (engine.turns)
             _step(loaded, active[i : i + batch_size], options, language, tokenizer)
+            if cpu:
+                trim_heap()  # the step's activations leave the heap, not lie beside the next
 
 
 def _batch_size(loaded: LoadedModel, options: TranscribeOptions) -> int:

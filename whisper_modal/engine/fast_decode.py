@@ -315,18 +315,20 @@ def fast_task_class() -> Any:
             self.rows = rows
             self.n_state = int(w.embedding.shape[1])
             # cross-attention keys/values, once per window as stock computes them, laid out
-            # per head and contiguous: SDPA read the strided view ~3x slower at 5 rows
+            # per head and contiguous: SDPA read the strided view ~3x slower at 5 rows. A
+            # generator, so each block's projections are dropped once laid out (a list held
+            # every block's twice: +147 MB at 8 rows of tiny.en)
             if w.cross_int8 is None:
-                pairs = [
+                pairs = (
                     (F.linear(audio_features, key, None), F.linear(audio_features, v, v_bias))
                     for key, v, v_bias in w.cross
-                ]
+                )
             else:
                 flat = audio_features.reshape(-1, audio_features.shape[-1])
-                pairs = [
+                pairs = (
                     (key(flat).view_as(audio_features), v(flat).view_as(audio_features))
                     for key, v in w.cross_int8
-                ]
+                )
             self.cross = [
                 (self._heads(k).contiguous(), self._heads(v).contiguous()) for k, v in pairs
             ]
