@@ -973,9 +973,7 @@ class Servicer(ModalClientBase):
                 raise GRPCError(Status.INVALID_ARGUMENT, "output over the inline limit")
             if self.pool is not None:
                 self.pool.finished(state.task_id, state.input_id)
-            if self._retry_on_server(state, result):
-                continue
-            self._finish(
+            self._end(
                 state,
                 api_pb2.FunctionGetOutputsItem(
                     result=result,
@@ -1013,11 +1011,8 @@ class Servicer(ModalClientBase):
 
     def _fail(self, state: InputState, result: api_pb2.GenericResult) -> None:
         """``state`` failed with ``result`` outside a container's output (a fault, a lost
-        container): Modal runs it again where its retry policy allows, else that is its
-        output."""
-        if self._retry_on_server(state, result):
-            return
-        self._finish(
+        container)."""
+        self._end(
             state,
             api_pb2.FunctionGetOutputsItem(
                 result=result,
@@ -1027,6 +1022,12 @@ class Servicer(ModalClientBase):
                 data_format=api_pb2.DATA_FORMAT_PICKLE,
             ),
         )
+
+    def _end(self, state: InputState, output: api_pb2.FunctionGetOutputsItem) -> None:
+        """An attempt of ``state`` ended with ``output``: Modal runs the input again where
+        its retry policy allows a failed one, else ``output`` is its output."""
+        if not self._retry_on_server(state, output.result):
+            self._finish(state, output)
 
     def _retry_on_server(self, state: InputState, result: api_pb2.GenericResult) -> bool:
         """Modal's own retries for spawned inputs (a ``.remote`` call's client retries them).

@@ -524,9 +524,8 @@ class ModalBackend:
             return JobStatus.CANCELLED
         if record is not None and record.status == "running":
             return JobStatus.RUNNING
-        node = await self._graph_node(
-            modal.FunctionCall.from_id(job_id)
-        )  # "pending" is cross-checked
+        # "pending" is cross-checked with the call graph
+        node = await self._graph_node(modal.FunctionCall.from_id(job_id))
         # a container took the input when its task id is set; without a node: pending
         return JobStatus.RUNNING if getattr(node, "task_id", "") else JobStatus.PENDING
 
